@@ -1,0 +1,20 @@
+"""dynaloss: learnable training losses that a teacher adapts while your model trains (L2T-DLN)."""
+
+from dynaloss.losses import MultiPartDLN, PairwiseDLN
+from dynaloss.teacher import MODES, RoundRecord, Teacher
+from dynaloss.teachers import LSTMTeacher, OptimizerTeacher, TeacherModel
+from dynaloss.unroll import hypergradient
+
+__all__ = [
+    "MODES",
+    "LSTMTeacher",
+    "MultiPartDLN",
+    "OptimizerTeacher",
+    "PairwiseDLN",
+    "RoundRecord",
+    "Teacher",
+    "TeacherModel",
+    "hypergradient",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,60 @@
+"""Drawing and checking the batches a teacher round consumes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["Batch", "as_batch", "draw_batches"]
+
+
+class Batch(NamedTuple):
+    """Inputs, targets and optional per-sample weights (the paper's ``w``)."""
+
+    inputs: Tensor
+    targets: Tensor
+    weight: Tensor | None = None
+
+
+def as_batch(item: object, name: str, device: torch.device) -> Batch:
+    """Turn ``(x, y)`` or ``(x, y, w)`` into a :class:`Batch` on ``device``, or raise naming what is wrong."""
+    if isinstance(item, Batch):
+        parts = tuple(item)
+    elif isinstance(item, (tuple, list)) and len(item) in (2, 3):
+        parts = tuple(item) + (None,) * (3 - len(item))
+    else:
+        raise TypeError(f"{name} must yield (inputs, targets) or (inputs, targets, weight), got {type(item).__name__}"
+                        + (f" of length {len(item)}" if isinstance(item, (tuple, list)) else ""))
+    inputs, targets, weight = parts
+    for label, value in (("inputs", inputs), ("targets", targets), ("weight", weight)):
+        if value is not None and not isinstance(value, Tensor):
+            raise TypeError(f"{name} yielded {label} of type {type(value).__name__}, expected a torch.Tensor")
+    if inputs.dim() == 0 or inputs.shape[0] == 0:
+        raise ValueError(f"{name} yielded an empty batch (inputs of shape {tuple(inputs.shape)})")
+    if targets.dim() == 0 or targets.shape[0] != inputs.shape[0]:
+        raise ValueError(f"{name} yielded {inputs.shape[0]} inputs but targets of shape {tuple(targets.shape)}")
+    if weight is not None and weight.shape != targets.shape:
+        raise ValueError(f"{name} yielded weight of shape {tuple(weight.shape)}, expected the targets' "
+                         f"{tuple(targets.shape)}")
+    move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+    return Batch(move(inputs), move(targets), move(weight))
+
+
+def draw_batches(iterator: Iterator[object], count: int, name: str, device: torch.device) -> list[Batch]:
+    """Take ``count`` batches from ``iterator``; an iterator that ends early raises ``ValueError``."""
+    if not isinstance(iterator, Iterator):
+        raise TypeError(
+            f"{name} must be an iterator (something next() works on), got {type(iterator).__name__}; "
+            f"pass iter(loader) for one pass or itertools.cycle(loader) for an endless one"
+        )
+    batches = []
+    for index in range(count):
+        try:
+            item = next(iterator)
+        except StopIteration:
+            raise ValueError(f"{name} ended after {index} batches; a round needs {count}") from None
+        batches.append(as_batch(item, name, device))
+    return batches

@@ -1,0 +1,195 @@
+"""Pure functions behind the Dynamic Loss Networks.
+
+Everything here is a function of tensors only: no modules, no hidden state, no host-device
+synchronisation. The modules in :mod:`dynaloss.losses` validate their inputs and call into these, and the
+unroll calls the modules through :func:`torch.func.functional_call`, so one forward serves both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "REDUCTIONS",
+    "check_reduction",
+    "leaky_mlp",
+    "pairwise_dln_loss",
+    "pairwise_features",
+    "pairwise_row_loss",
+    "reduce_loss",
+]
+
+REDUCTIONS = ("none", "mean", "sum")
+
+
+def check_reduction(reduction: object) -> str:
+    """Return ``reduction`` if it is one of :data:`REDUCTIONS`, else raise ``ValueError``."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return reduction  # type: ignore[return-value]
+
+
+def leaky_mlp(weights: Sequence[Tensor], rows: Tensor, negative_slope: float = 0.01) -> Tensor:
+    """Bias-free MLP with LeakyReLU between layers.
+
+    Args:
+        weights: layer matrices ``(out, in)``, first to last; the last has ``out = 1``.
+        rows: ``(..., in)`` inputs.
+        negative_slope: LeakyReLU slope (default: ``0.01``, PyTorch's).
+
+    Returns:
+        ``(...)``: the network's scalar output per row.
+    """
+    hidden = rows
+    for matrix in weights[:-1]:
+        hidden = F.leaky_relu(hidden @ matrix.T, negative_slope)
+    return (hidden @ weights[-1].T).squeeze(-1)
+
+
+def pairwise_features(logits: Tensor, target: Tensor) -> Tensor:
+    """The 1-vs-1 rows of the pairwise DLN.
+
+    For every sample and every *wrong* class ``j`` one row ``[s_y, s_j, 1, 0]`` with ``s = sigmoid(z)``:
+    the true-class and the wrong-class prediction and the pair's 1-vs-1 labels. The constant label
+    features are what keep a bias-free MLP from being positively homogeneous (whose minimum would sit at
+    ``s = 0`` for every class).
+
+    Args:
+        logits: ``(M, C)`` with ``C >= 2``.
+        target: ``(M,)`` class indices in ``[0, C)``.
+
+    Returns:
+        ``(M, C - 1, 4)`` rows, the wrong classes in increasing order.
+    """
+    num_classes = logits.shape[-1]
+    probs = torch.sigmoid(logits)
+    target = target.long()
+    true_prob = probs.gather(1, target[:, None])
+    # The k-th wrong class is k when k < y and k + 1 otherwise: an index computed without a boolean mask,
+    # so no data-dependent shape and no host synchronisation.
+    ranks = torch.arange(num_classes - 1, device=logits.device)
+    wrong = ranks + (ranks >= target[:, None]).long()
+    wrong_prob = probs.gather(1, wrong)
+    ones = torch.ones_like(wrong_prob)
+    return torch.stack([true_prob.expand_as(wrong_prob), wrong_prob, ones, torch.zeros_like(ones)], -1)
+
+
+def pairwise_row_loss(
+    weights: Sequence[Tensor], true_prob: Tensor, wrong_prob: Tensor, negative_slope: float = 0.01
+) -> Tensor:
+    """DLN value of the pair (true-class prediction, wrong-class prediction), elementwise.
+
+    This is the surface of the paper's Figure 3. Inputs are probabilities of any matching shape.
+    """
+    ones = torch.ones_like(true_prob)
+    rows = torch.stack([true_prob, wrong_prob, ones, torch.zeros_like(ones)], -1)
+    return leaky_mlp(weights, rows.to(weights[0].dtype), negative_slope)
+
+
+def reduce_loss(
+    per_element: Tensor, element_weight: Tensor, normaliser: Tensor, reduction: str
+) -> Tensor:
+    """Apply ``reduction`` the way :class:`torch.nn.CrossEntropyLoss` does.
+
+    ``'mean'`` divides the weighted sum by ``normaliser`` (the summed class weights of the counted
+    elements), so per-sample weights rescale the loss and class weights give a weighted mean.
+    """
+    weighted = per_element * element_weight
+    if reduction == "none":
+        return weighted
+    total = weighted.sum()
+    return total if reduction == "sum" else total / normaliser
+
+
+def _subsample_pixels(
+    valid: Tensor, max_pixels: int, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
+    """Pick up to ``max_pixels`` valid pixels per image uniformly without replacement.
+
+    Args:
+        valid: ``(B, P)`` bool, the pixels that count.
+
+    Returns:
+        ``(index, scale)``: ``(B, K)`` pixel indices, and ``(B, K)`` weights ``n_valid / n_picked`` for the
+        picked valid pixels (0 elsewhere), which make the subsampled sum an unbiased estimate of the full one.
+    """
+    noise = torch.rand(valid.shape, generator=generator, device=valid.device)
+    noise = noise.masked_fill(~valid, 2.0)  # invalid pixels sort last
+    index = noise.topk(max_pixels, dim=1, largest=False).indices
+    picked_valid = valid.gather(1, index)
+    n_valid = valid.sum(1, keepdim=True)
+    n_picked = picked_valid.sum(1, keepdim=True).clamp_min(1)
+    scale = picked_valid * (n_valid / n_picked)
+    return index, scale
+
+
+def pairwise_dln_loss(
+    weights: Sequence[Tensor],
+    logits: Tensor,
+    target: Tensor,
+    *,
+    weight: Tensor | None = None,
+    class_weight: Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    max_pixels: int | None = None,
+    generator: torch.Generator | None = None,
+    negative_slope: float = 0.01,
+) -> Tensor:
+    """The pairwise (1-vs-1) Dynamic Loss Network on classification or per-pixel logits.
+
+    The loss of one sample (or pixel) is the mean of the DLN over its ``C - 1`` wrong-class rows
+    (:func:`pairwise_features`). Inputs are assumed valid; :class:`dynaloss.PairwiseDLN` checks them.
+
+    Args:
+        weights: the DLN's layer matrices (see :func:`leaky_mlp`).
+        logits: ``(B, C)`` or ``(B, C, d1, ...)``.
+        target: ``(B,)`` or ``(B, d1, ...)`` class indices; ``ignore_index`` marks elements that don't count.
+        weight: per-sample (or per-pixel) weights of the target's shape, the paper's ``w`` (default: 1).
+        class_weight: ``(C,)`` class weights, as ``nn.CrossEntropyLoss(weight=...)``.
+        ignore_index: target value that is left out (default: ``-100``).
+        reduction: ``'none'`` | ``'mean'`` | ``'sum'`` (default: ``'mean'``).
+        max_pixels: for spatial inputs, evaluate only this many random valid pixels per image; the mean and
+            the sum stay unbiased (default: every pixel).
+        generator: random source of the pixel subsampling (default: torch's global one).
+        negative_slope: LeakyReLU slope.
+
+    Returns:
+        A scalar, or the target's shape with ``reduction='none'`` (0 where ignored).
+    """
+    num_classes = logits.shape[1]
+    target_shape = target.shape
+    if logits.dim() > 2:
+        logits = logits.movedim(1, -1)
+    batch = logits.shape[0]
+    flat_logits = logits.reshape(batch, -1, num_classes)  # (B, P, C), P = 1 for plain classification
+    flat_target = target.reshape(batch, -1).long()
+    valid = flat_target != ignore_index
+    flat_weight = None if weight is None else weight.reshape(batch, -1)
+    safe_target = flat_target.masked_fill(~valid, 0)
+    class_w = valid.to(logits.dtype)
+    if class_weight is not None:
+        class_w = class_w * class_weight.to(logits.dtype)[safe_target]
+    normaliser = class_w.sum()
+
+    scale = None
+    if max_pixels is not None and max_pixels < flat_logits.shape[1]:
+        index, scale = _subsample_pixels(valid, max_pixels, generator)
+        flat_logits = flat_logits.gather(1, index[..., None].expand(-1, -1, num_classes))
+        safe_target = safe_target.gather(1, index)
+        class_w = class_w.gather(1, index)
+        if flat_weight is not None:
+            flat_weight = flat_weight.gather(1, index)
+
+    rows = pairwise_features(flat_logits.reshape(-1, num_classes), safe_target.reshape(-1))
+    per_element = leaky_mlp(weights, rows.to(weights[0].dtype), negative_slope).mean(-1)
+    per_element = per_element.reshape(class_w.shape)
+    element_weight = class_w if flat_weight is None else class_w * flat_weight
+    if scale is not None:
+        element_weight = element_weight * scale
+    out = reduce_loss(per_element, element_weight.to(per_element.dtype), normaliser, reduction)
+    return out.reshape(target_shape) if reduction == "none" else out

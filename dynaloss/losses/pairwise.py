@@ -1,0 +1,148 @@
+"""PairwiseDLN: the paper's 1-vs-1 Dynamic Loss Network for classification and per-pixel segmentation."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from dynaloss import functional as DF
+from dynaloss.losses._checks import check_finite, check_positive_int, check_tensor
+
+__all__ = ["INITS", "PairwiseDLN"]
+
+INITS = ("warm", "paper")
+
+
+class PairwiseDLN(nn.Module):
+    r"""A learnable classification loss: a small MLP over 1-vs-1 prediction pairs (L2T-DLN).
+
+    For logits :math:`z` and label :math:`y`, with :math:`s = \sigma(z)`, the loss of a sample is
+
+    .. math::
+        \ell(z, y) = \frac{1}{C-1} \sum_{j \ne y} \mathrm{MLP}_\phi([s_y, s_j, 1, 0])
+
+    where the MLP is bias-free, ``4 -> 40 -> 40 -> 40 -> 40 -> 1`` with LeakyReLU. Drop it in where
+    ``nn.CrossEntropyLoss()`` was, and let a :class:`dynaloss.Teacher` learn :math:`\phi`.
+
+    Args:
+        num_classes: number of classes ``C`` (at least 2).
+        init: ``'warm'`` fits the MLP to the 1-vs-1 binary cross-entropy
+            :math:`-\log s_y - \log(1 - s_j)` so the student learns from the first step; ``'paper'`` is the
+            paper's random Kaiming-normal (fan_out) DLN, which starts anti-aligned with CE in most seeds
+            (default: ``'warm'``; see the README for the measurement that chose it).
+        reduction: ``'none'`` | ``'mean'`` | ``'sum'`` (default: ``'mean'``).
+        weight: ``(C,)`` class weights, as in ``nn.CrossEntropyLoss`` (default: none).
+        ignore_index: target value that does not count (default: ``-100``; VOC uses 255).
+        max_pixels: for per-pixel inputs, evaluate this many random valid pixels per image; the mean
+            stays unbiased and the cost per image is bounded (default: every pixel).
+        hidden: width of the hidden layers (default: ``40``).
+        depth: number of hidden layers (default: ``4``).
+
+    Shape:
+        - input: ``(B, C)`` or ``(B, C, d1, ...)`` logits.
+        - target: ``(B,)`` or ``(B, d1, ...)`` class indices.
+        - weight (forward): optional per-sample (per-pixel) weights of the target's shape.
+        - output: scalar, or the target's shape with ``reduction='none'``.
+
+    Examples::
+
+        >>> loss_fn = PairwiseDLN(num_classes=10)
+        >>> logits = torch.randn(8, 10, requires_grad=True)
+        >>> loss = loss_fn(logits, torch.randint(10, (8,)))
+        >>> loss.backward()
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        init: str = "warm",
+        reduction: str = "mean",
+        weight: Tensor | None = None,
+        ignore_index: int = -100,
+        max_pixels: int | None = None,
+        hidden: int = 40,
+        depth: int = 4,
+    ) -> None:
+        super().__init__()
+        self.num_classes = check_positive_int(num_classes, "num_classes", minimum=2)
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        self.reduction = DF.check_reduction(reduction)
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+            raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+        self.ignore_index = ignore_index
+        if max_pixels is not None:
+            check_positive_int(max_pixels, "max_pixels")
+            if reduction == "none":
+                raise ValueError("max_pixels subsamples pixels, so it needs reduction 'mean' or 'sum', not 'none'")
+        self.max_pixels = max_pixels
+        if weight is not None:
+            check_tensor(weight, "weight")
+            if weight.shape != (num_classes,):
+                raise ValueError(f"weight must have shape ({num_classes},), got {tuple(weight.shape)}")
+        self.register_buffer("weight", weight)
+        widths = [4] + [check_positive_int(hidden, "hidden")] * check_positive_int(depth, "depth") + [1]
+        self.layers = nn.ParameterList(
+            nn.Parameter(torch.empty(out_f, in_f)) for in_f, out_f in zip(widths[:-1], widths[1:])
+        )
+        self.init = init
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Re-initialise the MLP as ``init`` says."""
+        for matrix in self.layers:
+            nn.init.kaiming_normal_(matrix, mode="fan_out")
+        if self.init == "warm":
+            from dynaloss.losses.warmstart import fit_to_binary_ce
+
+            fit_to_binary_ce(self)
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, init={self.init!r}, reduction={self.reduction!r}"
+
+    def forward(self, input: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+        self._check(input, target, weight)
+        return DF.pairwise_dln_loss(
+            list(self.layers),
+            input,
+            target,
+            weight=weight,
+            class_weight=self.weight,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            max_pixels=self.max_pixels,
+        )
+
+    def _check(self, input: object, target: object, weight: object) -> None:
+        input = check_tensor(input, "input")
+        target = check_tensor(target, "target")
+        if not input.is_floating_point():
+            raise TypeError(f"input must be floating-point logits, got dtype {input.dtype}")
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
+        if input.dim() < 2:
+            raise ValueError(f"input must be (B, C) or (B, C, d1, ...) logits, got shape {tuple(input.shape)}")
+        if input.shape[1] != self.num_classes:
+            raise ValueError(
+                f"input has {input.shape[1]} classes in dim 1, expected num_classes={self.num_classes}"
+            )
+        expected = input.shape[:1] + input.shape[2:]
+        if target.shape != expected:
+            raise ValueError(f"target must have shape {tuple(expected)} for input {tuple(input.shape)}, "
+                             f"got {tuple(target.shape)}")
+        if input.shape[0] == 0 or input.numel() == 0:
+            raise ValueError(f"input is empty (shape {tuple(input.shape)})")
+        if weight is not None:
+            weight = check_tensor(weight, "weight")
+            if weight.shape != target.shape:
+                raise ValueError(f"weight must have the target's shape {tuple(target.shape)}, "
+                                 f"got {tuple(weight.shape)}")
+            check_finite(weight, "weight")
+        check_finite(input, "input")
+        counted = target[target != self.ignore_index]
+        if counted.numel() and (int(counted.min()) < 0 or int(counted.max()) >= self.num_classes):
+            raise ValueError(
+                f"target holds class indices outside [0, {self.num_classes}) "
+                f"(min {int(counted.min())}, max {int(counted.max())}; ignore_index={self.ignore_index})"
+            )

@@ -1,0 +1,335 @@
+"""Teacher: one round of L2T-DLN's Algorithm 1 (student, DLN and teacher learning) per ``step``."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dynaloss.batches import draw_batches
+from dynaloss.losses._checks import NonFiniteError, check_positive_float, check_positive_int
+from dynaloss.teachers import TeacherModel, make_teacher_model
+from dynaloss.teachers.base import Memory
+from dynaloss.unroll import (
+    StudentState,
+    ValLoss,
+    default_val_loss,
+    dln_parameters,
+    student_state,
+    unroll_sgd,
+    validation_error,
+)
+
+__all__ = ["MODES", "RoundRecord", "Teacher"]
+
+MODES = ("paper", "lookahead", "research")
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """What one teacher round did.
+
+    Attributes:
+        round: index of the round (0-based), counting committed and skipped rounds.
+        val_error_before: validation error after stage I (N steps with the old DLN).
+        val_error_after: validation error after stage III (N steps with the updated DLN).
+        hypergradient_norm: L2 norm of the DLN's hypergradient.
+        update_norm: L2 norm of the DLN's change this round.
+        student_steps: SGD steps written into the student (``2N`` paper, ``N`` research, 0 lookahead).
+        seconds: wall time of the round.
+        skipped: ``True`` when the round was rejected and nothing was changed.
+        reason: why it was skipped.
+    """
+
+    round: int
+    val_error_before: float
+    val_error_after: float
+    hypergradient_norm: float
+    update_norm: float
+    student_steps: int
+    seconds: float
+    skipped: bool = False
+    reason: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Teacher:
+    r"""Teaches a Dynamic Loss Network while a student trains with it (L2T-DLN, Algorithm 1).
+
+    Each :meth:`step` is one round:
+
+    I. **Student learning**: ``N`` differentiable SGD steps of the student with the DLN as its loss.
+    II. **DLN learning**: the hypergradient :math:`\nabla\phi` of the validation error through those steps
+        goes to the teacher model, and :math:`\phi' = \phi + \gamma\, T_\vartheta(\nabla\phi, h)`.
+    III. **Teacher learning**: ``N`` more steps with :math:`\phi'`, and an Adam step on :math:`\vartheta`
+        down the gradient of the new validation error.
+
+    Everything is computed on functional copies and committed only at the end of a round that is finite
+    throughout, so a failed round leaves the DLN, the teacher and the student exactly as they were.
+
+    Args:
+        loss_fn: the DLN the student trains with (e.g. :class:`dynaloss.PairwiseDLN`); updated in place.
+        teacher: ``'lstm'`` (the paper's), ``'adam'``, ``'sgd'``, ``'rmsprop'`` or a
+            :class:`dynaloss.teachers.TeacherModel` (default: ``'lstm'``).
+        steps: ``N``, student steps per stage (default: ``25``, the paper's for classification).
+        student_lr: ``eta``, the student's SGD learning rate in the unroll (default: ``0.1``).
+        dln_lr: ``gamma``, the scale of the teacher's update of the DLN (default: ``1e-3``).
+        teacher_lr: Adam learning rate of the teacher model (default: ``1e-3``).
+        mode: what happens to the student (default: ``'paper'``):
+            ``'paper'``: stage III continues from stage I's end on new batches, and the student is
+            advanced by those ``2N`` SGD steps (BatchNorm statistics included);
+            ``'lookahead'``: the student is left bitwise untouched (train it with your own optimizer);
+            stage III replays stage I's start and batches with the new DLN;
+            ``'research'``: as the authors' code, both stages start from the same weights on the same
+            batches, and the student keeps the second stage's ``N`` steps.
+        val_loss: validation error ``f(outputs, targets)`` (default: cross-entropy, with the DLN's
+            ``ignore_index``).
+    """
+
+    def __init__(
+        self,
+        loss_fn: nn.Module,
+        *,
+        teacher: str | TeacherModel = "lstm",
+        steps: int = 25,
+        student_lr: float = 0.1,
+        dln_lr: float = 1e-3,
+        teacher_lr: float = 1e-3,
+        mode: str = "paper",
+        val_loss: ValLoss | None = None,
+    ) -> None:
+        if not isinstance(loss_fn, nn.Module):
+            raise TypeError(f"loss_fn must be a torch.nn.Module, got {type(loss_fn).__name__}")
+        dln_parameters(loss_fn)  # raises if there is nothing to teach
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if val_loss is not None and not callable(val_loss):
+            raise TypeError(f"val_loss must be callable, got {type(val_loss).__name__}")
+        self.loss_fn = loss_fn
+        self.steps = check_positive_int(steps, "steps")
+        self.student_lr = check_positive_float(student_lr, "student_lr")
+        self.dln_lr = check_positive_float(dln_lr, "dln_lr")
+        self.mode = mode
+        self.val_loss = val_loss or default_val_loss(loss_fn)
+        reference = next(loss_fn.parameters())
+        self.model = make_teacher_model(teacher).to(device=reference.device, dtype=reference.dtype)
+        self.optimizer = (
+            torch.optim.Adam(self.model.parameters(), lr=check_positive_float(teacher_lr, "teacher_lr"))
+            if self.model.learnable
+            else None
+        )
+        self.memory: Memory | None = None
+        self.rounds = 0
+
+    # ----------------------------------------------------------------------------------------------- round
+    def step(self, student: nn.Module, train_iter: Iterator[Any], val_iter: Iterator[Any]) -> RoundRecord:
+        """Run one round of Algorithm 1 and commit it if every quantity in it is finite.
+
+        Args:
+            student: the model being trained; on the device the round runs on.
+            train_iter: iterator of ``(x, y)`` or ``(x, y, w)`` training batches; a round takes ``2N``
+                (``'paper'``) or ``N`` of them.
+            val_iter: iterator of ``(x, y)`` validation batches; a round takes one.
+
+        Returns:
+            A :class:`RoundRecord`. A round with a non-finite value is skipped (``record.skipped``), and
+            nothing changes.
+        """
+        if not isinstance(student, nn.Module):
+            raise TypeError(f"student must be a torch.nn.Module, got {type(student).__name__}")
+        started = time.perf_counter()
+        device = _device_of(student)
+        self._move_to(device)
+        first = draw_batches(train_iter, self.steps, "train_iter", device)
+        second = draw_batches(train_iter, self.steps, "train_iter", device) if self.mode == "paper" else first
+        (val,) = draw_batches(val_iter, 1, "val_iter", device)
+        start = student_state(student)
+        try:
+            with torch.enable_grad():  # a round differentiates, even when called under no_grad()
+                outcome = self._compute_round(student, start, first, second, val)
+        except NonFiniteError as error:
+            return self._skip(started, f"non-finite value in the unroll: {error}")
+        problem = outcome.first_problem()
+        if problem is not None:
+            return self._skip(started, problem, outcome)
+        self._commit(student, outcome)
+        return self._record(started, outcome)
+
+    def _compute_round(self, student, start, first, second, val) -> _Outcome:  # type: ignore[no-untyped-def]
+        phi = dln_parameters(self.loss_fn)
+        stage_one = unroll_sgd(student, start, self.loss_fn, phi, first, lr=self.student_lr)
+        error_before = validation_error(student, stage_one, val, self.val_loss)
+        grads = torch.autograd.grad(error_before, list(phi.values()), allow_unused=True)
+        flat_grad = torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(phi.values(), grads)])
+
+        flat_phi = torch.cat([p.detach().flatten() for p in phi.values()])
+        memory = self.memory if self.memory is not None else self.model.initial_memory(flat_phi.numel(), like=flat_phi)
+        direction, new_memory = self.model(flat_grad.detach(), memory)
+        new_flat_phi = flat_phi + self.dln_lr * direction.to(flat_phi.dtype)
+        new_phi = dict(zip(phi, _unflatten(new_flat_phi, list(phi.values()))))
+
+        stage_three_start = stage_one.detached() if self.mode == "paper" else student_state(student)
+        learnable = self.model.learnable
+        stage_three = unroll_sgd(
+            student, stage_three_start, self.loss_fn, new_phi, second, lr=self.student_lr, create_graph=learnable
+        )
+        error_after = validation_error(student, stage_three, val, self.val_loss)
+        teacher_grads: tuple[Tensor, ...] = ()
+        if learnable:
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            raw = torch.autograd.grad(error_after, params, allow_unused=True)
+            teacher_grads = tuple(torch.zeros_like(p) if g is None else g for p, g in zip(params, raw))
+        return _Outcome(
+            error_before=error_before.detach(),
+            error_after=error_after.detach(),
+            flat_grad=flat_grad.detach(),
+            new_phi={n: p.detach() for n, p in new_phi.items()},
+            update=(new_flat_phi - flat_phi).detach(),
+            memory=tuple(m.detach() for m in new_memory),
+            teacher_grads=teacher_grads,
+            student=stage_three if self.mode != "lookahead" else None,
+        )
+
+    def _commit(self, student: nn.Module, outcome: _Outcome) -> None:
+        with torch.no_grad():
+            named = dict(self.loss_fn.named_parameters())
+            for name, value in outcome.new_phi.items():
+                named[name].copy_(value)
+            if self.optimizer is not None:
+                params = [p for p in self.model.parameters() if p.requires_grad]
+                for param, grad in zip(params, outcome.teacher_grads):
+                    param.grad = grad
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            self.memory = outcome.memory
+            if outcome.student is not None:
+                _write_student(student, outcome.student)
+        self.rounds += 1
+
+    # --------------------------------------------------------------------------------------- bookkeeping
+    def _record(self, started: float, outcome: _Outcome) -> RoundRecord:
+        steps = {"paper": 2 * self.steps, "research": self.steps, "lookahead": 0}[self.mode]
+        return RoundRecord(
+            round=self.rounds - 1,
+            val_error_before=float(outcome.error_before),
+            val_error_after=float(outcome.error_after),
+            hypergradient_norm=float(outcome.flat_grad.norm()),
+            update_norm=float(outcome.update.norm()),
+            student_steps=steps,
+            seconds=time.perf_counter() - started,
+        )
+
+    def _skip(self, started: float, reason: str, outcome: _Outcome | None = None) -> RoundRecord:
+        self.rounds += 1
+        value = (lambda t: float(t)) if outcome is not None else (lambda t: math.nan)
+        return RoundRecord(
+            round=self.rounds - 1,
+            val_error_before=value(outcome.error_before) if outcome else math.nan,
+            val_error_after=value(outcome.error_after) if outcome else math.nan,
+            hypergradient_norm=float(outcome.flat_grad.norm()) if outcome else math.nan,
+            update_norm=0.0,
+            student_steps=0,
+            seconds=time.perf_counter() - started,
+            skipped=True,
+            reason=reason,
+        )
+
+    def _move_to(self, device: torch.device) -> None:
+        """Follow the student's device: the DLN, the teacher model, its memory and its optimizer state."""
+        if next(self.loss_fn.parameters()).device == device:
+            return
+        self.loss_fn.to(device)
+        self.model.to(device)
+        if self.memory is not None:
+            self.memory = tuple(m.to(device) for m in self.memory)
+        if self.optimizer is not None:
+            # load_state_dict casts the state to each parameter's device
+            self.optimizer.load_state_dict(self.optimizer.state_dict())
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything that learns or remembers: DLN, teacher model, its optimizer and memory, round count."""
+        return {
+            "loss_fn": self.loss_fn.state_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+            "memory": None if self.memory is None else [m.clone() for m in self.memory],
+            "rounds": self.rounds,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output; the next round continues exactly where it left off."""
+        missing = {"loss_fn", "model", "optimizer", "memory", "rounds"} - set(state)
+        if missing:
+            raise ValueError(f"state is missing {sorted(missing)}; pass the output of Teacher.state_dict()")
+        if (state["optimizer"] is None) != (self.optimizer is None):
+            raise ValueError("state comes from a teacher of another kind (learnable vs fixed rule)")
+        self.loss_fn.load_state_dict(state["loss_fn"])
+        self.model.load_state_dict(state["model"])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        reference = next(self.loss_fn.parameters())
+        memory = state["memory"]
+        self.memory = None if memory is None else tuple(m.to(reference.device).clone() for m in memory)
+        self.rounds = int(state["rounds"])
+
+
+@dataclass
+class _Outcome:
+    """A computed, not yet committed round."""
+
+    error_before: Tensor
+    error_after: Tensor
+    flat_grad: Tensor
+    new_phi: dict[str, Tensor]
+    update: Tensor
+    memory: Memory
+    teacher_grads: tuple[Tensor, ...]
+    student: StudentState | None
+
+    def first_problem(self) -> str | None:
+        """Why this round must not be committed, or ``None``."""
+        student = [] if self.student is None else list(self.student.params.values())
+        checks = {
+            "validation error after stage I": [self.error_before],
+            "DLN hypergradient": [self.flat_grad],
+            "DLN update": [self.update],
+            "validation error after stage III": [self.error_after],
+            "teacher model gradient": list(self.teacher_grads),
+            "student parameters": student,
+        }
+        # one flag per check, computed on the device and read back with a single synchronisation
+        flags = torch.stack([
+            torch.stack([torch.isfinite(t).all() for t in tensors]).all() if tensors else torch.ones((), dtype=torch.bool, device=self.flat_grad.device)
+            for tensors in checks.values()
+        ]).tolist()
+        for name, finite in zip(checks, flags):
+            if not finite:
+                return f"{name} is not finite; the round was not committed"
+        return None
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    for tensor in module.parameters():
+        return tensor.device
+    raise ValueError(f"{type(module).__name__} has no parameters")
+
+
+def _unflatten(flat: Tensor, like: list[Tensor]) -> list[Tensor]:
+    sizes = [p.numel() for p in like]
+    return [chunk.view_as(p) for chunk, p in zip(flat.split(sizes), like)]
+
+
+def _write_student(student: nn.Module, state: StudentState) -> None:
+    """The committed step: the unrolled weights and buffers become the student's."""
+    named_params = dict(student.named_parameters())
+    for name in state.trainable:
+        named_params[name].copy_(state.params[name])
+    for name, buffer in student.named_buffers():
+        buffer.copy_(state.buffers[name])

@@ -1,0 +1,150 @@
+"""The differentiable student unroll and the DLN's hypergradient, as pure functions on parameter dicts.
+
+The student is only ever *called* (through :func:`torch.func.functional_call`): its parameters and buffers
+are read, never written. Buffers are cloned so BatchNorm's in-place running-stat updates land in our
+copies; frozen parameters (``requires_grad=False``) take part in the forward but not in the SGD step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from dynaloss.batches import Batch, as_batch
+
+__all__ = [
+    "StudentState",
+    "default_val_loss",
+    "dln_parameters",
+    "hypergradient",
+    "student_state",
+    "unroll_sgd",
+    "validation_error",
+]
+
+Params = dict[str, Tensor]
+ValLoss = Callable[[Tensor, Tensor], Tensor]
+
+
+class StudentState:
+    """A functional snapshot of a student: parameters, cloned buffers, and which parameters train."""
+
+    def __init__(self, params: Params, buffers: Params, trainable: Sequence[str]) -> None:
+        self.params = params
+        self.buffers = buffers
+        self.trainable = tuple(trainable)
+
+    def detached(self) -> StudentState:
+        """The same values as new leaves (trainable ones requiring grad), buffers cloned again."""
+        params = {n: p.detach().requires_grad_(n in self.trainable) for n, p in self.params.items()}
+        return StudentState(params, {n: b.clone() for n, b in self.buffers.items()}, self.trainable)
+
+
+def student_state(student: nn.Module) -> StudentState:
+    """Snapshot ``student`` without copying its parameters (they are only read) and with cloned buffers."""
+    params = {n: p.detach().requires_grad_(p.requires_grad) for n, p in student.named_parameters()}
+    buffers = {n: b.clone() for n, b in student.named_buffers()}
+    trainable = [n for n, p in student.named_parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError("the student has no parameter with requires_grad=True: there is nothing to unroll")
+    return StudentState(params, buffers, trainable)
+
+
+def dln_parameters(loss_fn: nn.Module) -> Params:
+    """The DLN's learnable parameters as fresh leaves that require grad."""
+    params = {n: p.detach().requires_grad_() for n, p in loss_fn.named_parameters() if p.requires_grad}
+    if not params:
+        raise ValueError(f"loss_fn ({type(loss_fn).__name__}) has no learnable parameter: there is nothing to teach")
+    return params
+
+
+def default_val_loss(loss_fn: nn.Module) -> ValLoss:
+    """Cross-entropy that ignores what the DLN ignores: the validation error of classification."""
+    ignore_index = getattr(loss_fn, "ignore_index", -100)
+    return lambda outputs, targets: F.cross_entropy(outputs, targets, ignore_index=ignore_index)
+
+
+def unroll_sgd(
+    student: nn.Module,
+    state: StudentState,
+    loss_fn: nn.Module,
+    loss_params: Mapping[str, Tensor],
+    batches: Sequence[Batch],
+    *,
+    lr: float,
+    create_graph: bool = True,
+) -> StudentState:
+    """Take ``len(batches)`` SGD steps of ``student`` with ``loss_fn`` (called with ``loss_params``) as the loss.
+
+    ``theta_i = theta_{i-1} - lr * d[w * L_phi(S(x), y)] / d theta_{i-1}`` (the paper's Eq. 2).
+
+    Args:
+        state: the starting point; its buffers are updated in place (pass a copy to keep them).
+        create_graph: keep the graph, so the result is a differentiable function of ``loss_params`` and
+            the start (default: ``True``); ``False`` takes plain steps.
+
+    Returns:
+        The state after the steps.
+    """
+    params = dict(state.params)
+    for batch in batches:
+        outputs = functional_call(student, (params, state.buffers), (batch.inputs,))
+        extra = {} if batch.weight is None else {"weight": batch.weight}
+        loss = functional_call(loss_fn, dict(loss_params), (outputs, batch.targets), extra)
+        trainable = [params[n] for n in state.trainable]
+        grads = torch.autograd.grad(loss, trainable, create_graph=create_graph, allow_unused=True)
+        for name, param, grad in zip(state.trainable, trainable, grads):
+            if grad is None:  # a parameter this batch does not reach keeps its value
+                continue
+            stepped = param - lr * grad
+            params[name] = stepped if create_graph else stepped.detach().requires_grad_()
+    return StudentState(params, state.buffers, state.trainable)
+
+
+def validation_error(student: nn.Module, state: StudentState, batch: Batch, val_loss: ValLoss) -> Tensor:
+    """``val_loss(S(x_val), y_val)`` at ``state``; buffer updates of this forward are thrown away."""
+    buffers = {n: b.clone() for n, b in state.buffers.items()}
+    return val_loss(functional_call(student, (state.params, buffers), (batch.inputs,)), batch.targets)
+
+
+def hypergradient(
+    student: nn.Module,
+    loss_fn: nn.Module,
+    train_batches: Sequence[object],
+    val_batch: object,
+    *,
+    lr: float,
+    val_loss: ValLoss | None = None,
+) -> dict[str, Tensor]:
+    """Gradient of the validation error after unrolled SGD steps with respect to each DLN parameter.
+
+    Runs ``len(train_batches)`` differentiable SGD steps of ``student`` with ``loss_fn`` as the loss, then
+    ``val_loss`` (default: cross-entropy) on ``val_batch``, and differentiates through the steps. The
+    student and the DLN are left untouched.
+
+    Args:
+        student: any module whose forward is a function of its parameters, buffers and inputs.
+        loss_fn: the DLN (any module whose learnable parameters define the loss).
+        train_batches: ``(x, y)`` or ``(x, y, w)`` batches, one per step.
+        val_batch: ``(x, y)``.
+        lr: the student's SGD learning rate.
+
+    Returns:
+        ``{name: gradient}`` for every learnable parameter of ``loss_fn``.
+    """
+    if not isinstance(student, nn.Module) or not isinstance(loss_fn, nn.Module):
+        raise TypeError("student and loss_fn must be torch.nn.Module instances")
+    if not train_batches:
+        raise ValueError("train_batches is empty: the unroll needs at least one step")
+    device = next(student.parameters()).device
+    train = [as_batch(b, "train_batches", device) for b in train_batches]
+    val = as_batch(val_batch, "val_batch", device)
+    phi = dln_parameters(loss_fn)
+    end = unroll_sgd(student, student_state(student), loss_fn, phi, train, lr=lr)
+    error = validation_error(student, end, val, val_loss or default_val_loss(loss_fn))
+    grads = torch.autograd.grad(error, list(phi.values()), allow_unused=True)
+    return {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(phi.items(), grads)}
