@@ -26,8 +26,10 @@ def as_batch(item: object, name: str, device: torch.device) -> Batch:
     elif isinstance(item, (tuple, list)) and len(item) in (2, 3):
         parts = tuple(item) + (None,) * (3 - len(item))
     else:
-        raise TypeError(f"{name} must yield (inputs, targets) or (inputs, targets, weight), got {type(item).__name__}"
-                        + (f" of length {len(item)}" if isinstance(item, (tuple, list)) else ""))
+        raise TypeError(
+            f"{name} must yield (inputs, targets) or (inputs, targets, weight), got {type(item).__name__}"
+            + (f" of length {len(item)}" if isinstance(item, (tuple, list)) else "")
+        )
     inputs, targets, weight = parts
     for label, value in (("inputs", inputs), ("targets", targets), ("weight", weight)):
         if value is not None and not isinstance(value, Tensor):
@@ -37,8 +39,9 @@ def as_batch(item: object, name: str, device: torch.device) -> Batch:
     if targets.dim() == 0 or targets.shape[0] != inputs.shape[0]:
         raise ValueError(f"{name} yielded {inputs.shape[0]} inputs but targets of shape {tuple(targets.shape)}")
     if weight is not None and weight.shape != targets.shape:
-        raise ValueError(f"{name} yielded weight of shape {tuple(weight.shape)}, expected the targets' "
-                         f"{tuple(targets.shape)}")
+        raise ValueError(
+            f"{name} yielded weight of shape {tuple(weight.shape)}, expected the targets' {tuple(targets.shape)}"
+        )
     move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
     return Batch(move(inputs), move(targets), move(weight))
 

@@ -90,9 +90,7 @@ def pairwise_row_loss(
     return leaky_mlp(weights, rows.to(weights[0].dtype), negative_slope)
 
 
-def reduce_loss(
-    per_element: Tensor, element_weight: Tensor, normaliser: Tensor, reduction: str
-) -> Tensor:
+def reduce_loss(per_element: Tensor, element_weight: Tensor, normaliser: Tensor, reduction: str) -> Tensor:
     """Apply ``reduction`` the way :class:`torch.nn.CrossEntropyLoss` does.
 
     ``'mean'`` divides the weighted sum by ``normaliser`` (the summed class weights of the counted
@@ -105,9 +103,7 @@ def reduce_loss(
     return total if reduction == "sum" else total / normaliser
 
 
-def _subsample_pixels(
-    valid: Tensor, max_pixels: int, generator: torch.Generator | None
-) -> tuple[Tensor, Tensor]:
+def _subsample_pixels(valid: Tensor, max_pixels: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
     """Pick up to ``max_pixels`` valid pixels per image uniformly without replacement.
 
     Args:

@@ -9,21 +9,14 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from dynaloss.batches import draw_batches
 from dynaloss.losses._checks import NonFiniteError, check_positive_float, check_positive_int
+from dynaloss.round import RoundOutcome, compute_round
 from dynaloss.teachers import TeacherModel, make_teacher_model
 from dynaloss.teachers.base import Memory
-from dynaloss.unroll import (
-    StudentState,
-    ValLoss,
-    default_val_loss,
-    dln_parameters,
-    student_state,
-    unroll_sgd,
-    validation_error,
-)
+from dynaloss.unroll import StudentState, ValLoss, default_val_loss, dln_parameters
 
 __all__ = ["MODES", "RoundRecord", "Teacher"]
 
@@ -150,10 +143,21 @@ class Teacher:
         first = draw_batches(train_iter, self.steps, "train_iter", device)
         second = draw_batches(train_iter, self.steps, "train_iter", device) if self.mode == "paper" else first
         (val,) = draw_batches(val_iter, 1, "val_iter", device)
-        start = student_state(student)
         try:
             with torch.enable_grad():  # a round differentiates, even when called under no_grad()
-                outcome = self._compute_round(student, start, first, second, val)
+                outcome = compute_round(
+                    student,
+                    self.loss_fn,
+                    self.model,
+                    self.memory,
+                    first,
+                    second,
+                    val,
+                    student_lr=self.student_lr,
+                    dln_lr=self.dln_lr,
+                    val_loss=self.val_loss,
+                    continue_stage_one=self.mode == "paper",
+                )
         except NonFiniteError as error:
             return self._skip(started, f"non-finite value in the unroll: {error}")
         problem = outcome.first_problem()
@@ -162,42 +166,7 @@ class Teacher:
         self._commit(student, outcome)
         return self._record(started, outcome)
 
-    def _compute_round(self, student, start, first, second, val) -> _Outcome:  # type: ignore[no-untyped-def]
-        phi = dln_parameters(self.loss_fn)
-        stage_one = unroll_sgd(student, start, self.loss_fn, phi, first, lr=self.student_lr)
-        error_before = validation_error(student, stage_one, val, self.val_loss)
-        grads = torch.autograd.grad(error_before, list(phi.values()), allow_unused=True)
-        flat_grad = torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(phi.values(), grads)])
-
-        flat_phi = torch.cat([p.detach().flatten() for p in phi.values()])
-        memory = self.memory if self.memory is not None else self.model.initial_memory(flat_phi.numel(), like=flat_phi)
-        direction, new_memory = self.model(flat_grad.detach(), memory)
-        new_flat_phi = flat_phi + self.dln_lr * direction.to(flat_phi.dtype)
-        new_phi = dict(zip(phi, _unflatten(new_flat_phi, list(phi.values()))))
-
-        stage_three_start = stage_one.detached() if self.mode == "paper" else student_state(student)
-        learnable = self.model.learnable
-        stage_three = unroll_sgd(
-            student, stage_three_start, self.loss_fn, new_phi, second, lr=self.student_lr, create_graph=learnable
-        )
-        error_after = validation_error(student, stage_three, val, self.val_loss)
-        teacher_grads: tuple[Tensor, ...] = ()
-        if learnable:
-            params = [p for p in self.model.parameters() if p.requires_grad]
-            raw = torch.autograd.grad(error_after, params, allow_unused=True)
-            teacher_grads = tuple(torch.zeros_like(p) if g is None else g for p, g in zip(params, raw))
-        return _Outcome(
-            error_before=error_before.detach(),
-            error_after=error_after.detach(),
-            flat_grad=flat_grad.detach(),
-            new_phi={n: p.detach() for n, p in new_phi.items()},
-            update=(new_flat_phi - flat_phi).detach(),
-            memory=tuple(m.detach() for m in new_memory),
-            teacher_grads=teacher_grads,
-            student=stage_three if self.mode != "lookahead" else None,
-        )
-
-    def _commit(self, student: nn.Module, outcome: _Outcome) -> None:
+    def _commit(self, student: nn.Module, outcome: RoundOutcome) -> None:
         with torch.no_grad():
             named = dict(self.loss_fn.named_parameters())
             for name, value in outcome.new_phi.items():
@@ -209,12 +178,12 @@ class Teacher:
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
             self.memory = outcome.memory
-            if outcome.student is not None:
+            if self.mode != "lookahead":
                 _write_student(student, outcome.student)
         self.rounds += 1
 
     # --------------------------------------------------------------------------------------- bookkeeping
-    def _record(self, started: float, outcome: _Outcome) -> RoundRecord:
+    def _record(self, started: float, outcome: RoundOutcome) -> RoundRecord:
         steps = {"paper": 2 * self.steps, "research": self.steps, "lookahead": 0}[self.mode]
         return RoundRecord(
             round=self.rounds - 1,
@@ -226,7 +195,7 @@ class Teacher:
             seconds=time.perf_counter() - started,
         )
 
-    def _skip(self, started: float, reason: str, outcome: _Outcome | None = None) -> RoundRecord:
+    def _skip(self, started: float, reason: str, outcome: RoundOutcome | None = None) -> RoundRecord:
         self.rounds += 1
         value = (lambda t: float(t)) if outcome is not None else (lambda t: math.nan)
         return RoundRecord(
@@ -280,50 +249,10 @@ class Teacher:
         self.rounds = int(state["rounds"])
 
 
-@dataclass
-class _Outcome:
-    """A computed, not yet committed round."""
-
-    error_before: Tensor
-    error_after: Tensor
-    flat_grad: Tensor
-    new_phi: dict[str, Tensor]
-    update: Tensor
-    memory: Memory
-    teacher_grads: tuple[Tensor, ...]
-    student: StudentState | None
-
-    def first_problem(self) -> str | None:
-        """Why this round must not be committed, or ``None``."""
-        student = [] if self.student is None else list(self.student.params.values())
-        checks = {
-            "validation error after stage I": [self.error_before],
-            "DLN hypergradient": [self.flat_grad],
-            "DLN update": [self.update],
-            "validation error after stage III": [self.error_after],
-            "teacher model gradient": list(self.teacher_grads),
-            "student parameters": student,
-        }
-        # one flag per check, computed on the device and read back with a single synchronisation
-        flags = torch.stack([
-            torch.stack([torch.isfinite(t).all() for t in tensors]).all() if tensors else torch.ones((), dtype=torch.bool, device=self.flat_grad.device)
-            for tensors in checks.values()
-        ]).tolist()
-        for name, finite in zip(checks, flags):
-            if not finite:
-                return f"{name} is not finite; the round was not committed"
-        return None
-
-
 def _device_of(module: nn.Module) -> torch.device:
     for tensor in module.parameters():
         return tensor.device
     raise ValueError(f"{type(module).__name__} has no parameters")
-
-
-def _unflatten(flat: Tensor, like: list[Tensor]) -> list[Tensor]:
-    sizes = [p.numel() for p in like]
-    return [chunk.view_as(p) for chunk, p in zip(flat.split(sizes), like)]
 
 
 def _write_student(student: nn.Module, state: StudentState) -> None:

@@ -20,6 +20,7 @@ __all__ = [
     "StudentState",
     "default_val_loss",
     "dln_parameters",
+    "grads_or_zeros",
     "hypergradient",
     "student_state",
     "unroll_sgd",
@@ -68,6 +69,12 @@ def default_val_loss(loss_fn: nn.Module) -> ValLoss:
     return lambda outputs, targets: F.cross_entropy(outputs, targets, ignore_index=ignore_index)
 
 
+def grads_or_zeros(output: Tensor, inputs: Sequence[Tensor]) -> tuple[Tensor, ...]:
+    """``d output / d input`` for each input, zeros for inputs that ``output`` does not depend on."""
+    grads = torch.autograd.grad(output, list(inputs), allow_unused=True)
+    return tuple(torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads))
+
+
 def unroll_sgd(
     student: nn.Module,
     state: StudentState,
@@ -83,7 +90,7 @@ def unroll_sgd(
     ``theta_i = theta_{i-1} - lr * d[w * L_phi(S(x), y)] / d theta_{i-1}`` (the paper's Eq. 2).
 
     Args:
-        state: the starting point; its buffers are updated in place (pass a copy to keep them).
+        state: the starting point; it is not modified (buffers are cloned before BatchNorm updates them).
         create_graph: keep the graph, so the result is a differentiable function of ``loss_params`` and
             the start (default: ``True``); ``False`` takes plain steps.
 
@@ -91,8 +98,9 @@ def unroll_sgd(
         The state after the steps.
     """
     params = dict(state.params)
+    buffers = {n: b.clone() for n, b in state.buffers.items()}
     for batch in batches:
-        outputs = functional_call(student, (params, state.buffers), (batch.inputs,))
+        outputs = functional_call(student, (params, buffers), (batch.inputs,))
         extra = {} if batch.weight is None else {"weight": batch.weight}
         loss = functional_call(loss_fn, dict(loss_params), (outputs, batch.targets), extra)
         trainable = [params[n] for n in state.trainable]
@@ -102,7 +110,7 @@ def unroll_sgd(
                 continue
             stepped = param - lr * grad
             params[name] = stepped if create_graph else stepped.detach().requires_grad_()
-    return StudentState(params, state.buffers, state.trainable)
+    return StudentState(params, buffers, state.trainable)
 
 
 def validation_error(student: nn.Module, state: StudentState, batch: Batch, val_loss: ValLoss) -> Tensor:
@@ -146,5 +154,4 @@ def hypergradient(
     phi = dln_parameters(loss_fn)
     end = unroll_sgd(student, student_state(student), loss_fn, phi, train, lr=lr)
     error = validation_error(student, end, val, val_loss or default_val_loss(loss_fn))
-    grads = torch.autograd.grad(error, list(phi.values()), allow_unused=True)
-    return {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(phi.items(), grads)}
+    return dict(zip(phi, grads_or_zeros(error, list(phi.values()))))

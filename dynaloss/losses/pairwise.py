@@ -124,20 +124,20 @@ class PairwiseDLN(nn.Module):
         if input.dim() < 2:
             raise ValueError(f"input must be (B, C) or (B, C, d1, ...) logits, got shape {tuple(input.shape)}")
         if input.shape[1] != self.num_classes:
-            raise ValueError(
-                f"input has {input.shape[1]} classes in dim 1, expected num_classes={self.num_classes}"
-            )
+            raise ValueError(f"input has {input.shape[1]} classes in dim 1, expected num_classes={self.num_classes}")
         expected = input.shape[:1] + input.shape[2:]
         if target.shape != expected:
-            raise ValueError(f"target must have shape {tuple(expected)} for input {tuple(input.shape)}, "
-                             f"got {tuple(target.shape)}")
+            raise ValueError(
+                f"target must have shape {tuple(expected)} for input {tuple(input.shape)}, got {tuple(target.shape)}"
+            )
         if input.shape[0] == 0 or input.numel() == 0:
             raise ValueError(f"input is empty (shape {tuple(input.shape)})")
         if weight is not None:
             weight = check_tensor(weight, "weight")
             if weight.shape != target.shape:
-                raise ValueError(f"weight must have the target's shape {tuple(target.shape)}, "
-                                 f"got {tuple(weight.shape)}")
+                raise ValueError(
+                    f"weight must have the target's shape {tuple(target.shape)}, got {tuple(weight.shape)}"
+                )
             check_finite(weight, "weight")
         check_finite(input, "input")
         counted = target[target != self.ignore_index]

@@ -6,7 +6,14 @@ from dynaloss.teachers.base import TeacherModel
 from dynaloss.teachers.lstm import LSTMTeacher, preprocess_gradient
 from dynaloss.teachers.optim import OPTIMIZER_TEACHERS, OptimizerTeacher
 
-__all__ = ["OPTIMIZER_TEACHERS", "LSTMTeacher", "OptimizerTeacher", "TeacherModel", "make_teacher_model", "preprocess_gradient"]
+__all__ = [
+    "OPTIMIZER_TEACHERS",
+    "LSTMTeacher",
+    "OptimizerTeacher",
+    "TeacherModel",
+    "make_teacher_model",
+    "preprocess_gradient",
+]
 
 TEACHER_KINDS = ("lstm", *OPTIMIZER_TEACHERS)
 

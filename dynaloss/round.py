@@ -1,0 +1,132 @@
+"""One round of Algorithm 1 as a pure computation: nothing is written until the caller commits it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from dynaloss.batches import Batch
+from dynaloss.teachers.base import Memory, TeacherModel
+from dynaloss.unroll import (
+    StudentState,
+    ValLoss,
+    dln_parameters,
+    grads_or_zeros,
+    student_state,
+    unroll_sgd,
+    validation_error,
+)
+
+__all__ = ["RoundOutcome", "compute_round"]
+
+
+@dataclass
+class RoundOutcome:
+    """A computed, not yet committed round (all tensors detached).
+
+    Attributes:
+        error_before: validation error after stage I.
+        error_after: validation error after stage III.
+        flat_grad: the DLN's hypergradient, flattened in ``named_parameters`` order.
+        new_phi: the updated DLN parameters by name.
+        update: ``new_phi - phi``, flattened.
+        memory: the teacher model's memory after this round.
+        teacher_grads: gradient of ``error_after`` w.r.t. each learnable teacher-model parameter.
+        student: the student's state at the end of stage III.
+    """
+
+    error_before: Tensor
+    error_after: Tensor
+    flat_grad: Tensor
+    new_phi: dict[str, Tensor]
+    update: Tensor
+    memory: Memory
+    teacher_grads: tuple[Tensor, ...]
+    student: StudentState
+
+    def first_problem(self) -> str | None:
+        """Why this round must not be committed (a non-finite value), or ``None``."""
+        checks = {
+            "validation error after stage I": [self.error_before],
+            "DLN hypergradient": [self.flat_grad],
+            "DLN update": [self.update],
+            "validation error after stage III": [self.error_after],
+            "teacher model gradient": list(self.teacher_grads),
+            "student parameters": list(self.student.params.values()),
+        }
+        # one flag per check, computed on the device and read back with a single synchronisation
+        flags = torch.stack([torch.stack([torch.isfinite(t).all() for t in ts]).all() for ts in checks.values() if ts])
+        names = [name for name, ts in checks.items() if ts]
+        for name, finite in zip(names, flags.tolist()):
+            if not finite:
+                return f"{name} is not finite; the round was not committed"
+        return None
+
+
+def compute_round(
+    student: nn.Module,
+    loss_fn: nn.Module,
+    model: TeacherModel,
+    memory: Memory | None,
+    first: Sequence[Batch],
+    second: Sequence[Batch],
+    val: Batch,
+    *,
+    student_lr: float,
+    dln_lr: float,
+    val_loss: ValLoss,
+    continue_stage_one: bool = True,
+) -> RoundOutcome:
+    """Stages I-III of L2T-DLN from the student's current weights, without writing anything.
+
+    Args:
+        student: read through ``functional_call`` only.
+        loss_fn: the DLN; its current parameters are ``phi``.
+        model: the teacher model ``T``; ``memory`` is its memory (``None`` before the first round).
+        first: stage I's batches. ``second``: stage III's.
+        val: the validation batch both stages are scored on.
+        continue_stage_one: stage III starts where stage I ended (the paper) or, if ``False``, from the
+            student's current weights again (the research code).
+
+    Returns:
+        The :class:`RoundOutcome`; ``teacher_grads`` is empty when ``model`` has nothing to learn.
+    """
+    start = student_state(student)
+    phi = dln_parameters(loss_fn)
+    stage_one = unroll_sgd(student, start, loss_fn, phi, first, lr=student_lr)
+    error_before = validation_error(student, stage_one, val, val_loss)
+    flat_grad = torch.cat([g.flatten() for g in grads_or_zeros(error_before, list(phi.values()))]).detach()
+
+    flat_phi = torch.cat([p.detach().flatten() for p in phi.values()])
+    if memory is None:
+        memory = model.initial_memory(flat_phi.numel(), like=flat_phi)
+    direction, new_memory = model(flat_grad, memory)
+    new_flat_phi = flat_phi + dln_lr * direction.to(flat_phi.dtype)
+    new_phi = dict(zip(phi, _unflatten(new_flat_phi, list(phi.values()))))
+
+    learnable = model.learnable
+    stage_three_start = stage_one.detached() if continue_stage_one else start.detached()
+    stage_three = unroll_sgd(
+        student, stage_three_start, loss_fn, new_phi, second, lr=student_lr, create_graph=learnable
+    )
+    error_after = validation_error(student, stage_three, val, val_loss)
+    teacher_params = [p for p in model.parameters() if p.requires_grad]
+    teacher_grads = grads_or_zeros(error_after, teacher_params) if learnable else ()
+    return RoundOutcome(
+        error_before=error_before.detach(),
+        error_after=error_after.detach(),
+        flat_grad=flat_grad,
+        new_phi={n: p.detach() for n, p in new_phi.items()},
+        update=(new_flat_phi - flat_phi).detach(),
+        memory=tuple(m.detach() for m in new_memory),
+        teacher_grads=tuple(g.detach() for g in teacher_grads),
+        student=stage_three,
+    )
+
+
+def _unflatten(flat: Tensor, like: list[Tensor]) -> list[Tensor]:
+    sizes = [p.numel() for p in like]
+    return [chunk.view_as(p) for chunk, p in zip(flat.split(sizes), like)]
