@@ -34,7 +34,9 @@ def as_batch(item: object, name: str, device: torch.device) -> Batch:
     for label, value in (("inputs", inputs), ("targets", targets), ("weight", weight)):
         if value is not None and not isinstance(value, Tensor):
             raise TypeError(f"{name} yielded {label} of type {type(value).__name__}, expected a torch.Tensor")
-    if inputs.dim() == 0 or inputs.shape[0] == 0:
+    if inputs.dim() == 0:
+        raise ValueError(f"{name} yielded 0-d inputs; a batch needs a leading batch dimension")
+    if inputs.shape[0] == 0:
         raise ValueError(f"{name} yielded an empty batch (inputs of shape {tuple(inputs.shape)})")
     if targets.dim() == 0 or targets.shape[0] != inputs.shape[0]:
         raise ValueError(f"{name} yielded {inputs.shape[0]} inputs but targets of shape {tuple(targets.shape)}")

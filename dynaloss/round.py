@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from dynaloss.batches import Batch
+from dynaloss.losses._checks import NonFiniteError
 from dynaloss.teachers.base import Memory, TeacherModel
 from dynaloss.unroll import (
     StudentState,
@@ -50,8 +51,6 @@ class RoundOutcome:
     def first_problem(self) -> str | None:
         """Why this round must not be committed (a non-finite value), or ``None``."""
         checks = {
-            "validation error after stage I": [self.error_before],
-            "DLN hypergradient": [self.flat_grad],
             "DLN update": [self.update],
             "validation error after stage III": [self.error_after],
             "teacher model gradient": list(self.teacher_grads),
@@ -93,12 +92,19 @@ def compute_round(
 
     Returns:
         The :class:`RoundOutcome`; ``teacher_grads`` is empty when ``model`` has nothing to learn.
+
+    Raises:
+        NonFiniteError: stage I produced a non-finite validation error or hypergradient, or a DLN input
+            became non-finite in an unroll.
     """
     start = student_state(student)
     phi = dln_parameters(loss_fn)
     stage_one = unroll_sgd(student, start, loss_fn, phi, first, lr=student_lr)
     error_before = validation_error(student, stage_one, val, val_loss)
     flat_grad = torch.cat([g.flatten() for g in grads_or_zeros(error_before, list(phi.values()))]).detach()
+    if not bool(torch.isfinite(torch.cat([error_before.detach().reshape(1), flat_grad])).all()):
+        # say so now: stage III would only fail later with a less telling message
+        raise NonFiniteError("the validation error after stage I or the DLN's hypergradient is not finite")
 
     flat_phi = torch.cat([p.detach().flatten() for p in phi.values()])
     if memory is None:

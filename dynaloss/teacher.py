@@ -113,11 +113,8 @@ class Teacher:
         self.val_loss = val_loss or default_val_loss(loss_fn)
         reference = next(loss_fn.parameters())
         self.model = make_teacher_model(teacher).to(device=reference.device, dtype=reference.dtype)
-        self.optimizer = (
-            torch.optim.Adam(self.model.parameters(), lr=check_positive_float(teacher_lr, "teacher_lr"))
-            if self.model.learnable
-            else None
-        )
+        teacher_lr = check_positive_float(teacher_lr, "teacher_lr")
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=teacher_lr) if self.model.learnable else None
         self.memory: Memory | None = None
         self.rounds = 0
 
@@ -159,7 +156,7 @@ class Teacher:
                     continue_stage_one=self.mode == "paper",
                 )
         except NonFiniteError as error:
-            return self._skip(started, f"non-finite value in the unroll: {error}")
+            return self._skip(started, f"{error}; the round was not committed")
         problem = outcome.first_problem()
         if problem is not None:
             return self._skip(started, problem, outcome)

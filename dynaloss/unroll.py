@@ -32,7 +32,11 @@ ValLoss = Callable[[Tensor, Tensor], Tensor]
 
 
 class StudentState:
-    """A functional snapshot of a student: parameters, cloned buffers, and which parameters train."""
+    """A functional snapshot of a student: parameters, buffers, and which parameters train.
+
+    Snapshots are never modified: :func:`unroll_sgd` and :func:`validation_error` clone the buffers before a
+    forward can update them in place.
+    """
 
     def __init__(self, params: Params, buffers: Params, trainable: Sequence[str]) -> None:
         self.params = params
@@ -40,15 +44,15 @@ class StudentState:
         self.trainable = tuple(trainable)
 
     def detached(self) -> StudentState:
-        """The same values as new leaves (trainable ones requiring grad), buffers cloned again."""
+        """The same values as new leaves (trainable ones requiring grad): the start of a new unroll."""
         params = {n: p.detach().requires_grad_(n in self.trainable) for n, p in self.params.items()}
-        return StudentState(params, {n: b.clone() for n, b in self.buffers.items()}, self.trainable)
+        return StudentState(params, self.buffers, self.trainable)
 
 
 def student_state(student: nn.Module) -> StudentState:
-    """Snapshot ``student`` without copying its parameters (they are only read) and with cloned buffers."""
+    """Snapshot ``student`` without copying anything: its parameters and buffers are only read."""
     params = {n: p.detach().requires_grad_(p.requires_grad) for n, p in student.named_parameters()}
-    buffers = {n: b.clone() for n, b in student.named_buffers()}
+    buffers = {n: b.detach() for n, b in student.named_buffers()}
     trainable = [n for n, p in student.named_parameters() if p.requires_grad]
     if not trainable:
         raise ValueError("the student has no parameter with requires_grad=True: there is nothing to unroll")

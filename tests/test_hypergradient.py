@@ -32,7 +32,10 @@ def make_dln(seed: int = 1) -> dynaloss.PairwiseDLN:
 def make_batches(count: int, size: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     generator = torch.Generator().manual_seed(seed)
     return [
-        (torch.randn(size, 4, generator=generator, dtype=torch.float64), torch.randint(CLASSES, (size,), generator=generator))
+        (
+            torch.randn(size, 4, generator=generator, dtype=torch.float64),
+            torch.randint(CLASSES, (size,), generator=generator),
+        )
         for _ in range(count)
     ]
 

@@ -64,7 +64,9 @@ def test_teacher_gradient_matches_finite_differences(continue_stage_one: bool) -
             with torch.no_grad():
                 for p, d in zip(params, direction):
                     p.add_(sign * eps * d)
-            errors.append(float(run_compute_round(student, dln, model, first, second, val, continue_stage_one).error_after))
+            errors.append(
+                float(run_compute_round(student, dln, model, first, second, val, continue_stage_one).error_after)
+            )
             with torch.no_grad():
                 for p, d in zip(params, direction):
                     p.sub_(sign * eps * d)
@@ -160,7 +162,10 @@ def test_state_dict_round_trip_resumes_identically(teacher_kind: str) -> None:
     resumed.load_state_dict(saved)
 
     for run_teacher, run_student in ((teacher, student), (resumed, saved_student)):
-        records = [run_teacher.step(run_student, iter(data[4 + 4 * i : 8 + 4 * i]), iter(vals[1 + i : 2 + i])) for i in range(2)]
+        records = [
+            run_teacher.step(run_student, iter(data[4 + 4 * i : 8 + 4 * i]), iter(vals[1 + i : 2 + i]))
+            for i in range(2)
+        ]
         run_teacher.records = records  # type: ignore[attr-defined]
     for a, b in zip(teacher.records, resumed.records):  # type: ignore[attr-defined]
         assert (a.val_error_before, a.val_error_after, a.update_norm, a.round) == (
@@ -188,7 +193,9 @@ def test_optimizer_teachers_update_the_dln_without_learning() -> None:
     student, teacher = make_teacher("lookahead", teacher="sgd")
     before = torch.cat([p.detach().flatten().clone() for p in teacher.loss_fn.parameters()])
     batches, (val,) = make_batches(2, 8, seed=62), make_batches(1, 16, seed=63)
-    expected = torch.cat([g.flatten() for g in dynaloss.hypergradient(student, teacher.loss_fn, batches, val, lr=LR).values()])
+    expected = torch.cat(
+        [g.flatten() for g in dynaloss.hypergradient(student, teacher.loss_fn, batches, val, lr=LR).values()]
+    )
     teacher.step(student, iter(batches), iter([val]))
     after = torch.cat([p.detach().flatten() for p in teacher.loss_fn.parameters()])
     torch.testing.assert_close(after, before - DLN_LR * expected, rtol=1e-12, atol=1e-14)

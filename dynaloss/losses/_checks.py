@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["check_finite", "check_positive_int", "check_tensor"]
+__all__ = ["NonFiniteError", "check_finite", "check_positive_float", "check_positive_int", "check_tensor"]
 
 
 class NonFiniteError(ValueError):

@@ -57,6 +57,8 @@ class MultiPartDLN(nn.Module):
         check_tensor(parts, "parts")
         if parts.dim() not in (1, 2) or parts.shape[-1] != self.num_parts:
             raise ValueError(f"parts must be ({self.num_parts},) or (B, {self.num_parts}), got {tuple(parts.shape)}")
+        if parts.numel() == 0:  # an empty batch would make 'mean' a silent NaN
+            raise ValueError(f"parts is empty (shape {tuple(parts.shape)})")
         check_finite(parts, "parts")
         per_vector = parts.to(self.weight.dtype) @ self.weight
         if self.reduction == "none":

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from dynaloss import functional as DF
 
-__all__ = ["binary_pair_ce", "fit_to_binary_ce", "fit_pairwise_dln"]
+__all__ = ["binary_pair_ce", "fit_pairwise_dln", "fit_to_binary_ce"]
 
 # Probabilities are drawn from this interval; the target is finite (at most ~9.2) there.
 _PROB_MARGIN = 0.01
