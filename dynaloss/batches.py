@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 from torch import Tensor
@@ -30,10 +30,10 @@ def as_batch(item: object, name: str, device: torch.device) -> Batch:
             f"{name} must yield (inputs, targets) or (inputs, targets, weight), got {type(item).__name__}"
             + (f" of length {len(item)}" if isinstance(item, (tuple, list)) else "")
         )
-    inputs, targets, weight = parts
-    for label, value in (("inputs", inputs), ("targets", targets), ("weight", weight)):
-        if value is not None and not isinstance(value, Tensor):
+    for label, value in zip(("inputs", "targets", "weight"), parts):
+        if (value is not None or label != "weight") and not isinstance(value, Tensor):
             raise TypeError(f"{name} yielded {label} of type {type(value).__name__}, expected a torch.Tensor")
+    inputs, targets, weight = cast("tuple[Tensor, Tensor, Tensor | None]", parts)
     if inputs.dim() == 0:
         raise ValueError(f"{name} yielded 0-d inputs; a batch needs a leading batch dimension")
     if inputs.shape[0] == 0:
@@ -44,8 +44,8 @@ def as_batch(item: object, name: str, device: torch.device) -> Batch:
         raise ValueError(
             f"{name} yielded weight of shape {tuple(weight.shape)}, expected the targets' {tuple(targets.shape)}"
         )
-    move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-    return Batch(move(inputs), move(targets), move(weight))
+    moved_weight = None if weight is None else weight.to(device, non_blocking=True)
+    return Batch(inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True), moved_weight)
 
 
 def draw_batches(iterator: Iterator[object], count: int, name: str, device: torch.device) -> list[Batch]:

@@ -65,7 +65,10 @@ class Teacher:
         down the gradient of the new validation error.
 
     Everything is computed on functional copies and committed only at the end of a round that is finite
-    throughout, so a failed round leaves the DLN, the teacher and the student exactly as they were.
+    throughout, so a failed round leaves the DLN, the teacher and the student exactly as they were. A
+    committed round writes the new DLN parameters into ``loss_fn`` (and clears their ``.grad``, which your
+    own ``loss.backward()`` fills and nothing reads) and, in ``'paper'``/``'research'`` mode, the unrolled
+    weights and buffers into the student: the only writes into modules it makes.
 
     Args:
         loss_fn: the DLN the student trains with (e.g. :class:`dynaloss.PairwiseDLN`); updated in place.
@@ -175,6 +178,8 @@ class Teacher:
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
             self.memory = outcome.memory
+            # the user's own loss.backward() fills .grad on the DLN; nothing reads it, so free it here
+            self.loss_fn.zero_grad(set_to_none=True)
             if self.mode != "lookahead":
                 _write_student(student, outcome.student)
         self.rounds += 1

@@ -81,6 +81,7 @@ class PairwiseDLN(nn.Module):
             check_tensor(weight, "weight")
             if weight.shape != (num_classes,):
                 raise ValueError(f"weight must have shape ({num_classes},), got {tuple(weight.shape)}")
+        self.weight: Tensor | None
         self.register_buffer("weight", weight)
         widths = [4] + [check_positive_int(hidden, "hidden")] * check_positive_int(depth, "depth") + [1]
         self.layers = nn.ParameterList(

@@ -45,7 +45,7 @@ def fit_pairwise_dln(
     Returns:
         The final mean squared error of the fit.
     """
-    layers = list(dln.layers)
+    layers = [p for name, p in dln.named_parameters() if name.startswith("layers.")]
     generator = torch.Generator().manual_seed(seed)
     fit_params = [
         (torch.randn(m.shape, generator=generator) * (2.0 / m.shape[0]) ** 0.5).requires_grad_() for m in layers

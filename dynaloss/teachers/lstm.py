@@ -55,16 +55,17 @@ class LSTMTeacher(TeacherModel):
         self.preprocess_k = check_positive_float(preprocess_k, "preprocess_k")
         widths = [2] + [hidden_size] * (num_layers - 1) + [1]
         self.cells = nn.ModuleList(nn.LSTMCell(i, o) for i, o in zip(widths[:-1], widths[1:]))
+        self._widths = widths[1:]
 
     def initial_memory(self, num_coordinates: int, *, like: Tensor) -> Memory:
         memory = []
-        for cell in self.cells:
-            zeros = like.new_zeros(num_coordinates, cell.hidden_size)
+        for width in self._widths:
+            zeros = like.new_zeros(num_coordinates, width)
             memory += [zeros, zeros.clone()]
         return tuple(memory)
 
     def forward(self, grad: Tensor, memory: Memory) -> tuple[Tensor, Memory]:
-        x = preprocess_gradient(grad, self.preprocess_k).to(self.cells[0].weight_ih.dtype)
+        x = preprocess_gradient(grad, self.preprocess_k).to(next(self.parameters()).dtype)
         new_memory: list[Tensor] = []
         for layer, cell in enumerate(self.cells):
             h, c = cell(x, (memory[2 * layer], memory[2 * layer + 1]))

@@ -1,0 +1,183 @@
+"""Does it teach? CE vs L2T-DLN arms at an equal number of student SGD steps, over seeds (BENCHMARKS.md §2).
+
+Every arm of a (data set, seed) pair starts from the same student weights and reads the same epoch-wise
+train/val re-split stream; every arm takes exactly ``--steps`` student SGD steps. Prints the machine, the
+configuration and a Markdown table (mean ± std of the final and the best test accuracy, seconds), and
+writes the same as JSON and Markdown.
+
+    OMP_NUM_THREADS=1 python benchmarks/accuracy.py --arms ce dln-warm dln-paper --seeds 3 --steps 4000
+    OMP_NUM_THREADS=1 python benchmarks/accuracy.py --fast
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Each arm: how the student is trained. "ce-all" is CE on the whole training set (train and val parts),
+# the baseline that gets to learn from every labelled example the DLN arms see.
+ARMS: dict[str, dict[str, Any]] = {
+    "ce": {"loss": "ce"},
+    "ce-all": {"loss": "ce", "val_ratio": None},
+    "dln-warm": {"loss": "dln", "init": "warm", "teacher": "lstm"},
+    "dln-paper": {"loss": "dln", "init": "paper", "teacher": "lstm"},
+    "dln-adam": {"loss": "dln", "init": "warm", "teacher": "adam"},
+    "dln-sgd": {"loss": "dln", "init": "warm", "teacher": "sgd"},
+    "dln-rmsprop": {"loss": "dln", "init": "warm", "teacher": "rmsprop"},
+}
+
+
+@dataclass(frozen=True)
+class Job:
+    dataset: str
+    arm: str
+    seed: int
+    steps: int
+    unroll: int
+    val_ratio: float
+    eval_every: int
+    mode: str
+
+
+def run_job(job: Job) -> dict[str, Any]:
+    """Train one arm on one seed; returns its accuracy curve and timing."""
+    torch.set_num_threads(1)
+    from dynaloss.losses import PairwiseDLN
+    from dynaloss.teacher import Teacher
+    from dynaloss.training import evaluate_accuracy, load_dataset, make_split, make_student, seeded, train_ce, train_dln
+
+    spec = ARMS[job.arm]
+    data = load_dataset(job.dataset)
+    student = make_student(job.dataset, data.num_classes, job.seed)
+    evaluate = lambda model: evaluate_accuracy(model, data.x_test, data.y_test)  # noqa: E731
+    common = {"steps": job.steps, "evaluate": evaluate, "eval_every": job.eval_every, "progress": False}
+    if spec["loss"] == "ce":
+        if spec.get("val_ratio", job.val_ratio) is None:  # "ce-all": every training example but one
+            split = make_split(job.dataset, data, val_ratio=1 / len(data.y_train), seed=job.seed, val_batch_size=1)
+        else:
+            split = make_split(job.dataset, data, val_ratio=job.val_ratio, seed=job.seed)
+        result = train_ce(student, split, lr=0.1, name=job.arm, **common)
+    else:
+        split = make_split(job.dataset, data, val_ratio=job.val_ratio, seed=job.seed)
+        with seeded(job.seed):
+            dln = PairwiseDLN(data.num_classes, init=spec["init"])
+            teacher = Teacher(dln, teacher=spec["teacher"], steps=job.unroll, student_lr=0.1, mode=job.mode)
+        result = train_dln(student, teacher, split, name=job.arm, **common)
+    return {
+        "dataset": job.dataset,
+        "arm": job.arm,
+        "seed": job.seed,
+        "final": result.accuracy[-1],
+        "best": max(result.accuracy),
+        "seconds": result.seconds,
+        "steps": result.steps,
+        "accuracy": result.accuracy,
+        "stopped": result.stopped,
+    }
+
+
+def _mean_std(group: list[dict[str, Any]], key: str) -> tuple[float, float]:
+    values = [r[key] for r in group]
+    return statistics.mean(values), statistics.pstdev(values)
+
+
+def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean ± std per (data set, arm), in the order the arms were given."""
+    rows = []
+    keys = list(dict.fromkeys((r["dataset"], r["arm"]) for r in runs))
+    for dataset, arm in keys:
+        group = [r for r in runs if (r["dataset"], r["arm"]) == (dataset, arm)]
+        rows.append(
+            {
+                "dataset": dataset,
+                "arm": arm,
+                "seeds": len(group),
+                "final": _mean_std(group, "final"),
+                "best": _mean_std(group, "best"),
+                "seconds": _mean_std(group, "seconds"),
+            }
+        )
+    return rows
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| data | arm | seeds | final test acc % | best test acc % | seconds |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        f, b, s = r["final"], r["best"], r["seconds"]
+        lines.append(
+            f"| {r['dataset']} | {r['arm']} | {r['seeds']} | {100 * f[0]:.2f} ± {100 * f[1]:.2f} | "
+            f"{100 * b[0]:.2f} ± {100 * b[1]:.2f} | {s[0]:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=["mnist1d", "digits"], choices=["mnist1d", "digits"])
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=8000, help="student SGD steps per arm")
+    parser.add_argument("--unroll", type=int, default=10, help="N")
+    parser.add_argument("--val-ratio", type=float, default=0.5)
+    parser.add_argument("--mode", default="paper", choices=["paper", "research", "lookahead"])
+    parser.add_argument("--eval-every", type=int, default=1000)
+    parser.add_argument("--jobs", type=int, default=2, help="parallel worker processes (one torch thread each)")
+    parser.add_argument("--fast", action="store_true", help="2 seeds, 2000 steps: a few minutes on 2 cores")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/accuracy"))
+    args = parser.parse_args(argv)
+    if args.fast:
+        args.seeds, args.steps, args.eval_every = 2, 2000, 500
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from dynaloss.training import machine_info
+
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    print("machine:", json.dumps(machine_info("cpu")))
+    print("config: ", json.dumps(config))
+    jobs = [
+        Job(d, arm, seed, args.steps, args.unroll, args.val_ratio, args.eval_every, args.mode)
+        for d in args.datasets
+        for seed in range(args.seeds)
+        for arm in args.arms
+    ]
+    started = time.perf_counter()
+    runs: list[dict[str, Any]] = []
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        for run in pool.map(run_job, jobs):
+            runs.append(run)
+            print(
+                f"  {run['dataset']:8s} {run['arm']:12s} seed {run['seed']}: final {100 * run['final']:.2f} % "
+                f"best {100 * run['best']:.2f} % ({run['seconds']:.0f} s)",
+                flush=True,
+            )
+    rows = summarise(runs)
+    table = markdown_table(rows)
+    print(table)
+    print(f"wall time: {time.perf_counter() - started:.0f} s")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "machine": machine_info("cpu"),
+        "config": config,
+        "rows": rows,
+        "runs": runs,
+        "wall_seconds": time.perf_counter() - started,
+    }
+    args.out.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    args.out.with_suffix(".md").write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

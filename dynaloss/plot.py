@@ -1,0 +1,171 @@
+"""Pictures: the DLN's loss surface (the paper's Figure 3) and accuracy curves, written as PNG files.
+
+Figures are drawn on :class:`matplotlib.figure.Figure` objects with the Agg canvas, never through pyplot, so
+nothing opens a window and no process-wide backend is switched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from torch import Tensor, nn
+
+from dynaloss import functional as DF
+
+__all__ = ["SURFACE_KINDS", "dln_weights", "loss_surface", "plot_curves", "plot_loss_surface"]
+
+SURFACE_KINDS = ("surface", "heatmap")
+
+DLNSource = nn.Module | Mapping[str, Any] | Sequence[Tensor]
+
+
+def dln_weights(source: DLNSource) -> list[Tensor]:
+    """The layer matrices of a pairwise DLN, from wherever they are kept.
+
+    Args:
+        source: a :class:`dynaloss.PairwiseDLN` (anything with ``.layers``), its ``state_dict()``, a
+            :meth:`dynaloss.Teacher.state_dict` (its ``'loss_fn'`` entry is used), or the matrices themselves.
+
+    Returns:
+        Detached ``(out, in)`` matrices, first layer first.
+    """
+    if isinstance(source, nn.Module):
+        if not hasattr(source, "layers"):
+            raise TypeError(f"{type(source).__name__} has no .layers: expected a PairwiseDLN")
+        layers: Sequence[Tensor] = source.layers  # type: ignore[assignment]
+        return [m.detach() for m in layers]
+    if isinstance(source, Mapping):
+        if "loss_fn" in source:
+            return dln_weights(source["loss_fn"])
+        count = sum(1 for key in source if str(key).startswith("layers."))
+        if count == 0:
+            raise ValueError(f"no 'layers.<i>' entries in the state dict (keys: {sorted(source)[:8]})")
+        return [torch.as_tensor(source[f"layers.{i}"]).detach() for i in range(count)]
+    if isinstance(source, Sequence) and source and all(isinstance(m, Tensor) for m in source):
+        return [m.detach() for m in source]
+    raise TypeError(f"expected a PairwiseDLN, a state dict or a list of tensors, got {type(source).__name__}")
+
+
+@torch.no_grad()
+def loss_surface(source: DLNSource, resolution: int = 101) -> tuple[Tensor, Tensor, Tensor]:
+    """The DLN's value over (true-class prediction, wrong-class prediction) on a grid over ``[0, 1]^2``.
+
+    Args:
+        source: the DLN (see :func:`dln_weights`).
+        resolution: grid points per axis (default: ``101``).
+
+    Returns:
+        ``(true_prob, wrong_prob, value)``, each ``(resolution, resolution)``; ``value[i, j]`` is the loss at
+        ``wrong_prob = grid[i]``, ``true_prob = grid[j]``.
+    """
+    if isinstance(resolution, bool) or not isinstance(resolution, int):
+        raise TypeError(f"resolution must be an int, got {type(resolution).__name__}")
+    if resolution < 2:
+        raise ValueError(f"resolution must be >= 2, got {resolution}")
+    weights = [w.float().cpu() for w in dln_weights(source)]
+    grid = torch.linspace(0.0, 1.0, resolution)
+    wrong_prob, true_prob = torch.meshgrid(grid, grid, indexing="ij")
+    return true_prob, wrong_prob, DF.pairwise_row_loss(weights, true_prob, wrong_prob)
+
+
+def _surface_panel(figure: Figure, position: int, count: int, grids: tuple[Tensor, Tensor, Tensor]) -> Any:
+    axes = figure.add_subplot(1, count, position, projection="3d")
+    true_prob, wrong_prob, value = (g.numpy() for g in grids)
+    drawn = axes.plot_surface(true_prob, wrong_prob, value, cmap="viridis", linewidth=0, antialiased=True)
+    axes.view_init(elev=30, azim=-135)  # the paper's view: the true-class axis running towards the viewer
+    return axes, drawn
+
+
+def _heatmap_panel(figure: Figure, position: int, count: int, grids: tuple[Tensor, Tensor, Tensor]) -> Any:
+    axes = figure.add_subplot(1, count, position)
+    true_prob, wrong_prob, value = (g.numpy() for g in grids)
+    drawn = axes.contourf(true_prob, wrong_prob, value, levels=30, cmap="viridis")
+    axes.contour(true_prob, wrong_prob, value, levels=10, colors="k", linewidths=0.4)
+    axes.set_aspect("equal")
+    return axes, drawn
+
+
+def plot_loss_surface(
+    dlns: DLNSource | Mapping[str, DLNSource],
+    path: str | Path,
+    *,
+    kind: str = "surface",
+    resolution: int = 41,
+    title: str | None = None,
+) -> Path:
+    """Draw the DLN's loss surface (the paper's Figure 3), one panel per DLN state, and save it as a PNG.
+
+    The x axis is the prediction (sigmoid) of the true class, the y axis that of one wrong class, the value
+    is the DLN's output for that pair. Each panel has its own colour scale: the taught DLN's range may be far
+    from the initial one's (the paper's Figure 3 shows it expand, then contract).
+
+    Args:
+        dlns: one DLN, or ``{label: DLN}`` for several side by side (e.g. ``{"initial": ..., "taught": ...}``);
+            each anything :func:`dln_weights` accepts.
+        path: the PNG file to write (its folder is created).
+        kind: ``'surface'`` (3-D, as in the paper) or ``'heatmap'`` (filled contours) (default: ``'surface'``).
+        resolution: grid points per axis (default: ``41``).
+        title: a title above the panels (default: none).
+
+    Returns:
+        The path written.
+    """
+    if kind not in SURFACE_KINDS:
+        raise ValueError(f"kind must be one of {SURFACE_KINDS}, got {kind!r}")
+    is_one = not isinstance(dlns, Mapping) or "loss_fn" in dlns or any(str(k).startswith("layers.") for k in dlns)
+    panels = cast("Mapping[str, DLNSource]", {"DLN": dlns} if is_one else dlns)
+    if not panels:
+        raise ValueError("dlns is empty: nothing to plot")
+    figure = Figure(figsize=(5.6 * len(panels), 4.8), layout="constrained")
+    FigureCanvasAgg(figure)
+    draw = _surface_panel if kind == "surface" else _heatmap_panel
+    for position, (label, source) in enumerate(panels.items(), start=1):
+        axes, drawn = draw(figure, position, len(panels), loss_surface(source, resolution))
+        axes.set_title(str(label))
+        axes.set_xlabel("p(true class)")
+        axes.set_ylabel("p(wrong class)")
+        figure.colorbar(drawn, ax=axes, shrink=0.6, pad=0.08, label="DLN loss")
+    if title:
+        figure.suptitle(title)
+    return _save(figure, path)
+
+
+def plot_curves(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    path: str | Path,
+    *,
+    xlabel: str = "student SGD steps",
+    ylabel: str = "test accuracy",
+    title: str | None = None,
+) -> Path:
+    """Line plot of ``{label: (x values, y values)}`` saved as a PNG; returns the path written."""
+    if not curves:
+        raise ValueError("curves is empty: nothing to plot")
+    figure = Figure(figsize=(6.4, 4.2), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for label, (xs, ys) in curves.items():
+        if len(xs) != len(ys):
+            raise ValueError(f"curve {label!r} has {len(xs)} x values but {len(ys)} y values")
+        axes.plot(list(xs), list(ys), marker="o", markersize=3, label=str(label))
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    if title:
+        axes.set_title(title)
+    return _save(figure, path)
+
+
+def _save(figure: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"path must end in .png, got {str(path)!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    return path

@@ -1,0 +1,317 @@
+"""The training-loop pieces the ``dynaloss`` command shares: data and student by name, the CE and L2T-DLN arms.
+
+Both arms count *student SGD steps* and evaluate at the same step counts, so a comparison under one step
+budget is a matter of calling :func:`train_ce` and :func:`train_dln` with the same ``steps``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from dynaloss.data import Dataset, EpochSplit, augment_cifar, load_cifar, load_digits, load_mnist1d
+from dynaloss.models import MNIST1DCNN, DigitsMLP, ResNet8
+from dynaloss.teacher import Teacher
+
+__all__ = [
+    "DATASETS",
+    "ArmResult",
+    "Evaluate",
+    "align_steps",
+    "evaluate_accuracy",
+    "load_dataset",
+    "machine_info",
+    "make_split",
+    "make_student",
+    "round_size",
+    "seeded",
+    "train_ce",
+    "train_dln",
+]
+
+DATASETS = ("mnist1d", "digits", "cifar10", "cifar100")
+
+# A teacher that skips this many rounds in a row (non-finite values) is not going to recover.
+_MAX_SKIPS_IN_A_ROW = 20
+
+Evaluate = Callable[[nn.Module], float]
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run the block with torch's global generators seeded by ``seed``, and restore them afterwards.
+
+    Module constructors draw their initial weights from the global generator; this makes those draws
+    reproducible without leaving the caller's generator changed.
+    """
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def machine_info(device: torch.device | str) -> dict[str, str | int]:
+    """CPU (and GPU) name, torch version and thread count, for the header of every report."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [
+            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+        ]
+        cpu = names[0] if names else cpu
+    info: dict[str, str | int] = {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count() or 0,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+    if torch.device(device).type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+# ------------------------------------------------------------------------------------------- data, students
+def load_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:
+    """One of :data:`DATASETS`; CIFAR needs ``data_dir`` (see :func:`dynaloss.data.load_cifar`)."""
+    if name == "mnist1d":
+        return load_mnist1d()
+    if name == "digits":
+        return load_digits()
+    if name in ("cifar10", "cifar100"):
+        if data_dir is None:
+            raise ValueError(f"{name} is read from a local directory: pass data_dir (--data-dir)")
+        return load_cifar(data_dir, num_classes=int(name.removeprefix("cifar")))
+    raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
+
+
+def make_student(dataset: str, num_classes: int, seed: int) -> nn.Module:
+    """The student for ``dataset``, its initial weights drawn from ``seed``."""
+    builders: dict[str, Callable[[], nn.Module]] = {
+        "mnist1d": lambda: MNIST1DCNN(num_classes),
+        "digits": lambda: DigitsMLP(num_classes),
+        "cifar10": lambda: ResNet8(num_classes),
+        "cifar100": lambda: ResNet8(num_classes),
+    }
+    if dataset not in builders:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    with seeded(seed):
+        return builders[dataset]()
+
+
+def make_split(
+    dataset: str,
+    data: Dataset,
+    *,
+    val_ratio: float,
+    seed: int,
+    train_batch_size: int = 25,
+    val_batch_size: int = 100,
+) -> EpochSplit:
+    """The epoch-wise train/val split of ``data``'s training part (CIFAR's train batches augmented).
+
+    For a CE baseline that trains on (nearly) the whole training set, pass ``val_ratio=1 / len(data.y_train)``
+    and ``val_batch_size=1``: both parts of a split must hold at least one batch.
+    """
+    return EpochSplit(
+        data.x_train,
+        data.y_train,
+        val_ratio=val_ratio,
+        seed=seed,
+        train_batch_size=train_batch_size,
+        val_batch_size=val_batch_size,
+        transform=augment_cifar if dataset.startswith("cifar") else None,
+    )
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 1000) -> float:
+    """Top-1 accuracy of ``model`` on ``(x, y)`` in eval mode (the model's mode is restored).
+
+    Args:
+        x: ``(N, ...)`` inputs; moved in batches to the model's device.
+        y: ``(N,)`` labels.
+
+    Returns:
+        The fraction of correct predictions, in ``[0, 1]``.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for start in range(0, len(y), batch_size):
+        logits = model(x[start : start + batch_size].to(device))
+        correct += int((logits.argmax(1).cpu() == y[start : start + batch_size].cpu()).sum())
+    model.train(was_training)
+    return correct / len(y)
+
+
+# ------------------------------------------------------------------------------------------------------ arms
+@dataclass
+class ArmResult:
+    """One arm of a comparison: test accuracy against student steps, time, and the teacher's rounds.
+
+    Attributes:
+        name: the arm's label.
+        steps: student SGD steps at each evaluation (0 first).
+        accuracy: test accuracy at each of ``steps``.
+        seconds: wall time of training, evaluations included.
+        student_steps: SGD steps the student took.
+        rounds: one :meth:`dynaloss.RoundRecord.as_dict` per teacher round (empty for CE).
+        stopped: why training stopped before the budget, or ``None``.
+    """
+
+    name: str
+    steps: list[int] = field(default_factory=list)
+    accuracy: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    student_steps: int = 0
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    stopped: str | None = None
+
+    @property
+    def final_accuracy(self) -> float:
+        return self.accuracy[-1] if self.accuracy else math.nan
+
+    @property
+    def best_accuracy(self) -> float:
+        return max(self.accuracy) if self.accuracy else math.nan
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "final_accuracy": self.final_accuracy, "best_accuracy": self.best_accuracy}
+
+
+def round_size(mode: str, unroll: int) -> int:
+    """Student SGD steps per teacher round: ``2N`` in ``'paper'`` mode, ``N`` otherwise (see :func:`train_dln`)."""
+    return 2 * unroll if mode == "paper" else unroll
+
+
+def align_steps(steps: int, per_round: int) -> int:
+    """``steps`` rounded up to a whole number of rounds, so every arm can stop at exactly this count."""
+    return math.ceil(steps / per_round) * per_round
+
+
+def _run(
+    result: ArmResult,
+    advance: Callable[[], int],
+    student: nn.Module,
+    *,
+    steps: int,
+    eval_every: int,
+    evaluate: Evaluate,
+    progress: bool,
+) -> ArmResult:
+    """Call ``advance`` (which returns the student steps it took) until ``steps``; evaluate along the way."""
+    started = time.perf_counter()
+    result.steps.append(0)
+    result.accuracy.append(evaluate(student))
+    skips = 0
+    with tqdm(total=steps, desc=result.name, unit="step", disable=not progress, dynamic_ncols=True) as bar:
+        while result.student_steps < steps:
+            taken = advance()
+            skips = 0 if taken else skips + 1
+            if skips == _MAX_SKIPS_IN_A_ROW:
+                result.stopped = f"{skips} teacher rounds in a row were skipped (non-finite values)"
+                break
+            result.student_steps += taken
+            bar.update(taken)
+            if taken and (result.student_steps % eval_every == 0 or result.student_steps >= steps):
+                result.steps.append(result.student_steps)
+                result.accuracy.append(evaluate(student))
+                bar.set_postfix(test_acc=f"{result.accuracy[-1]:.3f}")
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def train_ce(
+    student: nn.Module,
+    split: EpochSplit,
+    *,
+    steps: int,
+    lr: float,
+    evaluate: Evaluate,
+    eval_every: int,
+    name: str = "CE",
+    progress: bool = True,
+) -> ArmResult:
+    """Plain SGD with cross-entropy on ``split``'s train batches (its val part is not used).
+
+    Args:
+        student: trained in place, on its own device.
+        split: the data stream; one train batch per step.
+        steps: student SGD steps.
+        lr: SGD learning rate.
+        evaluate: ``f(student) -> accuracy``, called at step 0, every ``eval_every`` steps and at the end.
+    """
+    device = next(student.parameters()).device
+    optimizer = torch.optim.SGD(student.parameters(), lr=lr)
+    batches = split.train_batches()
+    student.train()
+
+    def advance() -> int:
+        x, y = next(batches)
+        loss = F.cross_entropy(student(x.to(device)), y.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return 1
+
+    result = ArmResult(name)
+    return _run(result, advance, student, steps=steps, eval_every=eval_every, evaluate=evaluate, progress=progress)
+
+
+def train_dln(
+    student: nn.Module,
+    teacher: Teacher,
+    split: EpochSplit,
+    *,
+    steps: int,
+    evaluate: Evaluate,
+    eval_every: int,
+    name: str = "L2T-DLN",
+    progress: bool = True,
+) -> ArmResult:
+    """L2T-DLN: ``teacher.step`` rounds until the student has taken ``steps`` SGD steps.
+
+    In ``'paper'`` and ``'research'`` modes the teacher's unroll *is* the student's training (``2N`` and
+    ``N`` steps a round). In ``'lookahead'`` mode the teacher leaves the student alone, so each round first
+    takes ``N`` plain SGD steps (learning rate ``teacher.student_lr``) with the DLN as the loss, as a user's
+    own loop would, then calls ``teacher.step``. Pass ``steps`` and ``eval_every`` as multiples of
+    :func:`round_size` so the evaluations fall where another arm's do.
+    """
+    train_iter, val_iter = split.train_batches(), split.val_batches()
+    optimizer = torch.optim.SGD(student.parameters(), lr=teacher.student_lr)
+    device = next(student.parameters()).device
+    result = ArmResult(name)
+    student.train()
+
+    def own_steps() -> int:
+        for _ in range(teacher.steps):
+            x, y = next(train_iter)
+            loss = teacher.loss_fn(student(x.to(device)), y.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        # backward also reached the DLN's parameters; the teacher never reads .grad, so drop it
+        teacher.loss_fn.zero_grad(set_to_none=True)
+        return teacher.steps
+
+    def advance() -> int:
+        taken = own_steps() if teacher.mode == "lookahead" else 0
+        record = teacher.step(student, train_iter, val_iter)
+        result.rounds.append(record.as_dict())
+        return taken + record.student_steps
+
+    return _run(result, advance, student, steps=steps, eval_every=eval_every, evaluate=evaluate, progress=progress)

@@ -1,0 +1,84 @@
+"""The ``dynaloss`` command end to end, in-process: demo, train, plot, and its error messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dynaloss.cli import main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_quick_demo_writes_both_arms_and_the_loss_surface(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--no-progress", "--device", "cpu"]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    ce, dln = results["arms"]["ce"], results["arms"]["l2t_dln"]
+    assert ce["student_steps"] == dln["student_steps"] == results["config"]["steps"]
+    assert ce["steps"] == dln["steps"]  # evaluated at the same step counts
+    assert len(dln["rounds"]) == results["config"]["steps"] // (2 * results["config"]["unroll"])
+    assert 0.0 <= dln["final_accuracy"] <= 1.0 and ce["best_accuracy"] >= ce["final_accuracy"]
+    for name in ("loss_surface.png", "accuracy.png"):
+        assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
+    printed = capsys.readouterr().out
+    assert "machine:" in printed and "torch=" in printed and "L2T-DLN" in printed and "CE" in printed
+
+
+def test_demo_rounds_the_budget_up_to_whole_rounds(tmp_path: Path) -> None:
+    main(["demo", "--steps", "25", "--unroll", "3", "--eval-every", "7", "--out", str(tmp_path), "--no-progress"])
+    config = json.loads((tmp_path / "results.json").read_text())["config"]
+    assert config["steps"] == 30 and config["eval_every"] == 12
+
+
+@pytest.mark.parametrize(("mode", "rounds"), [("paper", 2), ("lookahead", 4), ("research", 4)])
+def test_train_on_digits_saves_metrics_student_and_teacher(tmp_path: Path, mode: str, rounds: int) -> None:
+    argv = ["train", "--data", "digits", "--loss", "dln", "--mode", mode, "--teacher", "adam", "--unroll", "2"]
+    argv += ["--steps", "8", "--eval-every", "4", "--out", str(tmp_path), "--device", "cpu", "--no-progress"]
+    assert main(argv) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["result"]["student_steps"] == 8 and metrics["result"]["steps"] == [0, 4, 8]
+    assert len(metrics["result"]["rounds"]) == rounds  # 2N student steps a round in paper mode, N otherwise
+    teacher_state = torch.load(tmp_path / "teacher.pt", weights_only=True)
+    assert {"loss_fn", "model", "memory", "rounds"} <= set(teacher_state)
+    assert "net.1.weight" in torch.load(tmp_path / "student.pt", weights_only=True)
+
+    assert main(["plot", str(tmp_path / "teacher.pt"), "--out", str(tmp_path / "fig.png")]) == 0
+    assert (tmp_path / "fig.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_train_with_cross_entropy(tmp_path: Path) -> None:
+    argv = ["train", "--data", "digits", "--loss", "ce", "--steps", "5", "--out", str(tmp_path), "--no-progress"]
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "metrics.json").read_text())["result"]["student_steps"] == 5
+    assert not (tmp_path / "teacher.pt").exists()
+
+
+def test_missing_cifar_directory_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "no-cifar-here"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--data", "cifar10", "--data-dir", str(missing), "--out", str(tmp_path), "--no-progress"])
+    assert exit_info.value.code == 2
+    assert str(missing) in capsys.readouterr().err
+
+    with pytest.raises(SystemExit):
+        main(["train", "--data", "cifar100", "--out", str(tmp_path), "--no-progress"])
+    assert "--data-dir is required for cifar100" in capsys.readouterr().err
+
+
+def test_bad_arguments_and_missing_files_exit_with_status_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = [
+        ["train", "--val-ratio", "1.5"],
+        ["demo", "--steps", "0"],
+        ["train", "--seed", "-1"],
+        ["demo", "--device", "gpu"],
+    ]
+    if not torch.cuda.is_available():
+        bad.append(["demo", "--device", "cuda"])
+    for argv in [*bad, ["plot", str(tmp_path / "none.pt")]]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+    assert "none.pt" in capsys.readouterr().err
