@@ -24,16 +24,22 @@ from typing import Any
 import torch
 
 # Each arm: how the student is trained. "ce-all" is CE on the whole training set (train and val parts),
-# the baseline that gets to learn from every labelled example the DLN arms see.
+# the baseline that gets to learn from every labelled example the DLN arms see. "dln-fixed" trains with the
+# warm-started DLN and no teacher: what teaching adds is the difference to it. "dln-paper" is the paper's
+# configuration (random DLN, LSTM teacher, no anchor); "dln" is the library's default.
 ARMS: dict[str, dict[str, Any]] = {
     "ce": {"loss": "ce"},
     "ce-all": {"loss": "ce", "val_ratio": None},
-    "dln-warm": {"loss": "dln", "init": "warm", "teacher": "lstm"},
-    "dln-paper": {"loss": "dln", "init": "paper", "teacher": "lstm"},
-    "dln-adam": {"loss": "dln", "init": "warm", "teacher": "adam"},
-    "dln-sgd": {"loss": "dln", "init": "warm", "teacher": "sgd"},
-    "dln-rmsprop": {"loss": "dln", "init": "warm", "teacher": "rmsprop"},
+    "dln-fixed": {"loss": "fixed"},
+    "dln": {"loss": "dln"},
+    "dln-no-anchor": {"loss": "dln", "anchor": 0.0},
+    "dln-paper": {"loss": "dln", "init": "paper", "anchor": 0.0},
+    "dln-paper-init": {"loss": "dln", "init": "paper"},
+    "dln-adam": {"loss": "dln", "teacher": "adam"},
+    "dln-sgd": {"loss": "dln", "teacher": "sgd"},
+    "dln-rmsprop": {"loss": "dln", "teacher": "rmsprop"},
 }
+DEFAULT_ARMS = ["ce", "ce-all", "dln-fixed", "dln", "dln-no-anchor", "dln-paper", "dln-adam", "dln-sgd", "dln-rmsprop"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,7 @@ class Job:
     val_ratio: float
     eval_every: int
     mode: str
+    anchor: float
 
 
 def run_job(job: Job) -> dict[str, Any]:
@@ -60,17 +67,25 @@ def run_job(job: Job) -> dict[str, Any]:
     student = make_student(job.dataset, data.num_classes, job.seed)
     evaluate = lambda model: evaluate_accuracy(model, data.x_test, data.y_test)  # noqa: E731
     common = {"steps": job.steps, "evaluate": evaluate, "eval_every": job.eval_every, "progress": False}
-    if spec["loss"] == "ce":
+    if spec["loss"] != "dln":
         if spec.get("val_ratio", job.val_ratio) is None:  # "ce-all": every training example but one
             split = make_split(job.dataset, data, val_ratio=1 / len(data.y_train), seed=job.seed, val_batch_size=1)
         else:
             split = make_split(job.dataset, data, val_ratio=job.val_ratio, seed=job.seed)
-        result = train_ce(student, split, lr=0.1, name=job.arm, **common)
+        loss_fn = PairwiseDLN(data.num_classes) if spec["loss"] == "fixed" else torch.nn.functional.cross_entropy
+        result = train_ce(student, split, lr=0.1, name=job.arm, loss_fn=loss_fn, **common)
     else:
         split = make_split(job.dataset, data, val_ratio=job.val_ratio, seed=job.seed)
         with seeded(job.seed):
-            dln = PairwiseDLN(data.num_classes, init=spec["init"])
-            teacher = Teacher(dln, teacher=spec["teacher"], steps=job.unroll, student_lr=0.1, mode=job.mode)
+            dln = PairwiseDLN(data.num_classes, init=spec.get("init", "warm"))
+            teacher = Teacher(
+                dln,
+                teacher=spec.get("teacher", "lstm"),
+                steps=job.unroll,
+                student_lr=0.1,
+                mode=job.mode,
+                anchor=spec.get("anchor", job.anchor),
+            )
         result = train_dln(student, teacher, split, name=job.arm, **common)
     return {
         "dataset": job.dataset,
@@ -78,11 +93,21 @@ def run_job(job: Job) -> dict[str, Any]:
         "seed": job.seed,
         "final": result.accuracy[-1],
         "best": max(result.accuracy),
+        "drawdown": max_drawdown(result.accuracy),
         "seconds": result.seconds,
         "steps": result.steps,
         "accuracy": result.accuracy,
         "stopped": result.stopped,
     }
+
+
+def max_drawdown(accuracy: list[float]) -> float:
+    """The largest fall of test accuracy below its best so far (0 for a curve that never falls)."""
+    best, worst_fall = -1.0, 0.0
+    for value in accuracy:
+        best = max(best, value)
+        worst_fall = max(worst_fall, best - value)
+    return worst_fall
 
 
 def _mean_std(group: list[dict[str, Any]], key: str) -> tuple[float, float]:
@@ -104,18 +129,22 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "final": _mean_std(group, "final"),
                 "best": _mean_std(group, "best"),
                 "seconds": _mean_std(group, "seconds"),
+                "drawdown": (max(r["drawdown"] for r in group), 0.0),  # the worst seed
             }
         )
     return rows
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| data | arm | seeds | final test acc % | best test acc % | seconds |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| data | arm | seeds | final test acc % | best test acc % | worst fall below best, points | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        f, b, s = r["final"], r["best"], r["seconds"]
+        f, b, s, d = r["final"], r["best"], r["seconds"], r["drawdown"]
         lines.append(
             f"| {r['dataset']} | {r['arm']} | {r['seeds']} | {100 * f[0]:.2f} ± {100 * f[1]:.2f} | "
-            f"{100 * b[0]:.2f} ± {100 * b[1]:.2f} | {s[0]:.0f} |"
+            f"{100 * b[0]:.2f} ± {100 * b[1]:.2f} | {100 * d[0]:.1f} | {s[0]:.0f} |"
         )
     return "\n".join(lines)
 
@@ -123,7 +152,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["mnist1d", "digits"], choices=["mnist1d", "digits"])
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=list(ARMS))
+    parser.add_argument("--anchor", type=float, default=0.05, help="Teacher anchor of the arms that use the default")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=8000, help="student SGD steps per arm")
     parser.add_argument("--unroll", type=int, default=10, help="N")
@@ -147,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     print("machine:", json.dumps(machine_info("cpu")))
     print("config: ", json.dumps(config))
     jobs = [
-        Job(d, arm, seed, args.steps, args.unroll, args.val_ratio, args.eval_every, args.mode)
+        Job(d, arm, seed, args.steps, args.unroll, args.val_ratio, args.eval_every, args.mode, args.anchor)
         for d in args.datasets
         for seed in range(args.seeds)
         for arm in args.arms

@@ -78,6 +78,8 @@ def compute_round(
     dln_lr: float,
     val_loss: ValLoss,
     continue_stage_one: bool = True,
+    anchor: Tensor | None = None,
+    anchor_strength: float = 0.0,
 ) -> RoundOutcome:
     """Stages I-III of L2T-DLN from the student's current weights, without writing anything.
 
@@ -89,6 +91,8 @@ def compute_round(
         val: the validation batch both stages are scored on.
         continue_stage_one: stage III starts where stage I ended (the paper) or, if ``False``, from the
             student's current weights again (the research code).
+        anchor: flat DLN parameters the update is pulled back towards, with ``anchor_strength``:
+            ``phi' = phi + dln_lr * T(grad) - anchor_strength * (phi - anchor)`` (default: no pull).
 
     Returns:
         The :class:`RoundOutcome`; ``teacher_grads`` is empty when ``model`` has nothing to learn.
@@ -111,6 +115,8 @@ def compute_round(
         memory = model.initial_memory(flat_phi.numel(), like=flat_phi)
     direction, new_memory = model(flat_grad, memory)
     new_flat_phi = flat_phi + dln_lr * direction.to(flat_phi.dtype)
+    if anchor is not None and anchor_strength > 0:
+        new_flat_phi = new_flat_phi - anchor_strength * (flat_phi - anchor)
     new_phi = dict(zip(phi, _unflatten(new_flat_phi, list(phi.values()))))
 
     learnable = model.learnable

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from dynaloss.batches import draw_batches
 from dynaloss.losses._checks import NonFiniteError, check_positive_float, check_positive_int
@@ -87,6 +87,11 @@ class Teacher:
             batches, and the student keeps the second stage's ``N`` steps.
         val_loss: validation error ``f(outputs, targets)`` (default: cross-entropy, with the DLN's
             ``ignore_index``).
+        anchor: the share of the DLN's distance to where teaching started that every round removes,
+            ``phi' = phi + dln_lr * T(grad) - anchor * (phi - phi_start)``: a trust region that keeps the
+            taught loss within ``dln_lr / anchor`` per coordinate of the (warm-started) loss it began as.
+            The paper has none (``0``), and its teacher then walks the DLN away at constant speed (default:
+            ``0.05``; see the README for the measurement).
     """
 
     def __init__(
@@ -100,6 +105,7 @@ class Teacher:
         teacher_lr: float = 1e-3,
         mode: str = "paper",
         val_loss: ValLoss | None = None,
+        anchor: float = 0.05,
     ) -> None:
         if not isinstance(loss_fn, nn.Module):
             raise TypeError(f"loss_fn must be a torch.nn.Module, got {type(loss_fn).__name__}")
@@ -112,6 +118,10 @@ class Teacher:
         self.steps = check_positive_int(steps, "steps")
         self.student_lr = check_positive_float(student_lr, "student_lr")
         self.dln_lr = check_positive_float(dln_lr, "dln_lr")
+        if isinstance(anchor, bool) or not isinstance(anchor, (int, float)) or not 0.0 <= anchor < 1.0:
+            raise ValueError(f"anchor must be a number in [0, 1), got {anchor!r}")
+        self.anchor = float(anchor)
+        self.anchor_point: Tensor | None = None  # the DLN where teaching started, flat; set by the first round
         self.mode = mode
         self.val_loss = val_loss or default_val_loss(loss_fn)
         reference = next(loss_fn.parameters())
@@ -143,6 +153,7 @@ class Teacher:
         first = draw_batches(train_iter, self.steps, "train_iter", device)
         second = draw_batches(train_iter, self.steps, "train_iter", device) if self.mode == "paper" else first
         (val,) = draw_batches(val_iter, 1, "val_iter", device)
+        anchor_point = self._anchor_point()
         try:
             with torch.enable_grad():  # a round differentiates, even when called under no_grad()
                 outcome = compute_round(
@@ -157,6 +168,8 @@ class Teacher:
                     dln_lr=self.dln_lr,
                     val_loss=self.val_loss,
                     continue_stage_one=self.mode == "paper",
+                    anchor=anchor_point,
+                    anchor_strength=self.anchor,
                 )
         except NonFiniteError as error:
             return self._skip(started, f"{error}; the round was not committed")
@@ -164,7 +177,14 @@ class Teacher:
         if problem is not None:
             return self._skip(started, problem, outcome)
         self._commit(student, outcome)
+        self.anchor_point = anchor_point
         return self._record(started, outcome)
+
+    def _anchor_point(self) -> Tensor:
+        """Where teaching started: the saved point, or (before the first committed round) the DLN now."""
+        if self.anchor_point is not None:
+            return self.anchor_point
+        return torch.cat([p.detach().flatten().clone() for p in dln_parameters(self.loss_fn).values()])
 
     def _commit(self, student: nn.Module, outcome: RoundOutcome) -> None:
         with torch.no_grad():
@@ -220,6 +240,8 @@ class Teacher:
         self.model.to(device)
         if self.memory is not None:
             self.memory = tuple(m.to(device) for m in self.memory)
+        if self.anchor_point is not None:
+            self.anchor_point = self.anchor_point.to(device)
         if self.optimizer is not None:
             # load_state_dict casts the state to each parameter's device
             self.optimizer.load_state_dict(self.optimizer.state_dict())
@@ -231,6 +253,7 @@ class Teacher:
             "model": self.model.state_dict(),
             "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
             "memory": None if self.memory is None else [m.clone() for m in self.memory],
+            "anchor_point": None if self.anchor_point is None else self.anchor_point.clone(),
             "rounds": self.rounds,
         }
 
@@ -248,6 +271,8 @@ class Teacher:
         reference = next(self.loss_fn.parameters())
         memory = state["memory"]
         self.memory = None if memory is None else tuple(m.to(reference.device).clone() for m in memory)
+        point = state.get("anchor_point")
+        self.anchor_point = None if point is None else point.to(reference.device).clone()
         self.rounds = int(state["rounds"])
 
 

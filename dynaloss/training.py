@@ -245,8 +245,9 @@ def train_ce(
     eval_every: int,
     name: str = "CE",
     progress: bool = True,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
 ) -> ArmResult:
-    """Plain SGD with cross-entropy on ``split``'s train batches (its val part is not used).
+    """Plain SGD with a fixed loss (cross-entropy by default) on ``split``'s train batches (its val part is not used).
 
     Args:
         student: trained in place, on its own device.
@@ -254,6 +255,7 @@ def train_ce(
         steps: student SGD steps.
         lr: SGD learning rate.
         evaluate: ``f(student) -> accuracy``, called at step 0, every ``eval_every`` steps and at the end.
+        loss_fn: the loss, e.g. a warm-started DLN held fixed (default: cross-entropy).
     """
     device = next(student.parameters()).device
     optimizer = torch.optim.SGD(student.parameters(), lr=lr)
@@ -262,7 +264,7 @@ def train_ce(
 
     def advance() -> int:
         x, y = next(batches)
-        loss = F.cross_entropy(student(x.to(device)), y.to(device))
+        loss = loss_fn(student(x.to(device)), y.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -200,3 +200,39 @@ def test_optimizer_teachers_update_the_dln_without_learning() -> None:
     after = torch.cat([p.detach().flatten() for p in teacher.loss_fn.parameters()])
     torch.testing.assert_close(after, before - DLN_LR * expected, rtol=1e-12, atol=1e-14)
     assert teacher.optimizer is None
+
+
+# ------------------------------------------------------------------------------------------------ anchor
+class AlwaysPush(dynaloss.TeacherModel):
+    """A teacher that moves every DLN coordinate by the full bound every round, whatever the gradient."""
+
+    def initial_memory(self, num_coordinates: int, *, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return (like.new_zeros(()),)
+
+    def forward(self, grad: torch.Tensor, memory: tuple[torch.Tensor, ...]):
+        return torch.ones_like(grad), memory
+
+
+@pytest.mark.parametrize("anchor", [0.0, 0.2])
+def test_anchor_bounds_how_far_the_dln_can_walk(anchor: float) -> None:
+    student, dln = make_student(), make_dln()
+    start = torch.cat([p.detach().flatten().clone() for p in dln.parameters()])
+    teacher = dynaloss.Teacher(dln, teacher=AlwaysPush(), steps=1, student_lr=0.01, dln_lr=0.01, anchor=anchor)
+    data = make_batches(40, 8, seed=70)
+    for i in range(20):
+        teacher.step(student, iter(data[2 * i : 2 * i + 2]), iter(make_batches(1, 8, seed=71)))
+    drift = torch.cat([p.detach().flatten() for p in dln.parameters()]) - start
+    if anchor == 0.0:  # the paper: 20 rounds of +dln_lr on every coordinate
+        torch.testing.assert_close(drift, torch.full_like(drift, 0.2), rtol=1e-9, atol=1e-12)
+    else:  # d <- (1 - a) d + lr converges to lr / a = 0.05 from below
+        assert drift.max() <= 0.01 / anchor + 1e-12
+        torch.testing.assert_close(drift, torch.full_like(drift, 0.05 * (1 - 0.8**20)), rtol=1e-9, atol=1e-12)
+
+
+def test_anchor_point_is_saved_and_restored() -> None:
+    student, teacher = make_teacher("paper")
+    teacher.step(student, iter(make_batches(4, 8, seed=72)), iter(make_batches(1, 16, seed=73)))
+    state = copy.deepcopy(teacher.state_dict())
+    _, other = make_teacher("paper")
+    other.load_state_dict(state)
+    assert other.anchor_point is not None and torch.equal(other.anchor_point, teacher.anchor_point)

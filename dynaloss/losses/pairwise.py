@@ -26,10 +26,11 @@ class PairwiseDLN(nn.Module):
 
     Args:
         num_classes: number of classes ``C`` (at least 2).
-        init: ``'warm'`` fits the MLP to the 1-vs-1 binary cross-entropy
-            :math:`-\log s_y - \log(1 - s_j)` so the student learns from the first step; ``'paper'`` is the
-            paper's random Kaiming-normal (fan_out) DLN, which starts anti-aligned with CE in most seeds
-            (default: ``'warm'``; see the README for the measurement that chose it).
+        init: ``'warm'`` fits the MLP so that the loss is the one-vs-all binary cross-entropy
+            :math:`-\log s_y - \sum_{j \ne y} \log(1 - s_j)`, so the student learns from the first step
+            (:mod:`dynaloss.losses.warmstart`); ``'paper'`` is the paper's random Kaiming-normal (fan_out)
+            DLN, which starts anti-aligned with CE in most seeds (default: ``'warm'``; see the README for the
+            measurement that chose it).
         reduction: ``'none'`` | ``'mean'`` | ``'sum'`` (default: ``'mean'``).
         weight: ``(C,)`` class weights, as in ``nn.CrossEntropyLoss`` (default: none).
         ignore_index: target value that does not count (default: ``-100``; VOC uses 255).
@@ -95,9 +96,9 @@ class PairwiseDLN(nn.Module):
         for matrix in self.layers:
             nn.init.kaiming_normal_(matrix, mode="fan_out")
         if self.init == "warm":
-            from dynaloss.losses.warmstart import fit_to_binary_ce
+            from dynaloss.losses.warmstart import fit_to_one_vs_all_ce
 
-            fit_to_binary_ce(self)
+            fit_to_one_vs_all_ce(self)
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, init={self.init!r}, reduction={self.reduction!r}"
