@@ -94,6 +94,7 @@ def run_job(job: Job) -> dict[str, Any]:
         "final": result.accuracy[-1],
         "best": max(result.accuracy),
         "drawdown": max_drawdown(result.accuracy),
+        "round_seconds": statistics.median(r["seconds"] for r in result.rounds) if result.rounds else None,
         "seconds": result.seconds,
         "steps": result.steps,
         "accuracy": result.accuracy,
@@ -204,8 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "wall_seconds": time.perf_counter() - started,
     }
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=1))
-    args.out.with_suffix(".md").write_text(table + "\n")
+    # name + suffix rather than with_suffix: an --out like "anchor_0.05" has a dot of its own
+    args.out.with_name(args.out.name + ".json").write_text(json.dumps(report, indent=1))
+    args.out.with_name(args.out.name + ".md").write_text(table + "\n")
     return 0
 
 

@@ -39,11 +39,10 @@ from dynaloss.training import (
 
 __all__ = ["DEMO_DEFAULTS", "DEMO_QUICK", "build_parser", "main"]
 
-# The default demo takes ~3 minutes on one core of a 2-core AMD EPYC (torch 2.14): a round of N = 25 (50 student
-# steps) takes ~0.27 s there, a CE step ~1 ms. N = 25 is the paper's value for classification; in our MNIST-1D
-# runs it was also steadier than N = 10, whose LSTM teacher drove the warm DLN off within ~3000 steps in three
-# of three seeds. 24000 steps leave a margin under 4 minutes (30000 took 3.6 min).
-DEMO_DEFAULTS = {"steps": 24000, "unroll": 25, "eval_every": 1000}
+# The default demo runs the library's default configuration (warm DLN, anchored LSTM teacher, N = 10; see
+# docs/results.md) for 12,000 student steps per arm: about 2.5 minutes on one core of a 2-core AMD EPYC
+# (torch 2.14), where a round of N = 10 (20 student steps) takes ~0.2 s and a CE step ~1.5 ms.
+DEMO_DEFAULTS = {"steps": 12000, "unroll": 10, "eval_every": 1000}
 DEMO_QUICK = {"steps": 200, "unroll": 5, "eval_every": 100}
 STUDENT_LR = 0.1
 

@@ -37,6 +37,7 @@ class RoundOutcome:
         memory: the teacher model's memory after this round.
         teacher_grads: gradient of ``error_after`` w.r.t. each learnable teacher-model parameter.
         student: the student's state at the end of stage III.
+        stage_one: the student's state at the end of stage I (detached), what a guarded round keeps.
     """
 
     error_before: Tensor
@@ -47,6 +48,7 @@ class RoundOutcome:
     memory: Memory
     teacher_grads: tuple[Tensor, ...]
     student: StudentState
+    stage_one: StudentState
 
     def first_problem(self) -> str | None:
         """Why this round must not be committed (a non-finite value), or ``None``."""
@@ -136,6 +138,9 @@ def compute_round(
         memory=tuple(m.detach() for m in new_memory),
         teacher_grads=tuple(g.detach() for g in teacher_grads),
         student=stage_three,
+        stage_one=StudentState(
+            {n: p.detach() for n, p in stage_one.params.items()}, stage_one.buffers, start.trainable
+        ),
     )
 
 

@@ -35,8 +35,9 @@ class RoundRecord:
         update_norm: L2 norm of the DLN's change this round.
         student_steps: SGD steps written into the student (``2N`` paper, ``N`` research, 0 lookahead).
         seconds: wall time of the round.
-        skipped: ``True`` when the round was rejected and nothing was changed.
-        reason: why it was skipped.
+        skipped: ``True`` when the round had a non-finite value and nothing was changed.
+        rejected: ``True`` when the guard turned the DLN update down (the teacher still learned from it).
+        reason: why it was skipped or rejected.
     """
 
     round: int
@@ -47,6 +48,7 @@ class RoundRecord:
     student_steps: int
     seconds: float
     skipped: bool = False
+    rejected: bool = False
     reason: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -92,6 +94,11 @@ class Teacher:
             taught loss within ``dln_lr / anchor`` per coordinate of the (warm-started) loss it began as.
             The paper has none (``0``), and its teacher then walks the DLN away at constant speed (default:
             ``0.05``; see the README for the measurement).
+        guard: reject the DLN update when the validation error after stage III exceeds ``guard`` times
+            the error after stage I: the DLN keeps its parameters, the student keeps only stage I's steps
+            (``'paper'``/``'research'``), and the teacher model still learns from the failed proposal.
+            ``None`` disables it, as in the paper (default: ``None``: on MNIST-1D it did not stop the one
+            collapse we tested it on, see docs/results.md).
     """
 
     def __init__(
@@ -106,6 +113,7 @@ class Teacher:
         mode: str = "paper",
         val_loss: ValLoss | None = None,
         anchor: float = 0.05,
+        guard: float | None = None,
     ) -> None:
         if not isinstance(loss_fn, nn.Module):
             raise TypeError(f"loss_fn must be a torch.nn.Module, got {type(loss_fn).__name__}")
@@ -121,6 +129,7 @@ class Teacher:
         if isinstance(anchor, bool) or not isinstance(anchor, (int, float)) or not 0.0 <= anchor < 1.0:
             raise ValueError(f"anchor must be a number in [0, 1), got {anchor!r}")
         self.anchor = float(anchor)
+        self.guard = None if guard is None else check_positive_float(guard, "guard")
         self.anchor_point: Tensor | None = None  # the DLN where teaching started, flat; set by the first round
         self.mode = mode
         self.val_loss = val_loss or default_val_loss(loss_fn)
@@ -176,9 +185,10 @@ class Teacher:
         problem = outcome.first_problem()
         if problem is not None:
             return self._skip(started, problem, outcome)
-        self._commit(student, outcome)
+        rejected = self.guard is not None and float(outcome.error_after) > self.guard * float(outcome.error_before)
+        self._commit(student, outcome, accept=not rejected)
         self.anchor_point = anchor_point
-        return self._record(started, outcome)
+        return self._record(started, outcome, rejected)
 
     def _anchor_point(self) -> Tensor:
         """Where teaching started: the saved point, or (before the first committed round) the DLN now."""
@@ -186,10 +196,11 @@ class Teacher:
             return self.anchor_point
         return torch.cat([p.detach().flatten().clone() for p in dln_parameters(self.loss_fn).values()])
 
-    def _commit(self, student: nn.Module, outcome: RoundOutcome) -> None:
+    def _commit(self, student: nn.Module, outcome: RoundOutcome, accept: bool = True) -> None:
+        """Write the round: all of it, or (``accept=False``) the teacher's learning and stage I only."""
         with torch.no_grad():
             named = dict(self.loss_fn.named_parameters())
-            for name, value in outcome.new_phi.items():
+            for name, value in outcome.new_phi.items() if accept else ():
                 named[name].copy_(value)
             if self.optimizer is not None:
                 params = [p for p in self.model.parameters() if p.requires_grad]
@@ -201,20 +212,30 @@ class Teacher:
             # the user's own loss.backward() fills .grad on the DLN; nothing reads it, so free it here
             self.loss_fn.zero_grad(set_to_none=True)
             if self.mode != "lookahead":
-                _write_student(student, outcome.student)
+                _write_student(student, outcome.student if accept else outcome.stage_one)
         self.rounds += 1
 
     # --------------------------------------------------------------------------------------- bookkeeping
-    def _record(self, started: float, outcome: RoundOutcome) -> RoundRecord:
+    def _record(self, started: float, outcome: RoundOutcome, rejected: bool) -> RoundRecord:
         steps = {"paper": 2 * self.steps, "research": self.steps, "lookahead": 0}[self.mode]
+        if rejected:
+            steps = 0 if self.mode == "lookahead" else self.steps
+        reason = None
+        if rejected:
+            reason = (
+                f"guard: validation error rose from {float(outcome.error_before):.4g} to "
+                f"{float(outcome.error_after):.4g} (> {self.guard}x); the DLN update was not applied"
+            )
         return RoundRecord(
             round=self.rounds - 1,
             val_error_before=float(outcome.error_before),
             val_error_after=float(outcome.error_after),
             hypergradient_norm=float(outcome.flat_grad.norm()),
-            update_norm=float(outcome.update.norm()),
+            update_norm=0.0 if rejected else float(outcome.update.norm()),
             student_steps=steps,
             seconds=time.perf_counter() - started,
+            rejected=rejected,
+            reason=reason,
         )
 
     def _skip(self, started: float, reason: str, outcome: RoundOutcome | None = None) -> RoundRecord:

@@ -15,12 +15,16 @@ cross-entropy's in size. That is the default.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dynaloss import functional as DF
+
+if TYPE_CHECKING:
+    from dynaloss.losses.pairwise import PairwiseDLN
 
 __all__ = ["binary_pair_ce", "fit_pairwise_dln", "fit_to_one_vs_all_ce", "one_vs_all_pair_ce"]
 
@@ -83,6 +87,6 @@ def fit_pairwise_dln(
     return float(loss.detach())
 
 
-def fit_to_one_vs_all_ce(dln: nn.Module) -> float:
-    """Fit ``dln`` (with ``num_classes``) to :func:`one_vs_all_pair_ce`; see :func:`fit_pairwise_dln`."""
-    return fit_pairwise_dln(dln, one_vs_all_pair_ce(int(dln.num_classes)))
+def fit_to_one_vs_all_ce(dln: PairwiseDLN) -> float:
+    """Fit ``dln`` to :func:`one_vs_all_pair_ce` for its ``num_classes``; see :func:`fit_pairwise_dln`."""
+    return fit_pairwise_dln(dln, one_vs_all_pair_ce(dln.num_classes))

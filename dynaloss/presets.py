@@ -1,0 +1,58 @@
+"""Named configurations of a DLN and its teacher: the library's default and the paper's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dynaloss.losses.pairwise import PairwiseDLN
+from dynaloss.teacher import Teacher
+
+__all__ = ["PRESETS", "pairwise_teacher"]
+
+# "paper": L2T-DLN as published (random Kaiming DLN, LSTM teacher, N = 25, no trust region).
+# "default": what the measurements in docs/results.md support (warm DLN, anchored teacher, N = 10).
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "paper": {
+        "dln": {"init": "paper"},
+        "teacher": {
+            "teacher": "lstm",
+            "steps": 25,
+            "student_lr": 0.1,
+            "dln_lr": 1e-3,
+            "teacher_lr": 1e-3,
+            "mode": "paper",
+            "anchor": 0.0,
+        },
+    },
+    "default": {
+        "dln": {"init": "warm"},
+        "teacher": {
+            "teacher": "lstm",
+            "steps": 10,
+            "student_lr": 0.1,
+            "dln_lr": 1e-3,
+            "teacher_lr": 1e-3,
+            "mode": "paper",
+            "anchor": 0.05,
+        },
+    },
+}
+
+
+def pairwise_teacher(num_classes: int, preset: str = "default", **overrides: Any) -> Teacher:
+    """A :class:`PairwiseDLN` and its :class:`Teacher` configured by ``preset``; the DLN is ``teacher.loss_fn``.
+
+    Args:
+        num_classes: number of classes of the DLN.
+        preset: a key of :data:`PRESETS` (default: ``'default'``).
+        **overrides: Teacher arguments that replace the preset's (e.g. ``steps=5``, ``mode='lookahead'``).
+
+    Examples::
+
+        >>> teacher = pairwise_teacher(10, "paper", steps=5)
+        >>> loss_fn = teacher.loss_fn
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    config = PRESETS[preset]
+    return Teacher(PairwiseDLN(num_classes, **config["dln"]), **{**config["teacher"], **overrides})
