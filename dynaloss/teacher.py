@@ -240,12 +240,11 @@ class Teacher:
 
     def _skip(self, started: float, reason: str, outcome: RoundOutcome | None = None) -> RoundRecord:
         self.rounds += 1
-        value = (lambda t: float(t)) if outcome is not None else (lambda t: math.nan)
         return RoundRecord(
             round=self.rounds - 1,
-            val_error_before=value(outcome.error_before) if outcome else math.nan,
-            val_error_after=value(outcome.error_after) if outcome else math.nan,
-            hypergradient_norm=float(outcome.flat_grad.norm()) if outcome else math.nan,
+            val_error_before=math.nan if outcome is None else float(outcome.error_before),
+            val_error_after=math.nan if outcome is None else float(outcome.error_after),
+            hypergradient_norm=math.nan if outcome is None else float(outcome.flat_grad.norm()),
             update_norm=0.0,
             student_steps=0,
             seconds=time.perf_counter() - started,
