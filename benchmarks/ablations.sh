@@ -3,14 +3,15 @@
 # Table 4 (validation share) and Table 5 (unroll length N; median seconds per round are in the JSON).
 # Table 6 (teacher kind) is in the main table, the long run in docs/results.md.
 set -euo pipefail
+python=${PYTHON:-python}  # run from the environment dynaloss is installed in, or set PYTHON
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1
 out=benchmarks/results
 for ratio in 0.1 0.25 0.75 0.9; do  # 0.5 is the main table's configuration
-    python benchmarks/accuracy.py --datasets mnist1d --arms dln --seeds 2 --steps 8000 --val-ratio "$ratio" \
+    "$python" benchmarks/accuracy.py --datasets mnist1d --arms dln --seeds 2 --steps 8000 --val-ratio "$ratio" \
         --out "$out/ablation_val_ratio_$ratio"
 done
 for unroll in 1 5 25; do  # 10 is the main table's
-    python benchmarks/accuracy.py --datasets mnist1d --arms dln --seeds 2 --steps 8000 --unroll "$unroll" \
+    "$python" benchmarks/accuracy.py --datasets mnist1d --arms dln --seeds 2 --steps 8000 --unroll "$unroll" \
         --out "$out/ablation_unroll_$unroll"
 done
