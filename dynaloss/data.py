@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dynaloss.losses._checks import check_positive_int
+from dynaloss._checks import check_positive_int
 
 __all__ = [
     "CIFAR_MEAN",

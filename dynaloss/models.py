@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dynaloss.losses._checks import check_positive_int
+from dynaloss._checks import check_positive_int
 
 __all__ = ["MNIST1DCNN", "BasicBlock", "DigitsMLP", "ResNet8"]
 

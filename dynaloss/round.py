@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from dynaloss._checks import NonFiniteError
 from dynaloss.batches import Batch
-from dynaloss.losses._checks import NonFiniteError
 from dynaloss.teachers.base import Memory, TeacherModel
 from dynaloss.unroll import (
     StudentState,

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dynaloss._checks import NonFiniteError, check_positive_float, check_positive_int
 from dynaloss.batches import draw_batches
-from dynaloss.losses._checks import NonFiniteError, check_positive_float, check_positive_int
 from dynaloss.round import RoundOutcome, compute_round
 from dynaloss.teachers import TeacherModel, make_teacher_model
 from dynaloss.teachers.base import Memory

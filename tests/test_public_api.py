@@ -16,8 +16,8 @@ PUBLIC_MODULES = ["dynaloss", "dynaloss.teachers", "dynaloss.losses", "dynaloss.
 
 
 def _core_modules() -> list[str]:
-    """The public modules and every module of the loss and teacher packages."""
-    names = list(PUBLIC_MODULES)
+    """The public modules, the shared input checks and every module of the loss and teacher packages."""
+    names = [*PUBLIC_MODULES, "dynaloss._checks"]
     for package in ("dynaloss.losses", "dynaloss.teachers"):
         path = importlib.import_module(package).__path__
         names += [info.name for info in pkgutil.iter_modules(path, prefix=f"{package}.")]

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from dynaloss import functional as DF
-from dynaloss.losses._checks import check_finite, check_positive_int, check_tensor
+from dynaloss._checks import check_finite, check_positive_int, check_tensor
 
 __all__ = ["MultiPartDLN"]
 

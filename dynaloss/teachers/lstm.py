@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from dynaloss.losses._checks import check_positive_float, check_positive_int
+from dynaloss._checks import check_positive_float, check_positive_int
 from dynaloss.teachers.base import Memory, TeacherModel
 
 __all__ = ["LSTMTeacher", "preprocess_gradient"]

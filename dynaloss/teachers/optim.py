@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from dynaloss.losses._checks import check_positive_float
+from dynaloss._checks import check_positive_float
 from dynaloss.teachers.base import Memory, TeacherModel
 
 __all__ = ["OPTIMIZER_TEACHERS", "OptimizerTeacher"]
