@@ -31,9 +31,11 @@ ARMS: dict[str, dict[str, Any]] = {
     "ce": {"loss": "ce"},
     "ce-all": {"loss": "ce", "val_ratio": None},
     "dln-fixed": {"loss": "fixed"},
+    "dln-fixed-free": {"loss": "fixed", "monotone": False},
     "dln": {"loss": "dln"},
+    "dln-free": {"loss": "dln", "monotone": False},
     "dln-no-anchor": {"loss": "dln", "anchor": 0.0},
-    "dln-paper": {"loss": "dln", "init": "paper", "anchor": 0.0},
+    "dln-paper": {"loss": "dln", "init": "paper", "anchor": 0.0, "monotone": False},
     "dln-paper-init": {"loss": "dln", "init": "paper"},
     "dln-adam": {"loss": "dln", "teacher": "adam"},
     "dln-sgd": {"loss": "dln", "teacher": "sgd"},
@@ -72,12 +74,15 @@ def run_job(job: Job) -> dict[str, Any]:
             split = make_split(job.dataset, data, val_ratio=1 / len(data.y_train), seed=job.seed, val_batch_size=1)
         else:
             split = make_split(job.dataset, data, val_ratio=job.val_ratio, seed=job.seed)
-        loss_fn = PairwiseDLN(data.num_classes) if spec["loss"] == "fixed" else torch.nn.functional.cross_entropy
+        if spec["loss"] == "fixed":
+            loss_fn = PairwiseDLN(data.num_classes, monotone=spec.get("monotone", True))
+        else:
+            loss_fn = torch.nn.functional.cross_entropy
         result = train_ce(student, split, lr=0.1, name=job.arm, loss_fn=loss_fn, **common)
     else:
         split = make_split(job.dataset, data, val_ratio=job.val_ratio, seed=job.seed)
         with seeded(job.seed):
-            dln = PairwiseDLN(data.num_classes, init=spec.get("init", "warm"))
+            dln = PairwiseDLN(data.num_classes, init=spec.get("init", "warm"), monotone=spec.get("monotone", True))
             teacher = Teacher(
                 dln,
                 teacher=spec.get("teacher", "lstm"),

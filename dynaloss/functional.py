@@ -17,6 +17,7 @@ __all__ = [
     "REDUCTIONS",
     "check_reduction",
     "leaky_mlp",
+    "monotone_weights",
     "pairwise_dln_loss",
     "pairwise_features",
     "pairwise_row_loss",
@@ -48,6 +49,27 @@ def leaky_mlp(weights: Sequence[Tensor], rows: Tensor, negative_slope: float = 0
     for matrix in weights[:-1]:
         hidden = F.leaky_relu(hidden @ matrix.T, negative_slope)
     return (hidden @ weights[-1].T).squeeze(-1)
+
+
+def monotone_weights(raw: Sequence[Tensor]) -> list[Tensor]:
+    """The layer matrices that make the pairwise MLP a *proper* loss of its rows ``[s_y, s_j, 1, 0]``.
+
+    The first layer's true-class column becomes ``-|w|`` and its wrong-class column ``+|w|`` (the constant
+    columns, the MLP's bias, stay free); every later matrix becomes ``|W|``. LeakyReLU is increasing, and
+    non-negative sums of increasing functions are increasing, so the loss can only fall when the true class's
+    prediction rises and only rise when a wrong class's does: no parameters, however a teacher moves them,
+    make it reward a wrong prediction. (LeakyReLU is also convex, so the loss is convex in ``(s_y, s_j)``.)
+    ``|.|`` keeps the MLP positively homogeneous in its last layer, which the warm start relies on.
+
+    Args:
+        raw: the unconstrained matrices, first layer first; the first has at least two columns.
+
+    Returns:
+        The constrained matrices, differentiable in ``raw``.
+    """
+    first = raw[0]
+    signed = torch.cat([-first[:, :1].abs(), first[:, 1:2].abs(), first[:, 2:]], dim=1)
+    return [signed, *(matrix.abs() for matrix in raw[1:])]
 
 
 def pairwise_features(logits: Tensor, target: Tensor) -> Tensor:

@@ -25,27 +25,29 @@ DLNSource = nn.Module | Mapping[str, Any] | Sequence[Tensor]
 
 
 def dln_weights(source: DLNSource) -> list[Tensor]:
-    """The layer matrices of a pairwise DLN, from wherever they are kept.
+    """The layer matrices a pairwise DLN computes with, from wherever it is kept.
 
     Args:
-        source: a :class:`dynaloss.PairwiseDLN` (anything with ``.layers``), its ``state_dict()``, a
-            :meth:`dynaloss.Teacher.state_dict` (its ``'loss_fn'`` entry is used), or the matrices themselves.
+        source: a :class:`dynaloss.PairwiseDLN`, its ``state_dict()``, a :meth:`dynaloss.Teacher.state_dict`
+            (its ``'loss_fn'`` entry is used), or the matrices themselves. A DLN or state dict of a
+            ``monotone`` DLN gives its constrained matrices (:func:`dynaloss.functional.monotone_weights`).
 
     Returns:
         Detached ``(out, in)`` matrices, first layer first.
     """
     if isinstance(source, nn.Module):
-        if not hasattr(source, "layers"):
-            raise TypeError(f"{type(source).__name__} has no .layers: expected a PairwiseDLN")
-        layers: Sequence[Tensor] = source.layers  # type: ignore[assignment]
-        return [m.detach() for m in layers]
+        if not hasattr(source, "mlp_weights"):
+            raise TypeError(f"{type(source).__name__} has no .mlp_weights(): expected a PairwiseDLN")
+        return [m.detach() for m in source.mlp_weights()]
     if isinstance(source, Mapping):
         if "loss_fn" in source:
             return dln_weights(source["loss_fn"])
         count = sum(1 for key in source if str(key).startswith("layers."))
         if count == 0:
             raise ValueError(f"no 'layers.<i>' entries in the state dict (keys: {sorted(source)[:8]})")
-        return [torch.as_tensor(source[f"layers.{i}"]).detach() for i in range(count)]
+        raw = [torch.as_tensor(source[f"layers.{i}"]).detach() for i in range(count)]
+        monotone = bool(source.get("_extra_state", {}).get("monotone", False))
+        return DF.monotone_weights(raw) if monotone else raw
     if isinstance(source, Sequence) and source and all(isinstance(m, Tensor) for m in source):
         return [m.detach() for m in source]
     raise TypeError(f"expected a PairwiseDLN, a state dict or a list of tensors, got {type(source).__name__}")

@@ -28,14 +28,19 @@ def test_surface_values_are_the_pairwise_row_loss_on_the_grid(dln: dynaloss.Pair
     true_prob, wrong_prob, value = loss_surface(dln, resolution=5)
     assert value.shape == (5, 5)
     assert float(true_prob[0, 4]) == 1.0 and float(wrong_prob[4, 0]) == 1.0
-    expected = DF.pairwise_row_loss(list(dln.layers), torch.tensor(0.75), torch.tensor(0.25))
+    expected = DF.pairwise_row_loss(dln.mlp_weights(), torch.tensor(0.75), torch.tensor(0.25))
     assert torch.allclose(value[1, 3], expected.detach())
 
 
 def test_weights_come_from_a_module_its_state_dict_or_a_teacher_state(dln: dynaloss.PairwiseDLN) -> None:
     teacher = dynaloss.Teacher(dln, teacher="sgd")
-    for source in (dln, dln.state_dict(), teacher.state_dict(), list(dln.layers)):
-        assert all(torch.equal(a, b) for a, b in zip(dln_weights(source), dln.layers, strict=True))
+    used = dln.mlp_weights()  # the monotone DLN computes with sign-constrained copies of its parameters
+    assert not torch.equal(used[1], dln.layers[1])
+    for source in (dln, dln.state_dict(), teacher.state_dict(), used):
+        assert all(torch.equal(a, b) for a, b in zip(dln_weights(source), used, strict=True))
+    free = dynaloss.PairwiseDLN(3, init="paper", monotone=False)
+    for source in (free, free.state_dict()):
+        assert all(torch.equal(a, b) for a, b in zip(dln_weights(source), free.layers, strict=True))
     with pytest.raises(ValueError, match="layers"):
         dln_weights({"bias": torch.zeros(1)})
     with pytest.raises(TypeError, match="PairwiseDLN"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -38,6 +40,12 @@ class PairwiseDLN(nn.Module):
             stays unbiased and the cost per image is bounded (default: every pixel).
         hidden: width of the hidden layers (default: ``40``).
         depth: number of hidden layers (default: ``4``).
+        monotone: constrain the MLP's signs so the loss never rewards a wrong prediction: it is
+            non-increasing in :math:`s_y` and non-decreasing in every :math:`s_j` for *any* parameters
+            (:func:`dynaloss.functional.monotone_weights`). The parameters stay unconstrained, so a teacher
+            updates them freely. The paper's DLN is unconstrained (``False``), and a teacher can then turn it
+            into a loss that trains the student to predict the wrong class (default: ``True``; see
+            docs/results.md).
 
     Shape:
         - input: ``(B, C)`` or ``(B, C, d1, ...)`` logits.
@@ -64,6 +72,7 @@ class PairwiseDLN(nn.Module):
         max_pixels: int | None = None,
         hidden: int = 40,
         depth: int = 4,
+        monotone: bool = True,
     ) -> None:
         super().__init__()
         self.num_classes = check_positive_int(num_classes, "num_classes", minimum=2)
@@ -88,25 +97,50 @@ class PairwiseDLN(nn.Module):
         self.layers = nn.ParameterList(
             nn.Parameter(torch.empty(out_f, in_f)) for in_f, out_f in zip(widths[:-1], widths[1:])
         )
+        if not isinstance(monotone, bool):
+            raise TypeError(f"monotone must be a bool, got {type(monotone).__name__}")
+        self.monotone = monotone
         self.init = init
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Re-initialise the MLP as ``init`` says."""
+        if self.init == "warm":
+            from dynaloss.losses.warmstart import one_vs_all_weights
+
+            built = one_vs_all_weights(self.num_classes, self.layers[0].shape[0], len(self.layers) - 1)
+            with torch.no_grad():
+                for matrix, value in zip(self.layers, built):
+                    matrix.copy_(value)
+            return
         for matrix in self.layers:
             nn.init.kaiming_normal_(matrix, mode="fan_out")
-        if self.init == "warm":
-            from dynaloss.losses.warmstart import fit_to_one_vs_all_ce
-
-            fit_to_one_vs_all_ce(self)
 
     def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, init={self.init!r}, reduction={self.reduction!r}"
+        return (
+            f"num_classes={self.num_classes}, init={self.init!r}, monotone={self.monotone}, "
+            f"reduction={self.reduction!r}"
+        )
+
+    def mlp_weights(self, layers: Sequence[Tensor] | None = None) -> list[Tensor]:
+        """The matrices the MLP computes with: ``layers`` (default: this DLN's) under its sign constraint."""
+        raw = list(self.layers if layers is None else layers)
+        return DF.monotone_weights(raw) if self.monotone else raw
+
+    def get_extra_state(self) -> dict[str, bool]:
+        # the same numbers mean another loss under the other constraint, so the state says which it is
+        return {"monotone": self.monotone}
+
+    def set_extra_state(self, state: dict[str, bool]) -> None:
+        if state.get("monotone") != self.monotone:
+            raise ValueError(
+                f"the state is of a DLN with monotone={state.get('monotone')}, this one has monotone={self.monotone}"
+            )
 
     def forward(self, input: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
         self._check(input, target, weight)
         return DF.pairwise_dln_loss(
-            list(self.layers),
+            self.mlp_weights(),
             input,
             target,
             weight=weight,

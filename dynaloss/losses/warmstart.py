@@ -1,15 +1,19 @@
-"""Warm start: fit a pairwise DLN to a known loss before teaching begins.
+"""Warm start: a pairwise DLN that is a known loss before teaching begins.
 
 The paper starts from a random DLN, which in most seeds is anti-aligned with cross-entropy: the student
-first learns the wrong thing until the teacher turns the DLN around. Regressing the DLN onto a binary
-cross-entropy first gives the teacher a loss that already teaches, to refine from there.
+first learns the wrong thing until the teacher turns the DLN around. Starting from a DLN that already is a
+good loss gives the teacher something that teaches, to refine from there.
 
-Which binary cross-entropy matters. The DLN averages its ``C - 1`` pair rows, so fitting each pair to the
-plain 1-vs-1 BCE ``-log s_y - log(1 - s_j)`` divides every wrong-class gradient by ``C - 1``: the student
-learns as if its learning rate were ~10x smaller for ten classes (and the teacher then spends its rounds
-turning the loss's scale up). Weighting the wrong class by ``C - 1`` makes the per-sample loss exactly the
-one-vs-all BCE ``-log s_y - sum_j log(1 - s_j)``, whose logit gradients ``(s_y - 1, s_j)`` match softmax
-cross-entropy's in size. That is the default.
+The loss it starts as is the one-vs-all binary cross-entropy ``-log s_y - sum_j log(1 - s_j)``, whose
+logit gradients ``(s_y - 1, s_j)`` match softmax cross-entropy's in size. The DLN averages its ``C - 1``
+pair rows, so each row is ``-log s_y - (C - 1) log(1 - s_j)`` (:func:`one_vs_all_pair_ce`); fitting the
+plain 1-vs-1 BCE instead would divide every wrong-class gradient by ``C - 1``.
+
+:func:`one_vs_all_weights` *builds* that DLN rather than fitting it. A regression of the loss's values
+(:func:`fit_pairwise_dln`) cannot get its slopes right where they matter: ``-log s_y`` is steep where the
+true class is badly predicted, and a fit that misses the steepness gives the student a true-class gradient
+that vanishes as ``s_y -> 0``, so it learns to push every sigmoid to 0 and stays at chance. The
+construction interpolates both terms exactly at knots spread evenly in logit space.
 """
 
 from __future__ import annotations
@@ -19,14 +23,14 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from dynaloss import functional as DF
 
 if TYPE_CHECKING:
     from dynaloss.losses.pairwise import PairwiseDLN
 
-__all__ = ["binary_pair_ce", "fit_pairwise_dln", "fit_to_one_vs_all_ce", "one_vs_all_pair_ce"]
+__all__ = ["binary_pair_ce", "fit_pairwise_dln", "one_vs_all_pair_ce", "one_vs_all_weights"]
 
 # Probabilities are drawn from this interval, where the targets are finite.
 _PROB_MARGIN = 0.01
@@ -43,7 +47,7 @@ def one_vs_all_pair_ce(num_classes: int) -> Callable[[Tensor, Tensor], Tensor]:
 
 
 def fit_pairwise_dln(
-    dln: nn.Module,
+    dln: PairwiseDLN,
     target_loss: Callable[[Tensor, Tensor], Tensor],
     *,
     steps: int = 300,
@@ -64,9 +68,7 @@ def fit_pairwise_dln(
     """
     layers = [p for name, p in dln.named_parameters() if name.startswith("layers.")]
     generator = torch.Generator().manual_seed(seed)
-    fit_params = [
-        (torch.randn(m.shape, generator=generator) * (2.0 / m.shape[0]) ** 0.5).requires_grad_() for m in layers
-    ]
+    fit_params = [(torch.randn(m.shape, generator=generator) * _start_scale(dln, m)).requires_grad_() for m in layers]
     probs = torch.rand(samples, 2, generator=generator) * (1 - 2 * _PROB_MARGIN) + _PROB_MARGIN
     target = target_loss(probs[:, 0], probs[:, 1])
     scale = float(target.abs().max())
@@ -75,7 +77,8 @@ def fit_pairwise_dln(
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     with torch.enable_grad():
         for _ in range(steps):
-            loss = F.mse_loss(DF.pairwise_row_loss(fit_params, probs[:, 0], probs[:, 1]), target)
+            fitted_loss = DF.pairwise_row_loss(dln.mlp_weights(fit_params), probs[:, 0], probs[:, 1])
+            loss = F.mse_loss(fitted_loss, target)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -87,6 +90,76 @@ def fit_pairwise_dln(
     return float(loss.detach())
 
 
-def fit_to_one_vs_all_ce(dln: PairwiseDLN) -> float:
-    """Fit ``dln`` to :func:`one_vs_all_pair_ce` for its ``num_classes``; see :func:`fit_pairwise_dln`."""
-    return fit_pairwise_dln(dln, one_vs_all_pair_ce(dln.num_classes))
+def _start_scale(dln: PairwiseDLN, matrix: Tensor) -> float:
+    """Standard deviation of the fit's random starting weights for ``matrix`` (``(out, in)``).
+
+    Kaiming (fan_out) for the unconstrained MLP. Under the monotone constraint every later weight is
+    ``|w|``: all positive, so activations would grow ~``sqrt(in)``-fold per layer; ``1.25 / in`` makes the
+    mean ``|w|`` about ``1 / in`` and keeps them of order one.
+    """
+    out_features, in_features = matrix.shape
+    return 1.25 / in_features if dln.monotone else (2.0 / out_features) ** 0.5
+
+
+# Knots of the construction lie at sigmoid(z) for z evenly spaced in [-_SPAN, _SPAN].
+_SPAN = 7.0
+# Entries the construction leaves empty get this magnitude rather than 0: under the monotone constraint
+# the DLN computes with |w|, whose gradient at exactly 0 is 0, and the teacher could never move them.
+_EMPTY = 1e-6
+
+
+def _convex_knots(function: Callable[[Tensor], Tensor], knots: Tensor) -> Tensor:
+    """Slopes of the piecewise-linear interpolant of ``function`` between consecutive ``knots``."""
+    values = function(knots)
+    return (values[1:] - values[:-1]) / (knots[1:] - knots[:-1])
+
+
+def one_vs_all_weights(num_classes: int, hidden: int = 40, depth: int = 4) -> list[Tensor]:
+    """Layer matrices of a pairwise DLN whose rows compute :func:`one_vs_all_pair_ce`, interpolated.
+
+    The row loss ``-log s_y - (C - 1) log(1 - s_j)`` is a sum of a convex decreasing function of ``s_y``
+    and a convex increasing one of ``s_j``. Each is written as a non-negative sum of hinges:
+    ``sum_k c_k relu(1 - s_y / t_k)`` and ``sum_k d_k relu((s_j - v_k) / (1 - v_k))``, half of the first
+    layer's units each (knot ``t_k`` / ``v_k`` in the bias column, scaled so every unit's input is at most
+    1), which makes the interpolant exact at the knots. The later hidden layers pass the units through
+    (identity), and the last layer holds ``c`` and ``d``. Every matrix already satisfies the monotone
+    constraint, so the DLN computes the same loss with ``monotone`` on or off.
+
+    Args:
+        num_classes: ``C``.
+        hidden: width of the hidden layers (at least 2).
+        depth: number of hidden layers (at least 1).
+
+    Returns:
+        float32 matrices ``(hidden, 4)``, ``(hidden, hidden)`` x ``(depth - 1)``, ``(1, hidden)``.
+    """
+    if hidden < 2:
+        raise ValueError(f"the one-vs-all warm start needs hidden >= 2 (a unit per term), got {hidden}")
+    true_units, wrong_units = hidden // 2, hidden - hidden // 2
+    dtype = torch.float64
+
+    # -log s on knots t_1 < ... < t_K < 1; unit k is the hinge at the (k + 1)-th knot (the last one at 1),
+    # and the slope below t_2 continues down to s = 0.
+    t = torch.sigmoid(torch.linspace(-_SPAN, _SPAN, true_units, dtype=dtype))
+    t = torch.cat([t, t.new_ones(1)])
+    slopes = _convex_knots(lambda s: -torch.log(s), t)  # increasing, negative
+    hinge_at = t[1:]
+    # on (t_k, t_k+1) the slope is -(c_k + ... + c_K)
+    c = torch.cat([slopes[1:] - slopes[:-1], -slopes[-1:]])
+    # -(C - 1) log(1 - s) on knots 0 = v_1 < ... < v_K (and one more to end the last piece)
+    v = torch.sigmoid(torch.linspace(-_SPAN, _SPAN, wrong_units, dtype=dtype))
+    v = torch.cat([v.new_zeros(1), v])
+    rises = _convex_knots(lambda s: -(num_classes - 1) * torch.log1p(-s), v)  # increasing, positive
+    hinge_from = v[:-1]
+    d = torch.cat([rises[:1], rises[1:] - rises[:-1]])
+
+    first = torch.full((hidden, 4), _EMPTY, dtype=dtype)
+    first[:, 0] = -_EMPTY  # the monotone constraint's sign for the true-class column
+    first[:true_units, 0] = -1.0 / hinge_at  # relu(1 - s_y / t): input 1 at s_y = 0, 0 at the knot
+    first[:true_units, 2] = 1.0
+    scale = 1.0 - hinge_from  # relu((s_j - v) / (1 - v)): input 1 at s_j = 1
+    first[true_units:, 1] = 1.0 / scale
+    first[true_units:, 2] = -hinge_from / scale
+    last = torch.cat([c * hinge_at, d * scale])[None, :]  # undo the units' scaling
+    middle = [torch.eye(hidden, dtype=dtype).clamp_min(_EMPTY) for _ in range(depth - 1)]
+    return [m.float() for m in [first, *middle, last]]
