@@ -17,10 +17,12 @@ __all__ = [
     "REDUCTIONS",
     "check_reduction",
     "leaky_mlp",
+    "loss_range",
     "monotone_weights",
     "pairwise_dln_loss",
     "pairwise_features",
     "pairwise_row_loss",
+    "pin_loss_range",
     "reduce_loss",
 ]
 
@@ -70,6 +72,28 @@ def monotone_weights(raw: Sequence[Tensor]) -> list[Tensor]:
     first = raw[0]
     signed = torch.cat([-first[:, :1].abs(), first[:, 1:2].abs(), first[:, 2:]], dim=1)
     return [signed, *(matrix.abs() for matrix in raw[1:])]
+
+
+def loss_range(weights: Sequence[Tensor]) -> Tensor:
+    """The pair loss at its worst corner minus at its best: ``f(s_y=0, s_j=1) - f(s_y=1, s_j=0)``.
+
+    For a monotone DLN (:func:`monotone_weights`) these corners are the loss's largest and smallest values
+    over the whole square, so this is its range.
+    """
+    corners = weights[0].new_tensor([[0.0, 1.0], [1.0, 0.0]])
+    worst, best = pairwise_row_loss(weights, corners[:, 0], corners[:, 1])
+    return worst - best
+
+
+def pin_loss_range(weights: Sequence[Tensor], target_range: float) -> list[Tensor]:
+    """``weights`` with the last layer rescaled so that :func:`loss_range` is ``target_range``.
+
+    The MLP is linear in its last layer, so this is the same loss divided by its range: a loss whose size
+    no parameter can change, only its shape. A teacher then cannot buy a shorter-horizon gain by turning
+    the student's effective learning rate up (which it otherwise does, until the student diverges).
+    """
+    current = loss_range(weights).clamp_min(torch.finfo(weights[-1].dtype).tiny)
+    return [*weights[:-1], weights[-1] * (target_range / current)]
 
 
 def pairwise_features(logits: Tensor, target: Tensor) -> Tensor:

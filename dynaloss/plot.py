@@ -46,8 +46,10 @@ def dln_weights(source: DLNSource) -> list[Tensor]:
         if count == 0:
             raise ValueError(f"no 'layers.<i>' entries in the state dict (keys: {sorted(source)[:8]})")
         raw = [torch.as_tensor(source[f"layers.{i}"]).detach() for i in range(count)]
-        monotone = bool(source.get("_extra_state", {}).get("monotone", False))
-        return DF.monotone_weights(raw) if monotone else raw
+        extra = source.get("_extra_state", {})
+        if not extra.get("monotone", False):
+            return raw
+        return DF.pin_loss_range(DF.monotone_weights(raw), extra["target_range"])
     if isinstance(source, Sequence) and source and all(isinstance(m, Tensor) for m in source):
         return [m.detach() for m in source]
     raise TypeError(f"expected a PairwiseDLN, a state dict or a list of tensors, got {type(source).__name__}")

@@ -91,13 +91,19 @@ def test_hypergradient_matches_finite_differences_through_batchnorm() -> None:
 
 # ------------------------------------------------------------------------------------------ reference unroll
 def reference_dln(
-    weights: list[torch.Tensor], logits: torch.Tensor, target: torch.Tensor, monotone: bool
+    weights: list[torch.Tensor], logits: torch.Tensor, target: torch.Tensor, target_range: float | None
 ) -> torch.Tensor:
-    """The 1-vs-1 DLN written out row by row from its definition."""
-    if monotone:  # true-class column <= 0, wrong-class column >= 0, constant columns free, later layers >= 0
+    """The 1-vs-1 DLN written out row by row from its definition; monotone (and range-pinned) with a range."""
+    if target_range is not None:  # true-class column <= 0, wrong-class column >= 0, bias free, later layers >= 0
         signs = torch.tensor([-1.0, 1.0, 1.0, 1.0], dtype=weights[0].dtype)
         free = torch.tensor([False, False, True, True])
         weights = [torch.where(free, weights[0], signs * weights[0].abs()), *(w.abs() for w in weights[1:])]
+
+    def mlp(row: torch.Tensor) -> torch.Tensor:
+        for w in weights[:-1]:
+            row = F.leaky_relu(w @ row, 0.01)
+        return (weights[-1] @ row).squeeze()
+
     probs = torch.sigmoid(logits)
     losses = []
     for b in range(logits.shape[0]):
@@ -105,12 +111,17 @@ def reference_dln(
         for j in range(logits.shape[1]):
             if j == int(target[b]):
                 continue
-            row = torch.stack([probs[b, target[b]], probs[b, j], probs.new_tensor(1.0), probs.new_tensor(0.0)])
-            for w in weights[:-1]:
-                row = F.leaky_relu(w @ row, 0.01)
-            rows.append((weights[-1] @ row).squeeze())
+            rows.append(
+                mlp(torch.stack([probs[b, target[b]], probs[b, j], probs.new_tensor(1.0), probs.new_tensor(0.0)]))
+            )
         losses.append(torch.stack(rows).mean())
-    return torch.stack(losses).mean()
+    loss = torch.stack(losses).mean()
+    if target_range is None:
+        return loss
+    worst, best = (
+        mlp(torch.tensor(corner, dtype=probs.dtype)) for corner in ([0.0, 1.0, 1.0, 0.0], [1.0, 0.0, 1.0, 0.0])
+    )
+    return loss * target_range / (worst - best)
 
 
 def reference_student(params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -118,9 +129,9 @@ def reference_student(params: list[torch.Tensor], x: torch.Tensor) -> torch.Tens
     return torch.tanh(x @ w1.T + b1) @ w2.T + b2
 
 
-def reference_unroll(params, weights, batches, lr, monotone):
+def reference_unroll(params, weights, batches, lr, target_range):
     for x, y in batches:
-        loss = reference_dln(weights, reference_student(params, x), y, monotone)
+        loss = reference_dln(weights, reference_student(params, x), y, target_range)
         grads = torch.autograd.grad(loss, params, create_graph=True)
         params = [p - lr * g for p, g in zip(params, grads)]
     return params
@@ -129,7 +140,7 @@ def reference_unroll(params, weights, batches, lr, monotone):
 def reference_hypergradient(student, dln, batches, val, lr):
     params = [p.detach().clone().requires_grad_() for p in student.parameters()]
     weights = [w.detach().clone().requires_grad_() for w in dln.parameters()]
-    end = reference_unroll(params, weights, batches, lr, dln.monotone)
+    end = reference_unroll(params, weights, batches, lr, dln.target_range)
     error = F.cross_entropy(reference_student(end, val[0]), val[1])
     return torch.cat([g.flatten() for g in torch.autograd.grad(error, weights)])
 

@@ -465,9 +465,24 @@ def test_unconstrained_dln_can_reward_a_wrong_prediction():
 
 def test_the_constraint_is_saved_with_the_state_and_checked_on_load():
     monotone, free = PairwiseDLN(3), PairwiseDLN(3, monotone=False)
-    assert monotone.state_dict()["_extra_state"] == {"monotone": True}
+    assert monotone.state_dict()["_extra_state"] == {"monotone": True, "target_range": monotone.target_range}
     PairwiseDLN(3, init="paper").load_state_dict(monotone.state_dict())
     with pytest.raises(ValueError, match="monotone=True"):
         free.load_state_dict(monotone.state_dict())
     with pytest.raises(TypeError, match="monotone must be a bool"):
         PairwiseDLN(3, monotone="yes")  # type: ignore[arg-type]
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000), layer=st.integers(0, 2), factor=st.floats(0.01, 100.0))
+def test_monotone_dln_size_is_pinned_only_its_shape_can_change(seed, layer, factor):
+    # Scaling any layer scales a plain MLP's loss (and the student's step); the pinned loss does not move.
+    from dynaloss.functional import loss_range
+
+    dln = paper_dln(4, seed=seed, hidden=8, depth=2).double()
+    logits, target = _random_case(num_classes=4, batch=6, seed=seed)
+    before = dln(logits, target)
+    with torch.no_grad():
+        dln.layers[layer].mul_(factor)
+    torch.testing.assert_close(dln(logits, target), before, rtol=1e-9, atol=1e-12)
+    assert float(loss_range(dln.mlp_weights())) == pytest.approx(dln.target_range, rel=1e-9)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +29,7 @@ class PairwiseDLN(nn.Module):
 
     Args:
         num_classes: number of classes ``C`` (at least 2).
-        init: ``'warm'`` fits the MLP so that the loss is the one-vs-all binary cross-entropy
+        init: ``'warm'`` builds the MLP so that the loss is the one-vs-all binary cross-entropy
             :math:`-\log s_y - \sum_{j \ne y} \log(1 - s_j)`, so the student learns from the first step
             (:mod:`dynaloss.losses.warmstart`); ``'paper'`` is the paper's random Kaiming-normal (fan_out)
             DLN, which starts anti-aligned with CE in most seeds (default: ``'warm'``; see the README for the
@@ -101,6 +102,7 @@ class PairwiseDLN(nn.Module):
             raise TypeError(f"monotone must be a bool, got {type(monotone).__name__}")
         self.monotone = monotone
         self.init = init
+        self.target_range: float | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -112,9 +114,13 @@ class PairwiseDLN(nn.Module):
             with torch.no_grad():
                 for matrix, value in zip(self.layers, built):
                     matrix.copy_(value)
-            return
-        for matrix in self.layers:
-            nn.init.kaiming_normal_(matrix, mode="fan_out")
+        else:
+            for matrix in self.layers:
+                nn.init.kaiming_normal_(matrix, mode="fan_out")
+        self.target_range = None
+        if self.monotone:
+            with torch.no_grad():
+                self.target_range = float(DF.loss_range(DF.monotone_weights(list(self.layers))))
 
     def extra_repr(self) -> str:
         return (
@@ -123,19 +129,27 @@ class PairwiseDLN(nn.Module):
         )
 
     def mlp_weights(self, layers: Sequence[Tensor] | None = None) -> list[Tensor]:
-        """The matrices the MLP computes with: ``layers`` (default: this DLN's) under its sign constraint."""
+        """The matrices the MLP computes with: ``layers`` (default: this DLN's), constrained if ``monotone``.
+
+        A monotone DLN's matrices are sign-constrained (:func:`dynaloss.functional.monotone_weights`) and
+        its range is pinned to the one it started with (:func:`dynaloss.functional.pin_loss_range`).
+        """
         raw = list(self.layers if layers is None else layers)
-        return DF.monotone_weights(raw) if self.monotone else raw
+        if not self.monotone:
+            return raw
+        assert self.target_range is not None
+        return DF.pin_loss_range(DF.monotone_weights(raw), self.target_range)
 
-    def get_extra_state(self) -> dict[str, bool]:
+    def get_extra_state(self) -> dict[str, Any]:
         # the same numbers mean another loss under the other constraint, so the state says which it is
-        return {"monotone": self.monotone}
+        return {"monotone": self.monotone, "target_range": self.target_range}
 
-    def set_extra_state(self, state: dict[str, bool]) -> None:
+    def set_extra_state(self, state: dict[str, Any]) -> None:
         if state.get("monotone") != self.monotone:
             raise ValueError(
                 f"the state is of a DLN with monotone={state.get('monotone')}, this one has monotone={self.monotone}"
             )
+        self.target_range = state.get("target_range")
 
     def forward(self, input: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
         self._check(input, target, weight)
