@@ -117,6 +117,9 @@ def _add_train(commands: Any) -> None:
     train.add_argument("--loss", choices=("ce", "dln"), default="dln", help="(default: %(default)s)")
     train.add_argument("--teacher", choices=TEACHER_KINDS, default="lstm", help="(default: %(default)s)")
     train.add_argument("--init", choices=INITS, default="warm", help="DLN initialisation (default: %(default)s)")
+    train.add_argument(
+        "--unconstrained", action="store_true", help="the paper's DLN: no monotone constraint, no pinned range"
+    )
     train.add_argument("--mode", choices=MODES, default="paper", help="Teacher mode (default: %(default)s)")
     train.add_argument("--unroll", type=_positive_int, default=25, help="N (default: %(default)s)")
     train.add_argument("--steps", type=_positive_int, default=2000, help="student SGD steps (default: %(default)s)")
@@ -221,11 +224,11 @@ def _evaluator(data: Dataset) -> Evaluate:
 
 
 def _make_teacher(
-    num_classes: int, seed: int, init: str = "warm", **teacher_args: Any
-) -> tuple[Teacher, dict[str, torch.Tensor]]:
+    num_classes: int, seed: int, init: str = "warm", monotone: bool = True, **teacher_args: Any
+) -> tuple[Teacher, dict[str, Any]]:
     """A DLN and its :class:`Teacher` (``teacher_args``), drawn from ``seed``, and a copy of the DLN's start."""
     with seeded(seed):
-        teacher = Teacher(PairwiseDLN(num_classes, init=init), **teacher_args)
+        teacher = Teacher(PairwiseDLN(num_classes, init=init, monotone=monotone), **teacher_args)
     return teacher, copy.deepcopy(teacher.loss_fn.state_dict())
 
 
@@ -286,6 +289,7 @@ def _train_arm(args: argparse.Namespace, config: dict[str, Any], data: Dataset, 
             data.num_classes,
             args.seed,
             init=args.init,
+            monotone=not args.unconstrained,
             teacher=args.teacher,
             steps=args.unroll,
             student_lr=args.lr,

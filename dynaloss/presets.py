@@ -9,11 +9,12 @@ from dynaloss.teacher import Teacher
 
 __all__ = ["PRESETS", "pairwise_teacher"]
 
-# "paper": L2T-DLN as published (random Kaiming DLN, LSTM teacher, N = 25, no trust region).
-# "default": what the measurements in docs/results.md support (warm DLN, anchored teacher, N = 10).
+# "paper": L2T-DLN as published (random unconstrained Kaiming DLN, LSTM teacher, N = 25, no trust region).
+# "default": what the measurements in docs/results.md support (warm, monotone DLN of pinned range, anchored
+# teacher, N = 10).
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {
-        "dln": {"init": "paper"},
+        "dln": {"init": "paper", "monotone": False},
         "teacher": {
             "teacher": "lstm",
             "steps": 25,
@@ -25,7 +26,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         },
     },
     "default": {
-        "dln": {"init": "warm"},
+        "dln": {"init": "warm", "monotone": True},
         "teacher": {
             "teacher": "lstm",
             "steps": 10,

@@ -82,3 +82,13 @@ def test_bad_arguments_and_missing_files_exit_with_status_2(tmp_path: Path, caps
             main(argv)
         assert exit_info.value.code == 2
     assert "none.pt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flags", "monotone"), [([], True), (["--init", "paper", "--unconstrained"], False)])
+def test_train_builds_the_constrained_dln_unless_asked_for_the_papers(
+    tmp_path: Path, flags: list[str], monotone: bool
+) -> None:
+    argv = ["train", "--data", "digits", "--unroll", "2", "--steps", "4", "--eval-every", "4", *flags]
+    assert main([*argv, "--out", str(tmp_path), "--device", "cpu", "--no-progress"]) == 0
+    state = torch.load(tmp_path / "teacher.pt", weights_only=True)
+    assert state["loss_fn"]["_extra_state"]["monotone"] is monotone
