@@ -485,4 +485,4 @@ def test_monotone_dln_size_is_pinned_only_its_shape_can_change(seed, layer, fact
     with torch.no_grad():
         dln.layers[layer].mul_(factor)
     torch.testing.assert_close(dln(logits, target), before, rtol=1e-9, atol=1e-12)
-    assert float(loss_range(dln.mlp_weights())) == pytest.approx(dln.target_range, rel=1e-9)
+    assert float(loss_range(dln.mlp_weights()).detach()) == pytest.approx(dln.target_range, rel=1e-9)

@@ -1,0 +1,102 @@
+"""How an adapter schedules and feeds teacher rounds: one config and the per-epoch train/val re-split."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from dynaloss import MODES, Teacher
+from dynaloss._checks import check_positive_float, check_positive_int
+
+__all__ = ["TeachingConfig", "forever", "resplit"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class TeachingConfig:
+    """When teacher rounds run inside a framework's training and what they see.
+
+    Args:
+        every: run a round after every ``every`` student batches (default: ``10``).
+        steps: ``N``, unrolled student SGD steps per stage (default: ``2``, the paper's for detection and
+            segmentation).
+        student_lr: the student's SGD learning rate inside the unroll (default: ``0.01``).
+        mode: the :class:`dynaloss.Teacher` mode (default: ``'lookahead'``: the framework's own optimizer
+            keeps training the student and the round only teaches the DLN; ``'paper'`` also writes the
+            ``2N`` unrolled steps into the student).
+        train_batch: images per unrolled step (default: ``2``, the paper's).
+        val_batch: images in the validation batch of a round (default: ``8``, the paper's).
+        val_ratio: share of the training images held out for the teacher's validation batches, re-drawn
+            every epoch (default: ``0.5``, the paper's).
+        teacher: extra keyword arguments for :class:`dynaloss.Teacher` (``teacher``, ``dln_lr``,
+            ``teacher_lr``, ``anchor``, ``guard``); unset ones keep the Teacher's defaults.
+    """
+
+    every: int = 10
+    steps: int = 2
+    student_lr: float = 0.01
+    mode: str = "lookahead"
+    train_batch: int = 2
+    val_batch: int = 8
+    val_ratio: float = 0.5
+    teacher: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_positive_int(self.every, "every")
+        check_positive_int(self.steps, "steps")
+        check_positive_float(self.student_lr, "student_lr")
+        check_positive_int(self.train_batch, "train_batch")
+        check_positive_int(self.val_batch, "val_batch")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if isinstance(self.val_ratio, bool) or not isinstance(self.val_ratio, (int, float)):
+            raise TypeError(f"val_ratio must be a float, got {type(self.val_ratio).__name__}")
+        if not 0.0 < self.val_ratio < 1.0:
+            raise ValueError(f"val_ratio must be in (0, 1), got {self.val_ratio}")
+        reserved = {"steps", "student_lr", "mode", "val_loss"} & set(self.teacher)
+        if reserved:
+            raise ValueError(f"teacher= must not set {sorted(reserved)}: they are fields of TeachingConfig itself")
+
+    def make_teacher(self, loss_fn: nn.Module, val_loss: Any) -> Teacher:
+        """A :class:`dynaloss.Teacher` for ``loss_fn`` configured by these fields."""
+        return Teacher(
+            loss_fn, steps=self.steps, student_lr=self.student_lr, mode=self.mode, val_loss=val_loss, **self.teacher
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resplit(size: int, val_ratio: float, seed: int) -> tuple[list[int], list[int]]:
+    """Split ``range(size)`` into teacher-train and teacher-val indices, deterministically from ``seed``.
+
+    Adapters call this once per epoch with ``seed`` derived from the epoch: the paper re-splits the
+    training set every epoch, and a resumed run redraws the same split.
+
+    Raises:
+        ValueError: when either side would be empty.
+    """
+    n_val = round(size * val_ratio)
+    if size < 2 or n_val < 1 or n_val >= size:
+        raise ValueError(
+            f"cannot split {size} training images into teacher train/val halves with val_ratio={val_ratio}; "
+            f"a teacher round needs at least one image on each side"
+        )
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
+    return order[n_val:], order[:n_val]
+
+
+def forever(batches: Iterable[T]) -> Iterator[T]:
+    """Cycle through ``batches`` without end, asking it for a new pass (a new shuffle) each time."""
+    while True:
+        empty = True
+        for item in batches:
+            empty = False
+            yield item
+        if empty:
+            raise ValueError("the teacher's data loader yields no batches")
