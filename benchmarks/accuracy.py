@@ -25,13 +25,14 @@ import torch
 
 # Each arm: how the student is trained. "ce-all" is CE on the whole training set (train and val parts),
 # the baseline that gets to learn from every labelled example the DLN arms see. "dln-fixed" trains with the
-# warm-started DLN and no teacher: what teaching adds is the difference to it. "dln-paper" is the paper's
-# configuration (random DLN, LSTM teacher, no anchor); "dln" is the library's default.
+# warm-started DLN and no teacher: what teaching adds is the difference to it. "dln" is the library's default
+# (warm, monotone DLN of pinned range; LSTM teacher with the anchor); "dln-free" the same without the monotone
+# constraint (the paper's unconstrained MLP, warm-started); "dln-paper" is the paper's configuration (random
+# unconstrained DLN, LSTM teacher, no anchor).
 ARMS: dict[str, dict[str, Any]] = {
     "ce": {"loss": "ce"},
     "ce-all": {"loss": "ce", "val_ratio": None},
     "dln-fixed": {"loss": "fixed"},
-    "dln-fixed-free": {"loss": "fixed", "monotone": False},
     "dln": {"loss": "dln"},
     "dln-free": {"loss": "dln", "monotone": False},
     "dln-no-anchor": {"loss": "dln", "anchor": 0.0},
@@ -41,7 +42,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "dln-sgd": {"loss": "dln", "teacher": "sgd"},
     "dln-rmsprop": {"loss": "dln", "teacher": "rmsprop"},
 }
-DEFAULT_ARMS = ["ce", "ce-all", "dln-fixed", "dln", "dln-no-anchor", "dln-paper", "dln-adam", "dln-sgd", "dln-rmsprop"]
+DEFAULT_ARMS = ["ce", "ce-all", "dln-fixed", "dln", "dln-free", "dln-paper", "dln-adam", "dln-sgd", "dln-rmsprop"]
 
 
 @dataclass(frozen=True)
