@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from dynaloss.bench import STUDENTS, run_benchmark
 from dynaloss.data import Dataset
 from dynaloss.losses import PairwiseDLN
 from dynaloss.losses.pairwise import INITS
@@ -42,6 +43,7 @@ __all__ = ["DEMO_DEFAULTS", "DEMO_QUICK", "build_parser", "main"]
 # The default demo runs the library's default configuration (warm DLN, anchored LSTM teacher, N = 10; see
 # docs/results.md) for 12,000 student steps per arm: about 2.5 minutes on one core of a 2-core AMD EPYC
 # (torch 2.14), where a round of N = 10 (20 student steps) takes ~0.2 s and a CE step ~1.5 ms.
+AUTOCAST_NAMES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 DEMO_DEFAULTS = {"steps": 12000, "unroll": 10, "eval_every": 1000}
 DEMO_QUICK = {"steps": 200, "unroll": 5, "eval_every": 100}
 STUDENT_LR = 0.1
@@ -138,6 +140,35 @@ def _add_plot(commands: Any) -> None:
     plot.set_defaults(handler=run_plot)
 
 
+def _add_bench(commands: Any) -> None:
+    bench = commands.add_parser("bench", help="seconds and memory of a teacher round vs 2N plain CE steps")
+    bench.add_argument("--student", choices=sorted(STUDENTS), help="(default: resnet8 on a GPU, mnist1d-cnn on a CPU)")
+    bench.add_argument("--unroll", type=_positive_int, nargs="+", help="N values (default: 1 5 10 25 GPU, 10 CPU)")
+    bench.add_argument("--repeats", type=_positive_int, default=5, help="timed rounds per N (default: %(default)s)")
+    bench.add_argument("--checkpoint", action="store_true", help="recompute each unrolled step in the backward")
+    bench.add_argument("--autocast", choices=sorted(AUTOCAST_NAMES), help="autocast dtype of the unrolls")
+    bench.add_argument("--device", type=_device, default=_default_device(), help="torch device (default: %(default)s)")
+    bench.add_argument(
+        "--out", type=Path, default=Path("round_time"), help="writes OUT.json and OUT.md (default: %(default)s)"
+    )
+    bench.set_defaults(handler=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> None:
+    """``dynaloss bench``: :func:`dynaloss.bench.run_benchmark` with the device's default configuration."""
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    run_benchmark(
+        args.student or ("resnet8" if gpu else "mnist1d-cnn"),
+        args.unroll or ([1, 5, 10, 25] if gpu else [10]),
+        device=device,
+        out=args.out,
+        repeats=args.repeats,
+        checkpoint=args.checkpoint,
+        autocast_dtype=None if args.autocast is None else AUTOCAST_NAMES[args.autocast],
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``dynaloss`` command."""
     parser = argparse.ArgumentParser(prog="dynaloss", description=__doc__.splitlines()[0])
@@ -145,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(commands)
     _add_train(commands)
     _add_plot(commands)
+    _add_bench(commands)
     return parser
 
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-from dynaloss._checks import NonFiniteError
 from dynaloss.batches import Batch
 from dynaloss.teachers.base import Memory, TeacherModel
 from dynaloss.unroll import (
@@ -38,6 +37,8 @@ class RoundOutcome:
         teacher_grads: gradient of ``error_after`` w.r.t. each learnable teacher-model parameter.
         student: the student's state at the end of stage III.
         stage_one: the student's state at the end of stage I (detached), what a guarded round keeps.
+        inputs_finite: device flags, whether the DLN's inputs stayed finite in stage I and in stage III (``True``
+            where the loss did not check on the device).
     """
 
     error_before: Tensor
@@ -49,21 +50,31 @@ class RoundOutcome:
     teacher_grads: tuple[Tensor, ...]
     student: StudentState
     stage_one: StudentState
+    inputs_finite: list[Tensor] = field(default_factory=list)
 
     def first_problem(self) -> str | None:
         """Why this round must not be committed (a non-finite value), or ``None``."""
         checks = {
-            "DLN update": [self.update],
-            "validation error after stage III": [self.error_after],
-            "teacher model gradient": list(self.teacher_grads),
-            "student parameters": list(self.student.params.values()),
+            # in the order things happen, so the first failure names the cause: NaN logits in stage I make
+            # everything after them NaN, and a NaN hypergradient makes stage III's logits NaN
+            "the DLN's input contains NaN or Inf values (the student's outputs in stage I)": self.inputs_finite[:1],
+            "the validation error after stage I or the DLN's hypergradient is not finite": [
+                self.error_before.reshape(1),
+                self.flat_grad,
+            ],
+            "the DLN's input contains NaN or Inf values (the student's outputs in stage III)": self.inputs_finite[1:],
+            "DLN update is not finite": [self.update],
+            "validation error after stage III is not finite": [self.error_after],
+            "teacher model gradient is not finite": list(self.teacher_grads),
+            "student parameters is not finite": list(self.student.params.values()),
         }
         # one flag per check, computed on the device and read back with a single synchronisation
-        flags = torch.stack([torch.stack([torch.isfinite(t).all() for t in ts]).all() for ts in checks.values() if ts])
+        # (the unrolls' input flags are booleans already)
+        flags = torch.stack([torch.stack([_all_finite(t) for t in ts]).all() for ts in checks.values() if ts])
         names = [name for name, ts in checks.items() if ts]
         for name, finite in zip(names, flags.tolist()):
             if not finite:
-                return f"{name} is not finite; the round was not committed"
+                return f"{name}; the round was not committed"
         return None
 
 
@@ -82,6 +93,8 @@ def compute_round(
     continue_stage_one: bool = True,
     anchor: Tensor | None = None,
     anchor_strength: float = 0.0,
+    checkpoint: bool = False,
+    autocast_dtype: torch.dtype | None = None,
 ) -> RoundOutcome:
     """Stages I-III of L2T-DLN from the student's current weights, without writing anything.
 
@@ -95,22 +108,24 @@ def compute_round(
             student's current weights again (the research code).
         anchor: flat DLN parameters the update is pulled back towards, with ``anchor_strength``:
             ``phi' = phi + dln_lr * T(grad) - anchor_strength * (phi - anchor)`` (default: no pull).
+        checkpoint, autocast_dtype: memory options of both unrolls (:func:`dynaloss.unroll.unroll_sgd`).
 
     Returns:
         The :class:`RoundOutcome`; ``teacher_grads`` is empty when ``model`` has nothing to learn.
 
+    Nothing here reads a value back from the device (but a :class:`~dynaloss.PairwiseDLN`'s targets, once
+    per unroll): a non-finite value is not raised on but reported by :meth:`RoundOutcome.first_problem`,
+    which checks everything with one read-back.
+
     Raises:
-        NonFiniteError: stage I produced a non-finite validation error or hypergradient, or a DLN input
-            became non-finite in an unroll.
+        NonFiniteError: a loss module's own input check found a non-finite input in an unroll.
     """
     start = student_state(student)
     phi = dln_parameters(loss_fn)
-    stage_one = unroll_sgd(student, start, loss_fn, phi, first, lr=student_lr)
+    memory_options = {"checkpoint": checkpoint, "autocast_dtype": autocast_dtype}
+    stage_one = unroll_sgd(student, start, loss_fn, phi, first, lr=student_lr, **memory_options)
     error_before = validation_error(student, stage_one, val, val_loss)
     flat_grad = torch.cat([g.flatten() for g in grads_or_zeros(error_before, list(phi.values()))]).detach()
-    if not bool(torch.isfinite(torch.cat([error_before.detach().reshape(1), flat_grad])).all()):
-        # say so now: stage III would only fail later with a less telling message
-        raise NonFiniteError("the validation error after stage I or the DLN's hypergradient is not finite")
 
     flat_phi = torch.cat([p.detach().flatten() for p in phi.values()])
     if memory is None:
@@ -124,7 +139,7 @@ def compute_round(
     learnable = model.learnable
     stage_three_start = stage_one.detached() if continue_stage_one else start.detached()
     stage_three = unroll_sgd(
-        student, stage_three_start, loss_fn, new_phi, second, lr=student_lr, create_graph=learnable
+        student, stage_three_start, loss_fn, new_phi, second, lr=student_lr, create_graph=learnable, **memory_options
     )
     error_after = validation_error(student, stage_three, val, val_loss)
     teacher_params = [p for p in model.parameters() if p.requires_grad]
@@ -141,7 +156,16 @@ def compute_round(
         stage_one=StudentState(
             {n: p.detach() for n, p in stage_one.params.items()}, stage_one.buffers, start.trainable
         ),
+        # a stage whose loss did not check on the device (another loss, or other batches) counts as finite
+        inputs_finite=[
+            error_before.new_ones((), dtype=torch.bool) if s.inputs_finite is None else s.inputs_finite
+            for s in (stage_one, stage_three)
+        ],
     )
+
+
+def _all_finite(tensor: Tensor) -> Tensor:
+    return tensor.all() if tensor.dtype == torch.bool else torch.isfinite(tensor).all()
 
 
 def _unflatten(flat: Tensor, like: list[Tensor]) -> list[Tensor]:

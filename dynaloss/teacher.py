@@ -21,6 +21,7 @@ from dynaloss.unroll import StudentState, ValLoss, default_val_loss, dln_paramet
 __all__ = ["MODES", "RoundRecord", "Teacher"]
 
 MODES = ("paper", "lookahead", "research")
+AUTOCAST_DTYPES = (None, torch.bfloat16, torch.float16)
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,13 @@ class Teacher:
             (``'paper'``/``'research'``), and the teacher model still learns from the failed proposal.
             ``None`` disables it, as in the paper (default: ``None``: on MNIST-1D it did not stop the one
             collapse we tested it on, see docs/results.md).
+        checkpoint: recompute each unrolled step in the backward pass instead of keeping its activations
+            (``torch.utils.checkpoint``, non-reentrant): the round's memory no longer grows with every
+            step's activations, for roughly one more forward and backward per step; the numbers are the same
+            up to float rounding (default: ``False``).
+        autocast_dtype: run the unrolled steps' forwards under ``torch.autocast`` with this dtype,
+            ``torch.bfloat16`` or ``torch.float16``: less memory and, on GPUs, faster, for a less exact
+            hypergradient (0.4 % relative error on the test's MLP; the tests allow 5 %) (default: ``None``).
     """
 
     def __init__(
@@ -114,6 +122,8 @@ class Teacher:
         val_loss: ValLoss | None = None,
         anchor: float = 0.05,
         guard: float | None = None,
+        checkpoint: bool = False,
+        autocast_dtype: torch.dtype | None = None,
     ) -> None:
         if not isinstance(loss_fn, nn.Module):
             raise TypeError(f"loss_fn must be a torch.nn.Module, got {type(loss_fn).__name__}")
@@ -131,6 +141,14 @@ class Teacher:
         self.anchor = float(anchor)
         self.guard = None if guard is None else check_positive_float(guard, "guard")
         self.anchor_point: Tensor | None = None  # the DLN where teaching started, flat; set by the first round
+        if not isinstance(checkpoint, bool):
+            raise TypeError(f"checkpoint must be a bool, got {type(checkpoint).__name__}")
+        self.checkpoint = checkpoint
+        if autocast_dtype is not None and not isinstance(autocast_dtype, torch.dtype):
+            raise TypeError(f"autocast_dtype must be a torch.dtype or None, got {type(autocast_dtype).__name__}")
+        if autocast_dtype not in AUTOCAST_DTYPES:
+            raise ValueError(f"autocast_dtype must be one of {AUTOCAST_DTYPES}, got {autocast_dtype}")
+        self.autocast_dtype = autocast_dtype
         self.mode = mode
         self.val_loss = val_loss or default_val_loss(loss_fn)
         reference = next(loss_fn.parameters())
@@ -179,6 +197,8 @@ class Teacher:
                     continue_stage_one=self.mode == "paper",
                     anchor=anchor_point,
                     anchor_strength=self.anchor,
+                    checkpoint=self.checkpoint,
+                    autocast_dtype=self.autocast_dtype,
                 )
         except NonFiniteError as error:
             return self._skip(started, f"{error}; the round was not committed")

@@ -8,13 +8,17 @@ copies; frozen parameters (``requires_grad=False``) take part in the forward but
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
+from functools import partial
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from dynaloss.batches import Batch, as_batch
+from dynaloss.stage_loss import StageLoss
 
 __all__ = [
     "StudentState",
@@ -42,6 +46,8 @@ class StudentState:
         self.params = params
         self.buffers = buffers
         self.trainable = tuple(trainable)
+        # set by unroll_sgd: whether the DLN's inputs stayed finite, checked on the device (None: not checked)
+        self.inputs_finite: Tensor | None = None
 
     def detached(self) -> StudentState:
         """The same values as new leaves (trainable ones requiring grad): the start of a new unroll."""
@@ -88,6 +94,8 @@ def unroll_sgd(
     *,
     lr: float,
     create_graph: bool = True,
+    checkpoint: bool = False,
+    autocast_dtype: torch.dtype | None = None,
 ) -> StudentState:
     """Take ``len(batches)`` SGD steps of ``student`` with ``loss_fn`` (called with ``loss_params``) as the loss.
 
@@ -97,24 +105,85 @@ def unroll_sgd(
         state: the starting point; it is not modified (buffers are cloned before BatchNorm updates them).
         create_graph: keep the graph, so the result is a differentiable function of ``loss_params`` and
             the start (default: ``True``); ``False`` takes plain steps.
+        checkpoint: keep only each step's inputs and recompute the step when the result is differentiated
+            (``torch.utils.checkpoint``, non-reentrant): memory no longer grows with the activations of
+            every step, for about one more forward and backward per step (default: ``False``).
+        autocast_dtype: run the student's forward and the loss under ``torch.autocast`` with this dtype
+            (e.g. ``torch.bfloat16``); parameters and their updates stay in their own dtype (default: off).
 
     Returns:
-        The state after the steps.
+        The state after the steps; its ``inputs_finite`` says whether every DLN input was finite, where the
+        loss checked that on the device (:class:`dynaloss.stage_loss.StageLoss`).
     """
-    params = dict(state.params)
-    buffers = {n: b.clone() for n, b in state.buffers.items()}
+    loss = StageLoss(loss_fn, loss_params, batches)
+    trainable = state.trainable
+    frozen = {n: p for n, p in state.params.items() if n not in trainable}
+    params = [state.params[n] for n in trainable]
+    buffer_names = list(state.buffers)
+    buffers = [b.clone() for b in state.buffers.values()]
+    device_type = params[0].device.type
     for batch in batches:
-        outputs = functional_call(student, (params, buffers), (batch.inputs,))
-        extra = {} if batch.weight is None else {"weight": batch.weight}
-        loss = functional_call(loss_fn, dict(loss_params), (outputs, batch.targets), extra)
-        trainable = [params[n] for n in state.trainable]
-        grads = torch.autograd.grad(loss, trainable, create_graph=create_graph, allow_unused=True)
-        for name, param, grad in zip(state.trainable, trainable, grads):
-            if grad is None:  # a parameter this batch does not reach keeps its value
-                continue
-            stepped = param - lr * grad
-            params[name] = stepped if create_graph else stepped.detach().requires_grad_()
-    return StudentState(params, buffers, state.trainable)
+        step = partial(
+            _sgd_step,
+            student=student,
+            frozen=frozen,
+            buffer_names=buffer_names,
+            trainable=trainable,
+            loss=loss,
+            batch=batch,
+            lr=lr,
+            create_graph=create_graph,
+            autocast_dtype=autocast_dtype,
+            device_type=device_type,
+            # a recomputed step must start from the buffer values the first computation saw, so a checkpointed
+            # step updates copies (BatchNorm writes its running statistics in place)
+            copy_buffers=checkpoint,
+        )
+        if checkpoint and create_graph:
+            outputs = torch.utils.checkpoint.checkpoint(step, *params, *buffers, use_reentrant=False)
+        else:
+            outputs = step(*params, *buffers)
+        params, buffers = list(outputs[: len(trainable)]), list(outputs[len(trainable) :])
+    end = StudentState({**frozen, **dict(zip(trainable, params))}, dict(zip(buffer_names, buffers)), trainable)
+    end.params = {n: end.params[n] for n in state.params}  # the student's own parameter order
+    end.inputs_finite = loss.inputs_finite
+    return end
+
+
+def _sgd_step(
+    *values: Tensor,
+    student: nn.Module,
+    frozen: Params,
+    buffer_names: Sequence[str],
+    trainable: Sequence[str],
+    loss: StageLoss,
+    batch: Batch,
+    lr: float,
+    create_graph: bool,
+    autocast_dtype: torch.dtype | None,
+    device_type: str,
+    copy_buffers: bool,
+) -> tuple[Tensor, ...]:
+    """One SGD step: ``(*trainable parameters, *buffers)`` in, the same after the step out."""
+    current = list(values[: len(trainable)])
+    buffers = list(values[len(trainable) :])
+    if copy_buffers:
+        buffers = [b.clone() for b in buffers]
+    params = {**frozen, **dict(zip(trainable, current))}
+    precision = nullcontext() if autocast_dtype is None else torch.autocast(device_type, dtype=autocast_dtype)
+    with precision:
+        outputs = functional_call(student, (params, dict(zip(buffer_names, buffers))), (batch.inputs,))
+        value = loss(outputs, batch)
+    grads = torch.autograd.grad(value, current, create_graph=create_graph, allow_unused=True)
+    # a parameter this batch does not reach keeps its value
+    reached = [i for i, g in enumerate(grads) if g is not None]
+    stepped = list(current)
+    if reached:
+        # one fused (and, with create_graph, differentiable) update instead of two ops per parameter
+        new = torch._foreach_add([current[i] for i in reached], [grads[i] for i in reached], alpha=-lr)
+        for i, tensor in zip(reached, new):
+            stepped[i] = tensor if create_graph else tensor.detach().requires_grad_()
+    return (*stepped, *buffers)
 
 
 def validation_error(student: nn.Module, state: StudentState, batch: Batch, val_loss: ValLoss) -> Tensor:

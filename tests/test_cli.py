@@ -92,3 +92,13 @@ def test_train_builds_the_constrained_dln_unless_asked_for_the_papers(
     assert main([*argv, "--out", str(tmp_path), "--device", "cpu", "--no-progress"]) == 0
     state = torch.load(tmp_path / "teacher.pt", weights_only=True)
     assert state["loss_fn"]["_extra_state"]["monotone"] is monotone
+
+
+def test_bench_writes_round_time_json_and_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "round_time"
+    argv = ["bench", "--student", "mnist1d-cnn", "--unroll", "1", "--repeats", "1", "--device", "cpu"]
+    assert main([*argv, "--out", str(out)]) == 0
+    (row,) = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert row["N"] == 1 and row["round_s"] > 0 and row["ratio"] == row["round_s"] / row["plain_s"]
+    assert "round / plain" in out.with_suffix(".md").read_text()
+    assert "machine:" in capsys.readouterr().out

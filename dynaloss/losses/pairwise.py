@@ -30,10 +30,10 @@ class PairwiseDLN(nn.Module):
     Args:
         num_classes: number of classes ``C`` (at least 2).
         init: ``'warm'`` builds the MLP so that the loss is the one-vs-all binary cross-entropy
-            :math:`-\log s_y - \sum_{j \ne y} \log(1 - s_j)`, so the student learns from the first step
-            (:mod:`dynaloss.losses.warmstart`); ``'paper'`` is the paper's random Kaiming-normal (fan_out)
-            DLN, which starts anti-aligned with CE in most seeds (default: ``'warm'``; see the README for the
-            measurement that chose it).
+            :math:`-\log s_y - \sum_{j \ne y} \log(1 - s_j)` (interpolated at knots), so the student learns
+            from the first step (:mod:`dynaloss.losses.warmstart`); ``'paper'`` is the paper's random
+            Kaiming-normal (fan_out) DLN which, unconstrained, starts anti-aligned with CE in most seeds
+            (default: ``'warm'``; docs/results.md has the measurements that chose it).
         reduction: ``'none'`` | ``'mean'`` | ``'sum'`` (default: ``'mean'``).
         weight: ``(C,)`` class weights, as in ``nn.CrossEntropyLoss`` (default: none).
         ignore_index: target value that does not count (default: ``-100``; VOC uses 255).
@@ -153,8 +153,18 @@ class PairwiseDLN(nn.Module):
 
     def forward(self, input: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
         self._check(input, target, weight)
+        return self.loss_with(self.mlp_weights(), input, target, weight)
+
+    def loss_with(
+        self, weights: Sequence[Tensor], input: Tensor, target: Tensor, weight: Tensor | None = None
+    ) -> Tensor:
+        """The loss with the MLP's matrices given (as :meth:`mlp_weights` returns them), inputs unchecked.
+
+        What :meth:`forward` computes after its checks. A teacher's unroll calls it with matrices computed
+        once per stage, since the DLN does not change within one.
+        """
         return DF.pairwise_dln_loss(
-            self.mlp_weights(),
+            weights,
             input,
             target,
             weight=weight,
@@ -164,7 +174,24 @@ class PairwiseDLN(nn.Module):
             max_pixels=self.max_pixels,
         )
 
+    def check_target(self, target: Tensor) -> None:
+        """Raise ``ValueError`` if ``target`` holds a class index outside ``[0, C)`` (``ignore_index`` aside)."""
+        counted = target[target != self.ignore_index]
+        if counted.numel() and (int(counted.min()) < 0 or int(counted.max()) >= self.num_classes):
+            raise ValueError(
+                f"target holds class indices outside [0, {self.num_classes}) "
+                f"(min {int(counted.min())}, max {int(counted.max())}; ignore_index={self.ignore_index})"
+            )
+
     def _check(self, input: object, target: object, weight: object) -> None:
+        self.check_shapes(input, target, weight)
+        if weight is not None:
+            check_finite(weight, "weight")
+        check_finite(input, "input")
+        self.check_target(target)  # type: ignore[arg-type]
+
+    def check_shapes(self, input: object, target: object, weight: object = None) -> None:
+        """The checks of :meth:`forward` that need no values: types, dtypes and shapes (no device read-back)."""
         input = check_tensor(input, "input")
         target = check_tensor(target, "target")
         if not input.is_floating_point():
@@ -188,11 +215,3 @@ class PairwiseDLN(nn.Module):
                 raise ValueError(
                     f"weight must have the target's shape {tuple(target.shape)}, got {tuple(weight.shape)}"
                 )
-            check_finite(weight, "weight")
-        check_finite(input, "input")
-        counted = target[target != self.ignore_index]
-        if counted.numel() and (int(counted.min()) < 0 or int(counted.max()) >= self.num_classes):
-            raise ValueError(
-                f"target holds class indices outside [0, {self.num_classes}) "
-                f"(min {int(counted.min())}, max {int(counted.max())}; ignore_index={self.ignore_index})"
-            )

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from dynaloss._checks import check_positive_float, check_positive_int
 from dynaloss.teachers.base import Memory, TeacherModel
 
-__all__ = ["LSTMTeacher", "preprocess_gradient"]
+__all__ = ["LSTMTeacher", "lstm_cell", "preprocess_gradient"]
 
 
 def preprocess_gradient(grad: Tensor, k: float = 10.0) -> Tensor:
@@ -68,7 +68,23 @@ class LSTMTeacher(TeacherModel):
         x = preprocess_gradient(grad, self.preprocess_k).to(next(self.parameters()).dtype)
         new_memory: list[Tensor] = []
         for layer, cell in enumerate(self.cells):
-            h, c = cell(x, (memory[2 * layer], memory[2 * layer + 1]))
+            h, c = lstm_cell(x, memory[2 * layer], memory[2 * layer + 1], cell)
             new_memory += [h, c]
             x = h
         return x.squeeze(-1), tuple(new_memory)
+
+
+def lstm_cell(x: Tensor, h: Tensor, c: Tensor, cell: nn.LSTMCell) -> tuple[Tensor, Tensor]:
+    """``cell(x, (h, c))`` computed with one matrix product instead of two.
+
+    ``nn.LSTMCell`` multiplies the input and the hidden state separately and adds the results; over the
+    ~5,000 DLN coordinates one product of ``[x, h]`` with the stacked weights is about twice as fast on a
+    CPU (one larger GEMM), forwards and backwards. Same gates in the same order (input, forget, cell,
+    output), so the numbers differ from ``nn.LSTMCell`` only by float rounding.
+    """
+    weight = torch.cat([cell.weight_ih, cell.weight_hh], dim=1)
+    gates = torch.addmm(cell.bias_ih + cell.bias_hh, torch.cat([x, h], dim=1), weight.T)
+    in_gate, forget_gate, cell_gate, out_gate = gates.chunk(4, dim=1)
+    new_c = torch.sigmoid(forget_gate) * c + torch.sigmoid(in_gate) * torch.tanh(cell_gate)
+    new_h = torch.sigmoid(out_gate) * torch.tanh(new_c)
+    return new_h, new_c

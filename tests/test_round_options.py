@@ -1,0 +1,136 @@
+"""The round's speed and memory options compute the same round: checkpointing exactly, bf16 within a bound."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_hypergradient import LR, make_batches, make_dln, make_student
+from test_teacher_round import make_lstm, run_compute_round
+from torch import nn
+
+import dynaloss
+from dynaloss.batches import as_batch
+from dynaloss.round import compute_round
+from dynaloss.stage_loss import StageLoss
+from dynaloss.teachers.lstm import lstm_cell
+from dynaloss.unroll import default_val_loss
+
+BF16_TOLERANCE = 0.05  # relative L2 error of the bf16-autocast hypergradient; measured 0.004 here
+
+
+def test_checkpointed_round_equals_the_plain_one() -> None:
+    student, dln, model = make_student(batchnorm=True), make_dln(), make_lstm()
+    first, second, (val,) = make_batches(3, 8, seed=1), make_batches(3, 8, seed=2), make_batches(1, 16, seed=3)
+    plain = run_compute_round(student, dln, model, first, second, val)
+    cpu = torch.device("cpu")
+    checkpointed = compute_round(
+        student,
+        dln,
+        model,
+        None,
+        [as_batch(b, "first", cpu) for b in first],
+        [as_batch(b, "second", cpu) for b in second],
+        as_batch(val, "val", cpu),
+        student_lr=LR,
+        dln_lr=0.5,
+        val_loss=default_val_loss(dln),
+        checkpoint=True,
+    )
+    torch.testing.assert_close(checkpointed.flat_grad, plain.flat_grad, rtol=1e-12, atol=1e-15)
+    for ours, theirs in zip(checkpointed.teacher_grads, plain.teacher_grads):
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-15)
+    for name, value in plain.student.buffers.items():  # BatchNorm's statistics were updated once per step
+        torch.testing.assert_close(checkpointed.student.buffers[name], value, rtol=1e-12, atol=0)
+
+
+def float32_setup() -> tuple[nn.Module, nn.Module, list, tuple]:
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 5))
+    dln = dynaloss.PairwiseDLN(5)
+    generator = torch.Generator().manual_seed(1)
+    batches = [
+        (torch.randn(25, 16, generator=generator), torch.randint(5, (25,), generator=generator)) for _ in range(4)
+    ]
+    val = (torch.randn(100, 16, generator=generator), torch.randint(5, (100,), generator=generator))
+    return student, dln, batches, val
+
+
+def bf16_hypergradient_error() -> float:
+    student, dln, batches, val = float32_setup()
+    cpu = torch.device("cpu")
+    train = [as_batch(b, "train", cpu) for b in batches]
+    grads = []
+    for dtype in (None, torch.bfloat16):
+        outcome = compute_round(
+            student,
+            dln,
+            dynaloss.OptimizerTeacher("sgd"),
+            None,
+            train,
+            train,
+            as_batch(val, "val", cpu),
+            student_lr=0.1,
+            dln_lr=1e-3,
+            val_loss=default_val_loss(dln),
+            autocast_dtype=dtype,
+        )
+        grads.append(outcome.flat_grad)
+    assert grads[0].norm() > 0
+    return float((grads[1] - grads[0]).norm() / grads[0].norm())
+
+
+def test_bf16_autocast_hypergradient_is_close_to_float32() -> None:
+    assert bf16_hypergradient_error() < BF16_TOLERANCE
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"checkpoint": 1}, TypeError, "checkpoint must be a bool, got int"),
+        ({"autocast_dtype": "bf16"}, TypeError, "autocast_dtype must be a torch.dtype or None, got str"),
+        ({"autocast_dtype": torch.float64}, ValueError, "autocast_dtype must be one of"),
+    ],
+)
+def test_bad_option_arguments_raise(kwargs: dict, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        dynaloss.Teacher(make_dln(), **kwargs)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_stage_loss_equals_the_dln_module(reduction: str) -> None:
+    dln = dynaloss.PairwiseDLN(4, init="paper", hidden=5, depth=2, reduction=reduction, ignore_index=-1).double()
+    logits = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([0, 3, -1, 2, 1, -1, 3])
+    batch = as_batch((torch.zeros(7, 1), target), "batch", torch.device("cpu"))
+    params = dict(dln.named_parameters())
+    stage = StageLoss(dln, params, [batch])
+    ours, theirs = stage(logits, batch), dln(logits, target)
+    torch.testing.assert_close(ours, theirs, rtol=1e-13, atol=0)
+    for a, b in zip(
+        torch.autograd.grad(ours, [logits, *params.values()]), torch.autograd.grad(theirs, [logits, *params.values()])
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+    assert stage.inputs_finite is not None and bool(stage.inputs_finite)
+
+
+def test_stage_loss_checks_targets_like_the_dln() -> None:
+    dln = make_dln()
+    batch = as_batch((torch.zeros(2, 1), torch.tensor([0, 5])), "batch", torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"target holds class indices outside \[0, 3\)"):
+        StageLoss(dln, dict(dln.named_parameters()), [batch])
+
+
+def test_stage_loss_flags_non_finite_inputs_without_raising() -> None:
+    dln = make_dln()
+    batch = as_batch((torch.zeros(2, 1), torch.tensor([0, 2])), "batch", torch.device("cpu"))
+    stage = StageLoss(dln, dict(dln.named_parameters()), [batch])
+    stage(torch.tensor([[0.0, float("nan"), 1.0], [1.0, 2.0, 3.0]], dtype=torch.float64), batch)
+    assert stage.inputs_finite is not None and not bool(stage.inputs_finite)
+
+
+def test_fused_lstm_cell_equals_nn_lstm_cell() -> None:
+    torch.manual_seed(0)
+    cell = nn.LSTMCell(3, 6).double()
+    x, h, c = (torch.randn(9, n, dtype=torch.float64) for n in (3, 6, 6))
+    for ours, theirs in zip(lstm_cell(x, h, c, cell), cell(x, (h, c))):
+        torch.testing.assert_close(ours, theirs, rtol=1e-13, atol=1e-15)
