@@ -8,15 +8,20 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from dynaloss.bench import STUDENTS, run_benchmark
+from dynaloss.checkpoint import RunCheckpoint
 from dynaloss.data import Dataset
+from dynaloss.distributed import shard_batches, unwrap_data_parallel
 from dynaloss.losses import PairwiseDLN
 from dynaloss.losses.pairwise import INITS
 from dynaloss.plot import SURFACE_KINDS, plot_curves, plot_loss_surface
@@ -24,6 +29,7 @@ from dynaloss.teacher import MODES, Teacher
 from dynaloss.teachers import TEACHER_KINDS
 from dynaloss.training import (
     DATASETS,
+    MAX_FAILURES,
     ArmResult,
     Evaluate,
     align_steps,
@@ -38,7 +44,7 @@ from dynaloss.training import (
     train_dln,
 )
 
-__all__ = ["DEMO_DEFAULTS", "DEMO_QUICK", "build_parser", "main"]
+__all__ = ["DEMO_DEFAULTS", "DEMO_QUICK", "TrainingStopped", "build_parser", "main"]
 
 # The default demo runs the library's default configuration (warm DLN, anchored LSTM teacher, N = 10; see
 # docs/results.md) for 12,000 student steps per arm: about 2.5 minutes on one core of a 2-core AMD EPYC
@@ -47,6 +53,20 @@ AUTOCAST_NAMES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 DEMO_DEFAULTS = {"steps": 12000, "unroll": 10, "eval_every": 1000}
 DEMO_QUICK = {"steps": 200, "unroll": 5, "eval_every": 100}
 STUDENT_LR = 0.1
+CHECKPOINT = "checkpoint.pt"
+# settings a resumed run may change: they do not alter what the run computes
+RESUMABLE_CHANGES = ("resume", "checkpoint_every", "max_failures", "out", "device")
+
+
+class TrainingStopped(RuntimeError):
+    """``dynaloss train`` gave up: too many teacher rounds in a row failed."""
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -128,6 +148,20 @@ def _add_train(commands: Any) -> None:
     train.add_argument("--eval-every", type=_positive_int, default=500, help="(default: %(default)s)")
     train.add_argument("--val-ratio", type=_ratio, default=0.5, help="val share of the train set (default: 0.5)")
     train.add_argument("--lr", type=_positive_float, default=STUDENT_LR, help="student SGD learning rate (0.1)")
+    train.add_argument(
+        "--checkpoint-every",
+        type=_non_negative_int,
+        default=0,
+        metavar="K",
+        help=f"save OUT/{CHECKPOINT} atomically every K teacher rounds (CE: K steps); 0: never (default: 0)",
+    )
+    train.add_argument("--resume", action="store_true", help=f"continue from OUT/{CHECKPOINT} if it exists")
+    train.add_argument(
+        "--max-failures",
+        type=_positive_int,
+        default=MAX_FAILURES,
+        help="stop with an error after this many teacher rounds in a row failed (default: %(default)s)",
+    )
     _add_common(train, Path("dynaloss-out"))
     train.set_defaults(handler=run_train)
 
@@ -189,6 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as error:
         # bad input (a missing data folder, a wrong file) gets a one-line message rather than a traceback
         parser.exit(2, f"dynaloss {args.command}: error: {error}\n")
+    except TrainingStopped as error:
+        parser.exit(1, f"dynaloss {args.command}: error: {error}\n")
     return 0
 
 
@@ -309,13 +345,56 @@ def _train_config(args: argparse.Namespace) -> dict[str, Any]:
     return config
 
 
-def _train_arm(args: argparse.Namespace, config: dict[str, Any], data: Dataset, out: Path) -> ArmResult:
-    """Train the student as ``args`` say and save it (and the teacher, with a loss-surface PNG) under ``out``."""
-    student = make_student(args.data, data.num_classes, args.seed).to(args.device)
-    split = make_split(args.data, data, val_ratio=args.val_ratio, seed=args.seed)
+@contextmanager
+def _process_group(args: argparse.Namespace) -> Iterator[tuple[int, int]]:
+    """``(rank, world size)``: under ``torchrun`` (``WORLD_SIZE`` > 1) a process group from the environment."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        yield 0, 1
+        return
+    if torch.device(args.device).type == "cuda":
+        # one GPU per rank; --device cuda means "this rank's GPU"
+        args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(torch.device(args.device))
+    dist.init_process_group("nccl" if torch.device(args.device).type == "cuda" else "gloo")
+    try:
+        yield dist.get_rank(), world
+    finally:
+        dist.destroy_process_group()
+
+
+def _train_arm(
+    args: argparse.Namespace, config: dict[str, Any], data: Dataset, out: Path, rank: int, world: int
+) -> ArmResult:
+    """Train the student as ``args`` say and save it (and the teacher, with a loss-surface PNG) under ``out``.
+
+    With ``world`` ranks each global batch is ``world`` times the single-process one and every rank trains on
+    its share; rank 0 alone writes files.
+    """
+    student: torch.nn.Module = make_student(args.data, data.num_classes, args.seed).to(args.device)
+    if world > 1:
+        student = torch.nn.parallel.DistributedDataParallel(student)
+    split = make_split(
+        args.data,
+        data,
+        val_ratio=args.val_ratio,
+        seed=args.seed,
+        train_batch_size=25 * world,
+        val_batch_size=100 * world,
+    )
+    train_iter = shard_batches(split.train_batches(), rank, world)
+    val_iter = shard_batches(split.val_batches(), rank, world)
+    checkpoint = None
+    if args.checkpoint_every or args.resume:
+        saved_config = {k: v for k, v in config.items() if k not in RESUMABLE_CHANGES}
+        every, write = max(1, args.checkpoint_every), rank == 0 and args.checkpoint_every > 0
+        checkpoint = RunCheckpoint(out / CHECKPOINT, every, resume=args.resume, write=write, config=saved_config)
+    progress = args.progress and rank == 0
     common = {"steps": config["steps"], "evaluate": _evaluator(data), "eval_every": config["eval_every"]}
     if args.loss == "ce":
-        result = train_ce(student, split, lr=args.lr, progress=args.progress, **common)
+        result = train_ce(
+            student, split, lr=args.lr, progress=progress, checkpoint=checkpoint, train_iter=train_iter, **common
+        )
     else:
         teacher, initial_dln = _make_teacher(
             data.num_classes,
@@ -326,30 +405,57 @@ def _train_arm(args: argparse.Namespace, config: dict[str, Any], data: Dataset, 
             steps=args.unroll,
             student_lr=args.lr,
             mode=args.mode,
+            process_group=dist.group.WORLD if world > 1 else None,
         )
-        result = train_dln(student, teacher, split, progress=args.progress, **common)
-        torch.save(teacher.state_dict(), out / "teacher.pt")
-        plot_loss_surface({"initial DLN": initial_dln, "taught DLN": teacher.loss_fn}, out / "loss_surface.png")
-    torch.save(student.state_dict(), out / "student.pt")
+        result = train_dln(
+            student,
+            teacher,
+            split,
+            progress=progress,
+            max_failures=args.max_failures,
+            checkpoint=checkpoint,
+            batches=(train_iter, val_iter),
+            **common,
+        )
+        if rank == 0:
+            torch.save(teacher.state_dict(), out / "teacher.pt")
+            plot_loss_surface({"initial DLN": initial_dln, "taught DLN": teacher.loss_fn}, out / "loss_surface.png")
+    if rank == 0:
+        torch.save(unwrap_data_parallel(student).state_dict(), out / "student.pt")
     return result
 
 
 def run_train(args: argparse.Namespace) -> dict[str, Any]:
-    """``dynaloss train``: one student, CE or L2T-DLN; saves metrics, student and teacher; returns the metrics."""
+    """``dynaloss train``: one student, CE or L2T-DLN; saves metrics, student and teacher; returns the metrics.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) it trains data-parallel, each rank on its shard of every batch.
+
+    Raises:
+        TrainingStopped: ``--max-failures`` teacher rounds in a row failed (the metrics are written first, and
+            the checkpoint keeps the last committed round).
+    """
     if args.data.startswith("cifar") and args.data_dir is None:
         raise ValueError(f"--data-dir is required for {args.data}: the folder holding the python-pickle archive")
-    config = _train_config(args)
-    machine = machine_info(args.device)
-    _print_header(f"dynaloss train: {args.data}, loss={args.loss}", machine, config)
-    data = load_dataset(args.data, args.data_dir)
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    result = _train_arm(args, config, data, out)
-    _print_table([result])
+    with _process_group(args) as (rank, world):
+        config = {**_train_config(args), "world_size": world}
+        machine = machine_info(args.device)
+        if rank == 0:
+            _print_header(f"dynaloss train: {args.data}, loss={args.loss}", machine, config)
+        if args.resume and not (args.out / CHECKPOINT).is_file() and rank == 0:
+            print(f"no checkpoint at {args.out / CHECKPOINT}: starting from the beginning", flush=True)
+        data = load_dataset(args.data, args.data_dir)
+        out: Path = args.out
+        out.mkdir(parents=True, exist_ok=True)
+        result = _train_arm(args, config, data, out, rank, world)
     payload = {"machine": machine, "config": config, "result": result.as_dict()}
-    _write_json(out / "metrics.json", payload)
-    saved = sorted(p.name for p in out.iterdir() if p.suffix in (".json", ".pt", ".png"))
-    print(f"\nwrote {', '.join(saved)} to {out}")
+    if rank == 0:
+        _print_table([result])
+        _write_json(out / "metrics.json", payload)
+        saved = sorted(p.name for p in out.iterdir() if p.suffix in (".json", ".pt", ".png"))
+        print(f"\nwrote {', '.join(saved)} to {out}")
+    if result.stopped:
+        kept = f"; the last good checkpoint is {out / CHECKPOINT}" if (out / CHECKPOINT).is_file() else ""
+        raise TrainingStopped(f"training stopped: {result.stopped}{kept}")
     return payload
 
 

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from dynaloss.batches import Batch
+from dynaloss.distributed import RankMean
 from dynaloss.teachers.base import Memory, TeacherModel
 from dynaloss.unroll import (
     StudentState,
@@ -52,8 +53,11 @@ class RoundOutcome:
     stage_one: StudentState
     inputs_finite: list[Tensor] = field(default_factory=list)
 
-    def first_problem(self) -> str | None:
-        """Why this round must not be committed (a non-finite value), or ``None``."""
+    def first_problem(self, sync: RankMean | None = None) -> str | None:
+        """Why this round must not be committed (a non-finite value), or ``None``.
+
+        With ``sync`` every rank's flags are combined first, so all ranks skip or commit the round together.
+        """
         checks = {
             # in the order things happen, so the first failure names the cause: NaN logits in stage I make
             # everything after them NaN, and a NaN hypergradient makes stage III's logits NaN
@@ -71,6 +75,8 @@ class RoundOutcome:
         # one flag per check, computed on the device and read back with a single synchronisation
         # (the unrolls' input flags are booleans already)
         flags = torch.stack([torch.stack([_all_finite(t) for t in ts]).all() for ts in checks.values() if ts])
+        if sync is not None:
+            flags = sync.all_true(flags)
         names = [name for name, ts in checks.items() if ts]
         for name, finite in zip(names, flags.tolist()):
             if not finite:
@@ -95,6 +101,7 @@ def compute_round(
     anchor_strength: float = 0.0,
     checkpoint: bool = False,
     autocast_dtype: torch.dtype | None = None,
+    sync: RankMean | None = None,
 ) -> RoundOutcome:
     """Stages I-III of L2T-DLN from the student's current weights, without writing anything.
 
@@ -109,6 +116,9 @@ def compute_round(
         anchor: flat DLN parameters the update is pulled back towards, with ``anchor_strength``:
             ``phi' = phi + dln_lr * T(grad) - anchor_strength * (phi - anchor)`` (default: no pull).
         checkpoint, autocast_dtype: memory options of both unrolls (:func:`dynaloss.unroll.unroll_sgd`).
+        sync: data-parallel ranks to average over: every unrolled step uses the ranks' mean gradient, and the
+            hypergradient, the teacher's gradients and the validation errors are the ranks' means, so every
+            rank computes the same update (default: ``None``, one process).
 
     Returns:
         The :class:`RoundOutcome`; ``teacher_grads`` is empty when ``model`` has nothing to learn.
@@ -122,10 +132,14 @@ def compute_round(
     """
     start = student_state(student)
     phi = dln_parameters(loss_fn)
-    memory_options = {"checkpoint": checkpoint, "autocast_dtype": autocast_dtype}
-    stage_one = unroll_sgd(student, start, loss_fn, phi, first, lr=student_lr, **memory_options)
+    grad_mean = None if sync is None else sync.mean
+    unroll_options = {"checkpoint": checkpoint, "autocast_dtype": autocast_dtype, "grad_mean": grad_mean}
+    stage_one = unroll_sgd(student, start, loss_fn, phi, first, lr=student_lr, **unroll_options)
     error_before = validation_error(student, stage_one, val, val_loss)
     flat_grad = torch.cat([g.flatten() for g in grads_or_zeros(error_before, list(phi.values()))]).detach()
+    if sync is not None:
+        # each rank's backward of its own validation shard is its share of the union's gradient (see distributed.py)
+        flat_grad, error_before = sync.mean_detached([flat_grad, error_before])
 
     flat_phi = torch.cat([p.detach().flatten() for p in phi.values()])
     if memory is None:
@@ -139,11 +153,14 @@ def compute_round(
     learnable = model.learnable
     stage_three_start = stage_one.detached() if continue_stage_one else start.detached()
     stage_three = unroll_sgd(
-        student, stage_three_start, loss_fn, new_phi, second, lr=student_lr, create_graph=learnable, **memory_options
+        student, stage_three_start, loss_fn, new_phi, second, lr=student_lr, create_graph=learnable, **unroll_options
     )
     error_after = validation_error(student, stage_three, val, val_loss)
     teacher_params = [p for p in model.parameters() if p.requires_grad]
     teacher_grads = grads_or_zeros(error_after, teacher_params) if learnable else ()
+    if sync is not None:
+        error_after, *averaged = sync.mean_detached([error_after, *teacher_grads])
+        teacher_grads = tuple(averaged)
     return RoundOutcome(
         error_before=error_before.detach(),
         error_after=error_after.detach(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterator
@@ -12,7 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from dynaloss._checks import NonFiniteError, check_positive_float, check_positive_int
-from dynaloss.batches import draw_batches
+from dynaloss.batches import Batch, draw_batches
+from dynaloss.distributed import RankMean, unwrap_data_parallel
 from dynaloss.round import RoundOutcome, compute_round
 from dynaloss.teachers import TeacherModel, make_teacher_model
 from dynaloss.teachers.base import Memory
@@ -22,6 +24,8 @@ __all__ = ["MODES", "RoundRecord", "Teacher"]
 
 MODES = ("paper", "lookahead", "research")
 AUTOCAST_DTYPES = (None, torch.bfloat16, torch.float16)
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,12 @@ class Teacher:
         autocast_dtype: run the unrolled steps' forwards under ``torch.autocast`` with this dtype,
             ``torch.bfloat16`` or ``torch.float16``: less memory and, on GPUs, faster, for a less exact
             hypergradient (0.4 % relative error on the test's MLP; the tests allow 5 %) (default: ``None``).
+        process_group: train data-parallel over this ``torch.distributed`` group (``torch.distributed.group.WORLD``
+            for all ranks): each rank passes its own shard of every batch, every unrolled step uses the ranks'
+            mean gradient (equal-size shards: the single-process unroll on their concatenation), and the DLN,
+            teacher and student stay identical on every rank, which each round verifies. Every rank must call
+            :meth:`step` together; a ``DistributedDataParallel`` student is unwrapped. ``None``: one process
+            (default).
     """
 
     def __init__(
@@ -124,6 +134,7 @@ class Teacher:
         guard: float | None = None,
         checkpoint: bool = False,
         autocast_dtype: torch.dtype | None = None,
+        process_group: Any = None,
     ) -> None:
         if not isinstance(loss_fn, nn.Module):
             raise TypeError(f"loss_fn must be a torch.nn.Module, got {type(loss_fn).__name__}")
@@ -157,6 +168,7 @@ class Teacher:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=teacher_lr) if self.model.learnable else None
         self.memory: Memory | None = None
         self.rounds = 0
+        self.sync = None if process_group is None else RankMean(process_group)
 
     # ----------------------------------------------------------------------------------------------- round
     def step(self, student: nn.Module, train_iter: Iterator[Any], val_iter: Iterator[Any]) -> RoundRecord:
@@ -169,17 +181,26 @@ class Teacher:
             val_iter: iterator of ``(x, y)`` validation batches; a round takes one.
 
         Returns:
-            A :class:`RoundRecord`. A round with a non-finite value is skipped (``record.skipped``), and
-            nothing changes.
+            A :class:`RoundRecord`. A round with a non-finite value, or one that runs out of memory, is skipped
+            (``record.skipped``, with a logged warning), and nothing changes.
+
+        Raises:
+            TypeError, ValueError: the iterators or their batches are not what a round needs (too few batches,
+                a wrong structure, or batches the student, the DLN or ``val_loss`` cannot take); nothing changes.
+            RuntimeError: with a ``process_group``, the ranks no longer hold the same DLN, teacher or student.
         """
         if not isinstance(student, nn.Module):
             raise TypeError(f"student must be a torch.nn.Module, got {type(student).__name__}")
+        if self.sync is None and student is not unwrap_data_parallel(student):
+            raise ValueError(
+                f"student is wrapped in {type(student).__name__} but the Teacher has no process_group: pass "
+                "process_group=torch.distributed.group.WORLD so the unrolled steps average over the ranks"
+            )
+        student = unwrap_data_parallel(student)
         started = time.perf_counter()
         device = _device_of(student)
         self._move_to(device)
-        first = draw_batches(train_iter, self.steps, "train_iter", device)
-        second = draw_batches(train_iter, self.steps, "train_iter", device) if self.mode == "paper" else first
-        (val,) = draw_batches(val_iter, 1, "val_iter", device)
+        first, second, val = self._draw(train_iter, val_iter, device)
         anchor_point = self._anchor_point()
         try:
             with torch.enable_grad():  # a round differentiates, even when called under no_grad()
@@ -199,16 +220,62 @@ class Teacher:
                     anchor_strength=self.anchor,
                     checkpoint=self.checkpoint,
                     autocast_dtype=self.autocast_dtype,
+                    sync=self.sync,
                 )
         except NonFiniteError as error:
             return self._skip(started, f"{error}; the round was not committed")
-        problem = outcome.first_problem()
+        except torch.OutOfMemoryError as error:
+            # leave the handler before skipping: the traceback holds the round's frames and, with them, its tensors
+            reason = f"out of memory ({str(error).splitlines()[0]}); the round was not committed"
+        except RuntimeError as error:
+            # torch reports batches that do not fit the student or the loss (features, target dtype) this way
+            raise ValueError(
+                f"the round failed on these batches (the student's forward, the DLN or val_loss raised): {error}; "
+                "nothing was changed"
+            ) from error
+        else:
+            reason = None
+        if reason is not None:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            return self._skip(started, reason)
+        problem = outcome.first_problem(self.sync)
         if problem is not None:
             return self._skip(started, problem, outcome)
         rejected = self.guard is not None and float(outcome.error_after) > self.guard * float(outcome.error_before)
         self._commit(student, outcome, accept=not rejected)
         self.anchor_point = anchor_point
+        if self.sync is not None:
+            self._check_in_sync(student)
         return self._record(started, outcome, rejected)
+
+    def _draw(
+        self, train_iter: Iterator[Any], val_iter: Iterator[Any], device: torch.device
+    ) -> tuple[list[Batch], list[Batch], Batch]:
+        """Stage I's, stage III's and the validation batches; with ranks, all of them draw or all raise."""
+        try:
+            first = draw_batches(train_iter, self.steps, "train_iter", device)
+            second = draw_batches(train_iter, self.steps, "train_iter", device) if self.mode == "paper" else first
+            (val,) = draw_batches(val_iter, 1, "val_iter", device)
+        except (TypeError, ValueError):
+            # the other ranks are about to enter the round's collectives: tell them, so none waits forever
+            if self.sync is not None:
+                self.sync.any_rank(True)
+            raise
+        if self.sync is not None and self.sync.any_rank(False):
+            raise ValueError("another rank could not draw this round's batches (see its error); no rank ran it")
+        return first, second, val
+
+    def _check_in_sync(self, student: nn.Module) -> None:
+        """Every rank must now hold the same DLN, teacher (model, memory) and student; raise if not."""
+        self.sync.check_in_sync(  # type: ignore[union-attr]
+            {
+                "DLN parameters": [p for p in self.loss_fn.parameters()],
+                "teacher model parameters": [p for p in self.model.parameters()],
+                "teacher memory": list(self.memory or ()),
+                "student parameters": [p for p in student.parameters()],
+            }
+        )
 
     def _anchor_point(self) -> Tensor:
         """Where teaching started: the saved point, or (before the first committed round) the DLN now."""
@@ -232,7 +299,10 @@ class Teacher:
             # the user's own loss.backward() fills .grad on the DLN; nothing reads it, so free it here
             self.loss_fn.zero_grad(set_to_none=True)
             if self.mode != "lookahead":
-                _write_student(student, outcome.student if accept else outcome.stage_one)
+                written = outcome.student if accept else outcome.stage_one
+                if self.sync is not None:
+                    written = _mean_buffers(written, self.sync)
+                _write_student(student, written)
         self.rounds += 1
 
     # --------------------------------------------------------------------------------------- bookkeeping
@@ -260,6 +330,7 @@ class Teacher:
 
     def _skip(self, started: float, reason: str, outcome: RoundOutcome | None = None) -> RoundRecord:
         self.rounds += 1
+        logger.warning("teacher round %d skipped: %s", self.rounds - 1, reason)
         return RoundRecord(
             round=self.rounds - 1,
             val_error_before=math.nan if outcome is None else float(outcome.error_before),
@@ -320,6 +391,15 @@ def _device_of(module: nn.Module) -> torch.device:
     for tensor in module.parameters():
         return tensor.device
     raise ValueError(f"{type(module).__name__} has no parameters")
+
+
+def _mean_buffers(state: StudentState, sync: RankMean) -> StudentState:
+    """The state with its floating buffers (BatchNorm running statistics, from each rank's own shards) averaged."""
+    names = [n for n, b in state.buffers.items() if b.is_floating_point()]
+    if not names:
+        return state
+    averaged = dict(zip(names, sync.mean_detached([state.buffers[n] for n in names])))
+    return StudentState(state.params, {**state.buffers, **averaged}, state.trainable)
 
 
 def _write_student(student: nn.Module, state: StudentState) -> None:

@@ -6,6 +6,7 @@ budget is a matter of calling :func:`train_ce` and :func:`train_dln` with the sa
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import platform
@@ -21,12 +22,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from dynaloss.checkpoint import RunCheckpoint
 from dynaloss.data import Dataset, EpochSplit, augment_cifar, load_cifar, load_digits, load_mnist1d
 from dynaloss.models import MNIST1DCNN, DigitsMLP, ResNet8
 from dynaloss.teacher import Teacher
 
 __all__ = [
     "DATASETS",
+    "MAX_FAILURES",
     "ArmResult",
     "Evaluate",
     "align_steps",
@@ -43,10 +46,12 @@ __all__ = [
 
 DATASETS = ("mnist1d", "digits", "cifar10", "cifar100")
 
-# A teacher that skips this many rounds in a row (non-finite values) is not going to recover.
-_MAX_SKIPS_IN_A_ROW = 20
+# A teacher that skips this many rounds in a row (non-finite values, out of memory) is not going to recover.
+MAX_FAILURES = 20
 
 Evaluate = Callable[[nn.Module], float]
+
+logger = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -212,18 +217,40 @@ def _run(
     eval_every: int,
     evaluate: Evaluate,
     progress: bool,
+    max_failures: int = MAX_FAILURES,
+    checkpoint: RunCheckpoint | None = None,
+    parts: dict[str, Any] | None = None,
 ) -> ArmResult:
-    """Call ``advance`` (which returns the student steps it took) until ``steps``; evaluate along the way."""
-    started = time.perf_counter()
-    result.steps.append(0)
-    result.accuracy.append(evaluate(student))
-    skips = 0
-    with tqdm(total=steps, desc=result.name, unit="step", disable=not progress, dynamic_ncols=True) as bar:
+    """Call ``advance`` (which returns the student steps it took) until ``steps``; evaluate along the way.
+
+    With ``checkpoint``, ``parts`` (and the RNGs, ``result`` and the failure count) are restored from it when it
+    resumes and saved to it after rounds that took steps.
+    """
+    parts = parts or {}
+    saved = None if checkpoint is None else checkpoint.restore(parts)
+    failures = 0
+    if saved is not None:
+        failures = saved["failures"]
+        for name, value in saved["result"].items():
+            setattr(result, name, value)
+    started = time.perf_counter() - result.seconds
+    if not result.steps:  # a resumed run has its step-0 evaluation already
+        result.steps.append(0)
+        result.accuracy.append(evaluate(student))
+    with tqdm(
+        total=steps,
+        initial=result.student_steps,
+        desc=result.name,
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+    ) as bar:
         while result.student_steps < steps:
             taken = advance()
-            skips = 0 if taken else skips + 1
-            if skips == _MAX_SKIPS_IN_A_ROW:
-                result.stopped = f"{skips} teacher rounds in a row were skipped (non-finite values)"
+            failures = 0 if taken else failures + 1
+            if failures == max_failures:
+                result.stopped = f"{failures} teacher rounds in a row were skipped (non-finite values or out of memory)"
+                logger.error("training stopped: %s", result.stopped)
                 break
             result.student_steps += taken
             bar.update(taken)
@@ -231,8 +258,16 @@ def _run(
                 result.steps.append(result.student_steps)
                 result.accuracy.append(evaluate(student))
                 bar.set_postfix(test_acc=f"{result.accuracy[-1]:.3f}")
+            if checkpoint is not None:
+                result.seconds = time.perf_counter() - started
+                state = {"result": {k: getattr(result, k) for k in _RESUMED_FIELDS}, "failures": failures}
+                checkpoint.after_round(parts, state, changed=taken > 0)
     result.seconds = time.perf_counter() - started
     return result
+
+
+# what a checkpoint restores of an ArmResult (its name comes from the caller)
+_RESUMED_FIELDS = ("steps", "accuracy", "seconds", "student_steps", "rounds", "stopped")
 
 
 def train_ce(
@@ -246,6 +281,8 @@ def train_ce(
     name: str = "CE",
     progress: bool = True,
     loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
+    checkpoint: RunCheckpoint | None = None,
+    train_iter: Iterator[Any] | None = None,
 ) -> ArmResult:
     """Plain SGD with a fixed loss (cross-entropy by default) on ``split``'s train batches (its val part is not used).
 
@@ -256,10 +293,12 @@ def train_ce(
         lr: SGD learning rate.
         evaluate: ``f(student) -> accuracy``, called at step 0, every ``eval_every`` steps and at the end.
         loss_fn: the loss, e.g. a warm-started DLN held fixed (default: cross-entropy).
+        checkpoint: save the run every ``checkpoint.every`` steps, and resume from it (default: none).
+        train_iter: the train batches (default: ``split.train_batches()``; a distributed run passes its shard).
     """
     device = next(student.parameters()).device
     optimizer = torch.optim.SGD(student.parameters(), lr=lr)
-    batches = split.train_batches()
+    batches = split.train_batches() if train_iter is None else train_iter
     student.train()
 
     def advance() -> int:
@@ -271,7 +310,9 @@ def train_ce(
         return 1
 
     result = ArmResult(name)
-    return _run(result, advance, student, steps=steps, eval_every=eval_every, evaluate=evaluate, progress=progress)
+    parts = {"student": student, "optimizer": optimizer, "split": split}
+    common = {"steps": steps, "eval_every": eval_every, "evaluate": evaluate, "progress": progress}
+    return _run(result, advance, student, checkpoint=checkpoint, parts=parts, **common)
 
 
 def train_dln(
@@ -284,6 +325,9 @@ def train_dln(
     eval_every: int,
     name: str = "L2T-DLN",
     progress: bool = True,
+    max_failures: int = MAX_FAILURES,
+    checkpoint: RunCheckpoint | None = None,
+    batches: tuple[Iterator[Any], Iterator[Any]] | None = None,
 ) -> ArmResult:
     """L2T-DLN: ``teacher.step`` rounds until the student has taken ``steps`` SGD steps.
 
@@ -292,8 +336,13 @@ def train_dln(
     takes ``N`` plain SGD steps (learning rate ``teacher.student_lr``) with the DLN as the loss, as a user's
     own loop would, then calls ``teacher.step``. Pass ``steps`` and ``eval_every`` as multiples of
     :func:`round_size` so the evaluations fall where another arm's do.
+
+    Args:
+        max_failures: stop (``result.stopped``) after this many rounds in a row were skipped (default: ``20``).
+        checkpoint: save the run every ``checkpoint.every`` committed rounds, and resume from it (default: none).
+        batches: the ``(train, val)`` iterators (default: ``split``'s; a distributed run passes its shards).
     """
-    train_iter, val_iter = split.train_batches(), split.val_batches()
+    train_iter, val_iter = (split.train_batches(), split.val_batches()) if batches is None else batches
     optimizer = torch.optim.SGD(student.parameters(), lr=teacher.student_lr)
     device = next(student.parameters()).device
     result = ArmResult(name)
@@ -316,4 +365,6 @@ def train_dln(
         result.rounds.append(record.as_dict())
         return taken + record.student_steps
 
-    return _run(result, advance, student, steps=steps, eval_every=eval_every, evaluate=evaluate, progress=progress)
+    parts = {"student": student, "teacher": teacher, "optimizer": optimizer, "split": split}
+    common = {"steps": steps, "eval_every": eval_every, "evaluate": evaluate, "progress": progress}
+    return _run(result, advance, student, max_failures=max_failures, checkpoint=checkpoint, parts=parts, **common)

@@ -33,6 +33,7 @@ __all__ = [
 
 Params = dict[str, Tensor]
 ValLoss = Callable[[Tensor, Tensor], Tensor]
+GradMean = Callable[[Sequence[Tensor]], list[Tensor]]
 
 
 class StudentState:
@@ -96,6 +97,7 @@ def unroll_sgd(
     create_graph: bool = True,
     checkpoint: bool = False,
     autocast_dtype: torch.dtype | None = None,
+    grad_mean: GradMean | None = None,
 ) -> StudentState:
     """Take ``len(batches)`` SGD steps of ``student`` with ``loss_fn`` (called with ``loss_params``) as the loss.
 
@@ -110,6 +112,8 @@ def unroll_sgd(
             every step, for about one more forward and backward per step (default: ``False``).
         autocast_dtype: run the student's forward and the loss under ``torch.autocast`` with this dtype
             (e.g. ``torch.bfloat16``); parameters and their updates stay in their own dtype (default: off).
+        grad_mean: replaces each step's gradients by their mean over data-parallel ranks, differentiably
+            (:meth:`dynaloss.distributed.RankMean.mean`); ``None`` for a single process (default).
 
     Returns:
         The state after the steps; its ``inputs_finite`` says whether every DLN input was finite, where the
@@ -135,6 +139,7 @@ def unroll_sgd(
             create_graph=create_graph,
             autocast_dtype=autocast_dtype,
             device_type=device_type,
+            grad_mean=grad_mean,
             # a recomputed step must start from the buffer values the first computation saw, so a checkpointed
             # step updates copies (BatchNorm writes its running statistics in place)
             copy_buffers=checkpoint,
@@ -162,6 +167,7 @@ def _sgd_step(
     create_graph: bool,
     autocast_dtype: torch.dtype | None,
     device_type: str,
+    grad_mean: GradMean | None,
     copy_buffers: bool,
 ) -> tuple[Tensor, ...]:
     """One SGD step: ``(*trainable parameters, *buffers)`` in, the same after the step out."""
@@ -175,6 +181,9 @@ def _sgd_step(
         outputs = functional_call(student, (params, dict(zip(buffer_names, buffers))), (batch.inputs,))
         value = loss(outputs, batch)
     grads = torch.autograd.grad(value, current, create_graph=create_graph, allow_unused=True)
+    if grad_mean is not None:
+        # every rank must reduce the same tensors, whether or not its shard reached a parameter
+        grads = tuple(grad_mean([torch.zeros_like(p) if g is None else g for p, g in zip(current, grads)]))
     # a parameter this batch does not reach keeps its value
     reached = [i for i, g in enumerate(grads) if g is not None]
     stepped = list(current)

@@ -1,0 +1,245 @@
+"""Fuzzed public API: every input either works (finite, right shape) or raises a ValueError/TypeError.
+
+Hypothesis draws shapes, dtypes, class counts, weights, ignore indices, reductions, constructor arguments
+and broken batch streams. Example counts are modest so the default suite stays fast.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_bad_input import assert_identical, make_student, snapshot
+from torch import nn
+
+from dynaloss import MultiPartDLN, PairwiseDLN, Teacher
+
+FUZZ = settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+BOUNDARY_ERRORS = (ValueError, TypeError)
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.bool]
+REDUCTIONS = ["mean", "sum", "none", "avg", "", None, 1]
+CLASSES = 3
+
+# one small DLN per configuration: building one (and its warm start) costs more than a forward
+_DLNS: dict[tuple, PairwiseDLN] = {}
+
+
+def dln(num_classes: int, reduction: str, weighted: bool, ignore_index: int) -> PairwiseDLN:
+    key = (num_classes, reduction, weighted, ignore_index)
+    if key not in _DLNS:
+        torch.manual_seed(0)
+        weight = torch.linspace(0.5, 1.5, num_classes) if weighted else None
+        _DLNS[key] = PairwiseDLN(
+            num_classes, init="paper", hidden=4, depth=1, reduction=reduction, weight=weight, ignore_index=ignore_index
+        )
+    return _DLNS[key]
+
+
+def tensor(shape: tuple[int, ...], dtype: torch.dtype, seed: int, high: int = 4) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    if dtype.is_floating_point:
+        return torch.randn(shape, generator=generator).to(dtype)
+    if dtype == torch.bool:
+        return torch.randint(2, shape, generator=generator).bool()
+    return torch.randint(-1, high, shape, generator=generator).to(dtype)
+
+
+@FUZZ
+@given(
+    num_classes=st.integers(2, 4),
+    input_classes=st.integers(1, 5),
+    batch=st.integers(0, 3),
+    spatial=st.sampled_from([(), (2,), (2, 3)]),
+    input_dtype=st.sampled_from(DTYPES),
+    target_dtype=st.sampled_from(DTYPES),
+    target_shape=st.sampled_from(["match", "extra", "short", "scalar"]),
+    reduction=st.sampled_from(["mean", "sum", "none"]),
+    weighted=st.booleans(),
+    ignore_index=st.sampled_from([-100, 0, 2]),
+    sample_weight=st.sampled_from([None, "match", "wrong", "negative", "nan", "int"]),
+    poison=st.sampled_from([None, math.nan, math.inf]),
+    seed=st.integers(0, 2**16),
+)
+def test_pairwise_dln_forward_works_or_raises_a_boundary_error(
+    num_classes,
+    input_classes,
+    batch,
+    spatial,
+    input_dtype,
+    target_dtype,
+    target_shape,
+    reduction,
+    weighted,
+    ignore_index,
+    sample_weight,
+    poison,
+    seed,
+) -> None:
+    loss_fn = dln(num_classes, reduction, weighted, ignore_index)
+    logits = tensor((batch, input_classes, *spatial), input_dtype, seed)
+    if poison is not None and logits.is_floating_point() and logits.numel():
+        logits.view(-1)[0] = poison
+    target_dims = {"match": (batch, *spatial), "extra": (batch, *spatial, 1), "short": (batch,), "scalar": ()}
+    target = tensor(target_dims[target_shape], target_dtype, seed + 1, high=num_classes + 1)
+    weight = None
+    if sample_weight is not None:
+        shape = target.shape if sample_weight != "wrong" else (batch + 1,)
+        weight = torch.rand(shape, generator=torch.Generator().manual_seed(seed + 2))
+        weight = {"negative": -weight, "nan": weight.fill_(math.nan), "int": weight.long()}.get(sample_weight, weight)
+    try:
+        value = loss_fn(logits, target, weight)
+    except BOUNDARY_ERRORS:
+        return
+    assert isinstance(value, torch.Tensor) and value.is_floating_point()
+    # a batch whose every target is ignored has no loss to take the mean of: NaN, as nn.CrossEntropyLoss
+    all_ignored = reduction == "mean" and bool((target == ignore_index).all())
+    assert all_ignored or bool(torch.isfinite(value).all()), (value, logits, target, weight)
+    expected = () if reduction != "none" else tuple(target.shape)
+    assert tuple(value.shape) == expected
+
+
+@FUZZ
+@given(
+    num_classes=st.one_of(st.integers(-2, 5), st.floats(allow_nan=True), st.none(), st.text(max_size=2)),
+    reduction=st.sampled_from(REDUCTIONS),
+    init=st.sampled_from(["paper", "random", 3]),
+    weight=st.sampled_from([None, "right", "short", "negative", "nan", "list"]),
+    ignore_index=st.one_of(st.integers(-200, 5), st.floats(allow_nan=False), st.none()),
+    max_pixels=st.one_of(st.none(), st.integers(-1, 4), st.floats(allow_nan=False)),
+)
+def test_pairwise_dln_construction_works_or_raises_a_boundary_error(
+    num_classes, reduction, init, weight, ignore_index, max_pixels
+) -> None:
+    size = num_classes if isinstance(num_classes, int) and 0 < num_classes < 10 else 3
+    weights = {
+        "right": torch.ones(size),
+        "short": torch.ones(size + 1),
+        "negative": -torch.ones(size),
+        "nan": torch.full((size,), math.nan),
+        "list": [1.0] * size,
+    }.get(weight)  # type: ignore[arg-type]
+    try:
+        PairwiseDLN(
+            num_classes,
+            init=init,
+            reduction=reduction,
+            weight=weights,
+            ignore_index=ignore_index,
+            max_pixels=max_pixels,
+            hidden=4,
+            depth=1,
+        )
+    except BOUNDARY_ERRORS:
+        return
+
+
+@FUZZ
+@given(
+    num_parts=st.integers(-1, 4),
+    init=st.sampled_from(["right", "short", "nan", "text"]),
+    reduction=st.sampled_from(REDUCTIONS),
+    shape=st.sampled_from([(3,), (2, 3), (0, 3), (2, 4), (2, 3, 1), ()]),
+    dtype=st.sampled_from(DTYPES),
+    poison=st.sampled_from([None, math.nan, -math.inf]),
+)
+def test_multipart_dln_works_or_raises_a_boundary_error(num_parts, init, reduction, shape, dtype, poison) -> None:
+    init_weights = {"right": [1.0] * max(num_parts, 0), "short": [1.0], "nan": [math.nan] * 3, "text": "abc"}[init]
+    try:
+        loss_fn = MultiPartDLN(num_parts, init_weights, reduction=reduction)
+    except BOUNDARY_ERRORS:
+        return
+    parts = tensor(shape, dtype, 0)
+    if poison is not None and parts.is_floating_point() and parts.numel():
+        parts.view(-1)[0] = poison
+    try:
+        value = loss_fn(parts)
+    except BOUNDARY_ERRORS:
+        return
+    assert bool(torch.isfinite(value).all())
+
+
+@FUZZ
+@given(
+    teacher=st.sampled_from(["lstm", "adam", "sgd", "rmsprop", "LSTM", None, 1]),
+    steps=st.one_of(st.integers(-1, 3), st.floats(allow_nan=True), st.booleans()),
+    student_lr=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-1, 2), st.text(max_size=1)),
+    dln_lr=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-1, 2)),
+    mode=st.sampled_from(["paper", "lookahead", "research", "fast", None]),
+    anchor=st.one_of(st.floats(allow_nan=True), st.integers(-1, 2), st.booleans(), st.none()),
+    guard=st.one_of(st.none(), st.floats(allow_nan=True), st.integers(-1, 2)),
+    checkpoint=st.sampled_from([False, True, 0, "yes"]),
+    autocast_dtype=st.sampled_from([None, torch.bfloat16, torch.float16, torch.float64, "bf16"]),
+)
+def test_teacher_construction_works_or_raises_a_boundary_error(
+    teacher, steps, student_lr, dln_lr, mode, anchor, guard, checkpoint, autocast_dtype
+) -> None:
+    loss_fn = dln(CLASSES, "mean", False, -100)
+    args = {"student_lr": student_lr, "dln_lr": dln_lr, "anchor": anchor, "guard": guard}
+    try:
+        built = Teacher(
+            loss_fn,
+            teacher=teacher,
+            steps=steps,
+            mode=mode,
+            checkpoint=checkpoint,
+            autocast_dtype=autocast_dtype,
+            **args,
+        )
+    except BOUNDARY_ERRORS:
+        return
+    # what was accepted is what the docs promise
+    assert isinstance(built.steps, int) and built.steps >= 1 and not isinstance(built.steps, bool)
+    assert math.isfinite(built.student_lr) and built.student_lr > 0
+    assert math.isfinite(built.dln_lr) and built.dln_lr > 0
+    assert 0 <= built.anchor < 1 and built.mode in ("paper", "lookahead", "research")
+
+
+X, Y = torch.randn(6, 4), torch.randint(3, (6,))
+ITEMS = {
+    "good": (X, Y),
+    "weighted": (X, Y, torch.rand(6)),
+    "tensor": X,
+    "short tuple": (X,),
+    "long tuple": (X, Y, None, None),
+    "dict": {"x": X, "y": Y},
+    "list inputs": (X.tolist(), Y),
+    "mismatched": (X, Y[:5]),
+    "empty": (X[:0], Y[:0]),
+    "0-d": (torch.tensor(1.0), Y),
+    "float targets": (X, Y.float()),
+    "out-of-range targets": (X, Y + 3),
+    "wrong features": (torch.randn(6, 5), Y),
+    "nan inputs": (torch.full((6, 4), math.nan), Y),
+}
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(
+    mode=st.sampled_from(["paper", "lookahead", "research"]),
+    train=st.lists(st.sampled_from(sorted(ITEMS)), max_size=5),
+    val=st.lists(st.sampled_from(sorted(ITEMS)), max_size=2),
+)
+def test_teacher_step_works_or_raises_and_changes_nothing(mode, train, val) -> None:
+    student = make_student()
+    torch.manual_seed(0)
+    teacher = Teacher(PairwiseDLN(3, init="paper", hidden=4, depth=1), steps=2, mode=mode)
+    before = snapshot(student, teacher)
+    try:
+        record = teacher.step(student, iter([ITEMS[k] for k in train]), iter([ITEMS[k] for k in val]))
+    except BOUNDARY_ERRORS:
+        assert_identical(before, snapshot(student, teacher))
+        assert teacher.rounds == 0
+        return
+    if record.skipped:
+        assert_identical(before, snapshot(student, teacher))
+    assert all(bool(torch.isfinite(p).all()) for p in [*teacher.loss_fn.parameters(), *student.parameters()])
+
+
+def test_teacher_step_with_a_student_without_parameters_raises() -> None:
+    teacher = Teacher(dln(CLASSES, "mean", False, -100), steps=1)
+    try:
+        teacher.step(nn.Identity(), iter([(X, Y)] * 2), iter([(X, Y)]))
+    except BOUNDARY_ERRORS as error:
+        assert "no parameters" in str(error)
