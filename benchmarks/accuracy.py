@@ -5,7 +5,7 @@ train/val re-split stream; every arm takes exactly ``--steps`` student SGD steps
 configuration and a Markdown table (mean ± std of the final and the best test accuracy, seconds), and
 writes the same as JSON and Markdown.
 
-    OMP_NUM_THREADS=1 python benchmarks/accuracy.py --arms ce dln-warm dln-paper --seeds 3 --steps 4000
+    OMP_NUM_THREADS=1 python benchmarks/accuracy.py --arms ce dln-fixed dln --seeds 3 --steps 4000
     OMP_NUM_THREADS=1 python benchmarks/accuracy.py --fast
 """
 
@@ -162,6 +162,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=list(ARMS))
     parser.add_argument("--anchor", type=float, default=0.05, help="Teacher anchor of the arms that use the default")
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, first-seed + 1, ...")
     parser.add_argument("--steps", type=int, default=8000, help="student SGD steps per arm")
     parser.add_argument("--unroll", type=int, default=10, help="N")
     parser.add_argument("--val-ratio", type=float, default=0.5)
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [
         Job(d, arm, seed, args.steps, args.unroll, args.val_ratio, args.eval_every, args.mode, args.anchor)
         for d in args.datasets
-        for seed in range(args.seeds)
+        for seed in range(args.first_seed, args.first_seed + args.seeds)
         for arm in args.arms
     ]
     started = time.perf_counter()
