@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_hypergradient import LR, make_batches, make_dln, make_student
+from test_hypergradient import make_batches, make_dln, make_student
 from test_teacher_round import make_lstm, run_compute_round
 from torch import nn
 
@@ -22,20 +22,7 @@ def test_checkpointed_round_equals_the_plain_one() -> None:
     student, dln, model = make_student(batchnorm=True), make_dln(), make_lstm()
     first, second, (val,) = make_batches(3, 8, seed=1), make_batches(3, 8, seed=2), make_batches(1, 16, seed=3)
     plain = run_compute_round(student, dln, model, first, second, val)
-    cpu = torch.device("cpu")
-    checkpointed = compute_round(
-        student,
-        dln,
-        model,
-        None,
-        [as_batch(b, "first", cpu) for b in first],
-        [as_batch(b, "second", cpu) for b in second],
-        as_batch(val, "val", cpu),
-        student_lr=LR,
-        dln_lr=0.5,
-        val_loss=default_val_loss(dln),
-        checkpoint=True,
-    )
+    checkpointed = run_compute_round(student, dln, model, first, second, val, checkpoint=True)
     torch.testing.assert_close(checkpointed.flat_grad, plain.flat_grad, rtol=1e-12, atol=1e-15)
     for ours, theirs in zip(checkpointed.teacher_grads, plain.teacher_grads):
         torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-15)

@@ -31,7 +31,8 @@ def make_lstm(seed: int = 20) -> dynaloss.LSTMTeacher:
     return dynaloss.LSTMTeacher(hidden_size=5, num_layers=2).double()
 
 
-def run_compute_round(student, dln, model, first, second, val, continue_stage_one=True):
+def run_compute_round(student, dln, model, first, second, val, continue_stage_one=True, **options):
+    """``compute_round`` on raw ``(x, y)`` batches with this file's rates; ``options`` go to it as they are."""
     cpu = torch.device("cpu")
     return compute_round(
         student,
@@ -45,6 +46,7 @@ def run_compute_round(student, dln, model, first, second, val, continue_stage_on
         dln_lr=DLN_LR,
         val_loss=default_val_loss(dln),
         continue_stage_one=continue_stage_one,
+        **options,
     )
 
 
