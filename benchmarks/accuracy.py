@@ -56,6 +56,7 @@ class Job:
     eval_every: int
     mode: str
     anchor: float
+    lr_schedule: str = "constant"
 
 
 def run_job(job: Job) -> dict[str, Any]:
@@ -63,13 +64,24 @@ def run_job(job: Job) -> dict[str, Any]:
     torch.set_num_threads(1)
     from dynaloss.losses import PairwiseDLN
     from dynaloss.teacher import Teacher
-    from dynaloss.training import evaluate_accuracy, load_dataset, make_split, make_student, seeded, train_ce, train_dln
+    from dynaloss.training import (
+        cosine_schedule,
+        evaluate_accuracy,
+        load_dataset,
+        make_split,
+        make_student,
+        seeded,
+        train_ce,
+        train_dln,
+    )
 
     spec = ARMS[job.arm]
     data = load_dataset(job.dataset)
     student = make_student(job.dataset, data.num_classes, job.seed)
     evaluate = lambda model: evaluate_accuracy(model, data.x_test, data.y_test)  # noqa: E731
     common = {"steps": job.steps, "evaluate": evaluate, "eval_every": job.eval_every, "progress": False}
+    if job.lr_schedule == "cosine":  # every arm the same schedule, over its whole budget
+        common["lr_schedule"] = cosine_schedule(0.1, job.steps)
     if spec["loss"] != "dln":
         if spec.get("val_ratio", job.val_ratio) is None:  # "ce-all": every training example but one
             split = make_split(job.dataset, data, val_ratio=1 / len(data.y_train), seed=job.seed, val_batch_size=1)
@@ -168,6 +180,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--val-ratio", type=float, default=0.5)
     parser.add_argument("--mode", default="paper", choices=["paper", "research", "lookahead"])
     parser.add_argument("--eval-every", type=int, default=1000)
+    parser.add_argument(
+        "--lr-schedule", choices=["constant", "cosine"], default="constant", help="the student's SGD lr, every arm"
+    )
     parser.add_argument("--jobs", type=int, default=2, help="parallel worker processes (one torch thread each)")
     parser.add_argument("--fast", action="store_true", help="2 seeds, 2000 steps: a few minutes on 2 cores")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/accuracy"))
@@ -185,7 +200,18 @@ def main(argv: list[str] | None = None) -> int:
     print("machine:", json.dumps(machine_info("cpu")))
     print("config: ", json.dumps(config))
     jobs = [
-        Job(d, arm, seed, args.steps, args.unroll, args.val_ratio, args.eval_every, args.mode, args.anchor)
+        Job(
+            d,
+            arm,
+            seed,
+            args.steps,
+            args.unroll,
+            args.val_ratio,
+            args.eval_every,
+            args.mode,
+            args.anchor,
+            args.lr_schedule,
+        )
         for d in args.datasets
         for seed in range(args.first_seed, args.first_seed + args.seeds)
         for arm in args.arms

@@ -33,6 +33,7 @@ __all__ = [
     "ArmResult",
     "Evaluate",
     "align_steps",
+    "cosine_schedule",
     "evaluate_accuracy",
     "load_dataset",
     "machine_info",
@@ -163,6 +164,17 @@ def evaluate_accuracy(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int
     return correct / len(y)
 
 
+LRSchedule = Callable[[int], float]
+
+
+def cosine_schedule(lr: float, steps: int, floor: float = 1e-4) -> LRSchedule:
+    """``lr`` decaying to ``floor`` along a half cosine over ``steps`` student steps.
+
+    The learning rate stays positive (``floor``) so that a teacher's unroll still moves the student at the end.
+    """
+    return lambda step: floor + (lr - floor) * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
+
+
 # ------------------------------------------------------------------------------------------------------ arms
 @dataclass
 class ArmResult:
@@ -283,6 +295,7 @@ def train_ce(
     loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
     checkpoint: RunCheckpoint | None = None,
     train_iter: Iterator[Any] | None = None,
+    lr_schedule: LRSchedule | None = None,
 ) -> ArmResult:
     """Plain SGD with a fixed loss (cross-entropy by default) on ``split``'s train batches (its val part is not used).
 
@@ -295,13 +308,19 @@ def train_ce(
         loss_fn: the loss, e.g. a warm-started DLN held fixed (default: cross-entropy).
         checkpoint: save the run every ``checkpoint.every`` steps, and resume from it (default: none).
         train_iter: the train batches (default: ``split.train_batches()``; a distributed run passes its shard).
+        lr_schedule: the learning rate as a function of the student steps taken so far, set before every
+            step (default: ``lr`` throughout; see :func:`cosine_schedule`).
     """
     device = next(student.parameters()).device
     optimizer = torch.optim.SGD(student.parameters(), lr=lr)
     batches = split.train_batches() if train_iter is None else train_iter
+    result = ArmResult(name)
     student.train()
 
     def advance() -> int:
+        if lr_schedule is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_schedule(result.student_steps)
         x, y = next(batches)
         loss = loss_fn(student(x.to(device)), y.to(device))
         optimizer.zero_grad(set_to_none=True)
@@ -309,7 +328,6 @@ def train_ce(
         optimizer.step()
         return 1
 
-    result = ArmResult(name)
     parts = {"student": student, "optimizer": optimizer, "split": split}
     common = {"steps": steps, "eval_every": eval_every, "evaluate": evaluate, "progress": progress}
     return _run(result, advance, student, checkpoint=checkpoint, parts=parts, **common)
@@ -328,6 +346,7 @@ def train_dln(
     max_failures: int = MAX_FAILURES,
     checkpoint: RunCheckpoint | None = None,
     batches: tuple[Iterator[Any], Iterator[Any]] | None = None,
+    lr_schedule: LRSchedule | None = None,
 ) -> ArmResult:
     """L2T-DLN: ``teacher.step`` rounds until the student has taken ``steps`` SGD steps.
 
@@ -341,6 +360,8 @@ def train_dln(
         max_failures: stop (``result.stopped``) after this many rounds in a row were skipped (default: ``20``).
         checkpoint: save the run every ``checkpoint.every`` committed rounds, and resume from it (default: none).
         batches: the ``(train, val)`` iterators (default: ``split``'s; a distributed run passes its shards).
+        lr_schedule: the student's learning rate as a function of the student steps taken so far, written
+            into ``teacher.student_lr`` (and the lookahead optimizer) before every round (default: constant).
     """
     train_iter, val_iter = (split.train_batches(), split.val_batches()) if batches is None else batches
     optimizer = torch.optim.SGD(student.parameters(), lr=teacher.student_lr)
@@ -360,6 +381,10 @@ def train_dln(
         return teacher.steps
 
     def advance() -> int:
+        if lr_schedule is not None:
+            teacher.student_lr = lr_schedule(result.student_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = teacher.student_lr
         taken = own_steps() if teacher.mode == "lookahead" else 0
         record = teacher.step(student, train_iter, val_iter)
         result.rounds.append(record.as_dict())
