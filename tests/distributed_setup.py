@@ -7,6 +7,10 @@ from test_hypergradient import make_batches, make_dln, make_student
 from torch import nn
 
 import dynaloss
+from dynaloss.batches import as_batch
+from dynaloss.distributed import RankMean, shard_batches
+from dynaloss.round import compute_round
+from dynaloss.unroll import default_val_loss
 
 WORLD_SIZE = 2
 ROUNDS = 5  # committed rounds, and (the one before last) a round that one rank's Inf makes every rank skip
@@ -33,3 +37,34 @@ def round_batches(index: int) -> tuple[list, list]:
 def cube_objective_scale(rank: int) -> float:
     """Each rank's weight in the double-backward check's objective ``c_r * sum(mean(x) ** 3)``."""
     return 1.0 + 2.0 * rank
+
+
+def shards(batches: list, rank: int, world: int) -> list:
+    return list(shard_batches(iter(batches), rank, world))
+
+
+def one_round(sync: RankMean | None = None, rank: int = 0, world: int = 1) -> dict[str, object]:
+    """One round as a pure computation on ``rank``'s shard of the shared inputs (the union when ``world == 1``)."""
+    student, dln, model = make_teacher_parts()
+    first, second, val = make_round_inputs()
+    cpu = torch.device("cpu")
+    outcome = compute_round(
+        student,
+        dln,
+        model,
+        None,
+        [as_batch(b, "first", cpu) for b in shards(first, rank, world)],
+        [as_batch(b, "second", cpu) for b in shards(second, rank, world)],
+        as_batch(shards([val], rank, world)[0], "val", cpu),
+        student_lr=TEACHER_ARGS["student_lr"],
+        dln_lr=TEACHER_ARGS["dln_lr"],
+        val_loss=default_val_loss(dln),
+        **({} if sync is None else {"sync": sync}),
+    )
+    return {
+        "flat_grad": outcome.flat_grad,
+        "new_phi": outcome.new_phi,
+        "teacher_grads": outcome.teacher_grads,
+        "error_before": outcome.error_before,
+        "error_after": outcome.error_after,
+    }

@@ -17,21 +17,15 @@ from distributed_setup import (
     ROUNDS,
     TEACHER_ARGS,
     cube_objective_scale,
-    make_round_inputs,
     make_teacher_parts,
+    one_round,
     round_batches,
+    shards,
 )
 from torch.nn.parallel import DistributedDataParallel
 
 from dynaloss import Teacher
-from dynaloss.batches import as_batch
-from dynaloss.distributed import RankMean, shard_batches
-from dynaloss.round import compute_round
-from dynaloss.unroll import default_val_loss
-
-
-def shards(batches: list, rank: int, world: int) -> list:
-    return list(shard_batches(iter(batches), rank, world))
+from dynaloss.distributed import RankMean
 
 
 def double_backward(sync: RankMean, rank: int) -> dict[str, torch.Tensor]:
@@ -52,29 +46,7 @@ def main() -> None:
     results: dict[str, object] = {"double_backward": double_backward(sync, rank)}
 
     # one round as a pure computation: hypergradient, DLN update, teacher gradients
-    student, dln, model = make_teacher_parts()
-    first, second, val = make_round_inputs()
-    cpu = torch.device("cpu")
-    outcome = compute_round(
-        student,
-        dln,
-        model,
-        None,
-        [as_batch(b, "first", cpu) for b in shards(first, rank, world)],
-        [as_batch(b, "second", cpu) for b in shards(second, rank, world)],
-        as_batch(shards([val], rank, world)[0], "val", cpu),
-        student_lr=TEACHER_ARGS["student_lr"],
-        dln_lr=TEACHER_ARGS["dln_lr"],
-        val_loss=default_val_loss(dln),
-        sync=sync,
-    )
-    results["round"] = {
-        "flat_grad": outcome.flat_grad,
-        "new_phi": outcome.new_phi,
-        "teacher_grads": outcome.teacher_grads,
-        "error_before": outcome.error_before,
-        "error_after": outcome.error_after,
-    }
+    results["round"] = one_round(sync, rank, world)
 
     # several committed rounds through Teacher.step with a DDP-wrapped student; one of them with an Inf on rank 1
     student, dln, model = make_teacher_parts()

@@ -20,16 +20,13 @@ from distributed_setup import (
     TEACHER_ARGS,
     WORLD_SIZE,
     cube_objective_scale,
-    make_round_inputs,
     make_teacher_parts,
+    one_round,
     round_batches,
 )
 
 from dynaloss import Teacher
-from dynaloss.batches import as_batch
 from dynaloss.distributed import RankMean, shard_batches
-from dynaloss.round import compute_round
-from dynaloss.unroll import default_val_loss
 
 TOLERANCE = 1e-12  # float64; the ranks' mean of shard means and the union's mean differ only in rounding
 WORKER = Path(__file__).with_name("distributed_worker.py")
@@ -85,28 +82,7 @@ def max_difference(a: object, b: object) -> float:
 
 
 def union_round() -> dict[str, object]:
-    student, dln, model = make_teacher_parts()
-    first, second, val = make_round_inputs()
-    cpu = torch.device("cpu")
-    outcome = compute_round(
-        student,
-        dln,
-        model,
-        None,
-        [as_batch(b, "first", cpu) for b in first],
-        [as_batch(b, "second", cpu) for b in second],
-        as_batch(val, "val", cpu),
-        student_lr=TEACHER_ARGS["student_lr"],
-        dln_lr=TEACHER_ARGS["dln_lr"],
-        val_loss=default_val_loss(dln),
-    )
-    return {
-        "flat_grad": outcome.flat_grad,
-        "new_phi": outcome.new_phi,
-        "teacher_grads": outcome.teacher_grads,
-        "error_before": outcome.error_before,
-        "error_after": outcome.error_after,
-    }
+    return one_round()
 
 
 def test_sharded_round_equals_the_round_on_the_union(ranks: list[dict]) -> None:
