@@ -469,6 +469,9 @@ def test_the_constraint_is_saved_with_the_state_and_checked_on_load():
     PairwiseDLN(3, init="paper").load_state_dict(monotone.state_dict())
     with pytest.raises(ValueError, match="monotone=True"):
         free.load_state_dict(monotone.state_dict())
+    incomplete = {**monotone.state_dict(), "_extra_state": {"monotone": True}}
+    with pytest.raises(ValueError, match="pinned range"):
+        PairwiseDLN(3).load_state_dict(incomplete)
     with pytest.raises(TypeError, match="monotone must be a bool"):
         PairwiseDLN(3, monotone="yes")  # type: ignore[arg-type]
 

@@ -137,6 +137,7 @@ class PairwiseDLN(nn.Module):
         raw = list(self.layers if layers is None else layers)
         if not self.monotone:
             return raw
+        # set by reset_parameters, and by set_extra_state, which refuses a monotone state without it
         assert self.target_range is not None
         return DF.pin_loss_range(DF.monotone_weights(raw), self.target_range)
 
@@ -149,7 +150,12 @@ class PairwiseDLN(nn.Module):
             raise ValueError(
                 f"the state is of a DLN with monotone={state.get('monotone')}, this one has monotone={self.monotone}"
             )
-        self.target_range = state.get("target_range")
+        target_range = state.get("target_range")
+        if self.monotone and not isinstance(target_range, (int, float)):
+            raise ValueError(
+                f"the state of a monotone DLN must hold its pinned range ('target_range'), got {target_range!r}"
+            )
+        self.target_range = None if target_range is None else float(target_range)
 
     def forward(self, input: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
         self._check(input, target, weight)
