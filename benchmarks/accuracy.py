@@ -56,7 +56,7 @@ class Job:
     eval_every: int
     mode: str
     anchor: float
-    lr_schedule: str = "constant"
+    lr_schedule: str = "cosine"
 
 
 def run_job(job: Job) -> dict[str, Any]:
@@ -181,7 +181,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mode", default="paper", choices=["paper", "research", "lookahead"])
     parser.add_argument("--eval-every", type=int, default=1000)
     parser.add_argument(
-        "--lr-schedule", choices=["constant", "cosine"], default="constant", help="the student's SGD lr, every arm"
+        "--lr-schedule", choices=["constant", "cosine"], default="cosine", help="the student's SGD lr, every arm"
     )
     parser.add_argument("--jobs", type=int, default=2, help="parallel worker processes (one torch thread each)")
     parser.add_argument("--fast", action="store_true", help="2 seeds, 2000 steps: a few minutes on 2 cores")

@@ -33,6 +33,7 @@ from dynaloss.training import (
     ArmResult,
     Evaluate,
     align_steps,
+    cosine_schedule,
     evaluate_accuracy,
     load_dataset,
     machine_info,
@@ -53,6 +54,9 @@ AUTOCAST_NAMES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 DEMO_DEFAULTS = {"steps": 12000, "unroll": 10, "eval_every": 1000}
 DEMO_QUICK = {"steps": 200, "unroll": 5, "eval_every": 100}
 STUDENT_LR = 0.1
+# cosine is the benchmark's protocol: under a constant lr of 0.1 SGD noise alone dips a student by up to 4 points
+# late in a long run, whatever its loss (docs/results.md, "Long run")
+LR_SCHEDULES = ("cosine", "constant")
 CHECKPOINT = "checkpoint.pt"
 # settings a resumed run may change: they do not alter what the run computes
 RESUMABLE_CHANGES = ("resume", "checkpoint_every", "max_failures", "out", "device")
@@ -116,6 +120,13 @@ def _add_common(command: argparse.ArgumentParser, out: Path) -> None:
     command.add_argument("--seed", type=_seed, default=0, help="student init, data order, DLN, teacher (default: 0)")
     command.add_argument(
         "--device", type=_device, default=_default_device(), help="torch device (default: %(default)s)"
+    )
+    command.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        default="cosine",
+        help="the student's SGD learning rate over the run: cosine from the lr to 1e-4, or constant "
+        "(default: %(default)s, every arm the same)",
     )
     command.add_argument("--out", type=Path, default=out, help="output folder (default: %(default)s)")
     command.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bars")
@@ -270,6 +281,7 @@ def _demo_config(args: argparse.Namespace) -> dict[str, Any]:
         "steps": align_steps(args.steps or preset["steps"], per_round),
         "eval_every": align_steps(args.eval_every or preset["eval_every"], per_round),
         "student_lr": STUDENT_LR,
+        "lr_schedule": args.lr_schedule,
         "val_ratio": 0.5,
         "train_batch": 25,
         "val_batch": 100,
@@ -280,15 +292,26 @@ def _demo_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 FAIRNESS = (
-    "Both arms start from the same student weights and take the same number of plain SGD steps (lr 0.1) on the "
-    "same sequence of train batches: the train half of a train/val split of the 4000 training samples, "
-    "re-drawn every epoch. CE never sees the val half directly, L2T-DLN uses it only for the teacher's "
-    "validation error; over epochs, both see every training sample."
+    "Both arms start from the same student weights and take the same number of plain SGD steps (lr 0.1, one "
+    "schedule for both) on the same sequence of train batches: the train half of a train/val split of the 4000 "
+    "training samples, re-drawn every epoch. CE never sees the val half directly, L2T-DLN uses it only for the "
+    "teacher's validation error; over epochs, both see every training sample."
 )
 
 
 def _evaluator(data: Dataset) -> Evaluate:
     return lambda model: evaluate_accuracy(model, data.x_test, data.y_test)
+
+
+def _common_training(config: dict[str, Any], data: Dataset, lr: float) -> dict[str, Any]:
+    """The arguments every arm's ``train_ce`` / ``train_dln`` shares: budget, evaluation, lr schedule."""
+    schedule = cosine_schedule(lr, config["steps"]) if config["lr_schedule"] == "cosine" else None
+    return {
+        "steps": config["steps"],
+        "evaluate": _evaluator(data),
+        "eval_every": config["eval_every"],
+        "lr_schedule": schedule,
+    }
 
 
 def _make_teacher(
@@ -305,7 +328,7 @@ def _demo_arms(config: dict[str, Any], progress: bool) -> tuple[ArmResult, ArmRe
     data = load_dataset("mnist1d")
     seed, device = config["seed"], torch.device(config["device"])
     initial = make_student("mnist1d", data.num_classes, seed).to(device)
-    common = {"steps": config["steps"], "evaluate": _evaluator(data), "eval_every": config["eval_every"]}
+    common = _common_training(config, data, STUDENT_LR)
     # two splits with one seed serve both arms the same train batches in the same order
     splits = [make_split("mnist1d", data, val_ratio=config["val_ratio"], seed=seed) for _ in range(2)]
     ce = train_ce(copy.deepcopy(initial), splits[0], lr=STUDENT_LR, progress=progress, **common)
@@ -390,7 +413,7 @@ def _train_arm(
         every, write = max(1, args.checkpoint_every), rank == 0 and args.checkpoint_every > 0
         checkpoint = RunCheckpoint(out / CHECKPOINT, every, resume=args.resume, write=write, config=saved_config)
     progress = args.progress and rank == 0
-    common = {"steps": config["steps"], "evaluate": _evaluator(data), "eval_every": config["eval_every"]}
+    common = _common_training(config, data, args.lr)
     if args.loss == "ce":
         result = train_ce(
             student, split, lr=args.lr, progress=progress, checkpoint=checkpoint, train_iter=train_iter, **common

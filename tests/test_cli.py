@@ -49,6 +49,21 @@ def test_train_on_digits_saves_metrics_student_and_teacher(tmp_path: Path, mode:
     assert (tmp_path / "fig.png").read_bytes()[:8] == PNG_MAGIC
 
 
+@pytest.mark.parametrize("loss", ["ce", "dln"])
+def test_the_cosine_schedule_is_the_default_and_reaches_the_student(tmp_path: Path, loss: str) -> None:
+    argv = ["train", "--data", "digits", "--loss", loss, "--unroll", "2", "--steps", "8", "--no-progress"]
+    students = {}
+    for schedule in ("default", "constant"):
+        out = tmp_path / schedule
+        assert main([*argv, "--out", str(out)] + (["--lr-schedule", schedule] if schedule != "default" else [])) == 0
+        assert json.loads((out / "metrics.json").read_text())["config"]["lr_schedule"] == schedule.replace(
+            "default", "cosine"
+        )
+        students[schedule] = torch.load(out / "student.pt", weights_only=True)
+    # the first step has the same lr under both; the later, smaller cosine steps must leave another student
+    assert not torch.equal(students["default"]["net.1.weight"], students["constant"]["net.1.weight"])
+
+
 def test_train_with_cross_entropy(tmp_path: Path) -> None:
     argv = ["train", "--data", "digits", "--loss", "ce", "--steps", "5", "--out", str(tmp_path), "--no-progress"]
     assert main(argv) == 0
