@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from test_hypergradient import make_batches, make_dln, make_student
@@ -12,7 +14,7 @@ import dynaloss
 from dynaloss.batches import as_batch
 from dynaloss.round import compute_round
 from dynaloss.stage_loss import StageLoss
-from dynaloss.teachers.lstm import lstm_cell
+from dynaloss.teachers.lstm_cell import lstm_cell
 from dynaloss.unroll import default_val_loss
 
 BF16_TOLERANCE = 0.05  # relative L2 error of the bf16-autocast hypergradient; measured 0.004 here
@@ -115,9 +117,35 @@ def test_stage_loss_flags_non_finite_inputs_without_raising() -> None:
     assert stage.inputs_finite is not None and not bool(stage.inputs_finite)
 
 
-def test_fused_lstm_cell_equals_nn_lstm_cell() -> None:
+@pytest.mark.parametrize("with_memory_grads", [False, True])
+def test_fused_lstm_cell_equals_nn_lstm_cell_and_its_gradients(with_memory_grads: bool) -> None:
     torch.manual_seed(0)
     cell = nn.LSTMCell(3, 6).double()
-    x, h, c = (torch.randn(9, n, dtype=torch.float64) for n in (3, 6, 6))
-    for ours, theirs in zip(lstm_cell(x, h, c, cell), cell(x, (h, c))):
-        torch.testing.assert_close(ours, theirs, rtol=1e-13, atol=1e-15)
+    x, h, c = (torch.randn(9, n, dtype=torch.float64, requires_grad=with_memory_grads) for n in (3, 6, 6))
+    x.requires_grad_()
+    ours, theirs = lstm_cell(x, h, c, cell), cell(x, (h, c))
+    for mine, reference in zip(ours, theirs):
+        torch.testing.assert_close(mine, reference, rtol=1e-13, atol=1e-15)
+    # both outputs feed the cotangent, so every branch of the hand-written backward is compared
+    cotangent = [torch.randn_like(t) for t in theirs]
+    inputs = [x, *([h, c] if with_memory_grads else []), *cell.parameters()]
+    grads = torch.autograd.grad(ours, inputs, cotangent)
+    expected = torch.autograd.grad(theirs, inputs, cotangent)
+    for mine, reference in zip(grads, expected):
+        torch.testing.assert_close(mine, reference, rtol=1e-12, atol=1e-14)
+
+
+def test_fused_lstm_cell_passes_gradcheck_and_gradgradcheck() -> None:
+    torch.manual_seed(1)
+    cell = nn.LSTMCell(2, 4).double()
+    x, h, c = (torch.randn(5, n, dtype=torch.float64, requires_grad=True) for n in (2, 4, 4))
+    params = tuple(cell.parameters())
+
+    def cell_of(*values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # lstm_cell reads only the cell's four tensors
+        weights = SimpleNamespace(**dict(zip(["weight_ih", "weight_hh", "bias_ih", "bias_hh"], values[3:])))
+        return lstm_cell(values[0], values[1], values[2], weights)  # type: ignore[arg-type]
+
+    assert torch.autograd.gradcheck(cell_of, (x, h, c, *params))
+    # a second derivative goes through the autograd formulation (create_graph), and must be right too
+    assert torch.autograd.gradgradcheck(cell_of, (x, h, c, *params))

@@ -9,8 +9,9 @@ from torch import Tensor, nn
 
 from dynaloss._checks import check_positive_float, check_positive_int
 from dynaloss.teachers.base import Memory, TeacherModel
+from dynaloss.teachers.lstm_cell import lstm_cell
 
-__all__ = ["LSTMTeacher", "lstm_cell", "preprocess_gradient"]
+__all__ = ["LSTMTeacher", "preprocess_gradient"]
 
 
 def preprocess_gradient(grad: Tensor, k: float = 10.0) -> Tensor:
@@ -40,7 +41,9 @@ class LSTMTeacher(TeacherModel):
 
     Every DLN parameter is one row of the batch, so the teacher is independent of the DLN's size. Its
     output, the last cell's hidden state, lies in ``(-1, 1)``: ``dln_lr`` bounds each coordinate's change
-    per round. ``nn.LSTMCell`` is used rather than cuDNN's ``nn.LSTM``, which has no double backward.
+    per round. The cells hold ``nn.LSTMCell`` parameters and are computed by
+    :func:`~dynaloss.teachers.lstm_cell.lstm_cell` (a hand-written backward; twice differentiable), not by
+    cuDNN's ``nn.LSTM``, which has no double backward.
 
     Args:
         hidden_size: width of the inner cells (default: ``64``).
@@ -72,19 +75,3 @@ class LSTMTeacher(TeacherModel):
             new_memory += [h, c]
             x = h
         return x.squeeze(-1), tuple(new_memory)
-
-
-def lstm_cell(x: Tensor, h: Tensor, c: Tensor, cell: nn.LSTMCell) -> tuple[Tensor, Tensor]:
-    """``cell(x, (h, c))`` computed with one matrix product instead of two.
-
-    ``nn.LSTMCell`` multiplies the input and the hidden state separately and adds the results; over the
-    ~5,000 DLN coordinates one product of ``[x, h]`` with the stacked weights is about twice as fast on a
-    CPU (one larger GEMM), forwards and backwards. Same gates in the same order (input, forget, cell,
-    output), so the numbers differ from ``nn.LSTMCell`` only by float rounding.
-    """
-    weight = torch.cat([cell.weight_ih, cell.weight_hh], dim=1)
-    gates = torch.addmm(cell.bias_ih + cell.bias_hh, torch.cat([x, h], dim=1), weight.T)
-    in_gate, forget_gate, cell_gate, out_gate = gates.chunk(4, dim=1)
-    new_c = torch.sigmoid(forget_gate) * c + torch.sigmoid(in_gate) * torch.tanh(cell_gate)
-    new_h = torch.sigmoid(out_gate) * torch.tanh(new_c)
-    return new_h, new_c
