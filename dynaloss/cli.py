@@ -48,7 +48,7 @@ from dynaloss.training import (
 __all__ = ["DEMO_DEFAULTS", "DEMO_QUICK", "TrainingStopped", "build_parser", "main"]
 
 # The default demo runs the library's default configuration (warm DLN, anchored LSTM teacher, N = 10; see
-# docs/results.md) for 12,000 student steps per arm: about 2.5 minutes on one core of a 2-core AMD EPYC
+# docs/results.md) for 12,000 student steps per arm: about 2 minutes (128 s) on a 2-core AMD EPYC
 # (torch 2.14), where a round of N = 10 (20 student steps) takes ~0.2 s and a CE step ~1.5 ms.
 AUTOCAST_NAMES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 DEMO_DEFAULTS = {"steps": 12000, "unroll": 10, "eval_every": 1000}
