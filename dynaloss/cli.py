@@ -55,7 +55,7 @@ DEMO_DEFAULTS = {"steps": 12000, "unroll": 10, "eval_every": 1000}
 DEMO_QUICK = {"steps": 200, "unroll": 5, "eval_every": 100}
 STUDENT_LR = 0.1
 # cosine is the benchmark's protocol: under a constant lr of 0.1 SGD noise alone dips a student by up to 4 points
-# late in a long run, whatever its loss (docs/results.md, "Long run")
+# late in a long run, whatever its loss (docs/results.md, "Under a constant learning rate")
 LR_SCHEDULES = ("cosine", "constant")
 CHECKPOINT = "checkpoint.pt"
 # settings a resumed run may change: they do not alter what the run computes
