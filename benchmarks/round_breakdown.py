@@ -30,7 +30,8 @@ from dynaloss.losses.pairwise import PairwiseDLN
 from dynaloss.models import MNIST1DCNN
 from dynaloss.teachers.lstm import LSTMTeacher
 from dynaloss.training import machine_info
-from dynaloss.unroll import default_val_loss, dln_parameters, student_state, unroll_sgd, validation_error
+from dynaloss.unroll import default_val_loss, dln_parameters, student_state, unroll, validation_error
+from dynaloss.update_rules import PlainSGD
 
 
 class TemperedCrossEntropy(nn.Module):
@@ -68,7 +69,7 @@ def main() -> None:
 
     def stage_one() -> None:
         state["phi"] = phi = dln_parameters(dln)
-        state["end"] = unroll_sgd(student, student_state(student), dln, phi, first, lr=lr)
+        state["end"] = unroll(student, student_state(student), dln, phi, first, rule=PlainSGD(lr))
 
     def hypergradient() -> None:
         error = validation_error(student, state["end"], val, val_loss)  # type: ignore[arg-type]
@@ -85,7 +86,7 @@ def main() -> None:
 
     def stage_three() -> None:
         start = state["end"].detached()  # type: ignore[attr-defined]
-        state["end3"] = unroll_sgd(student, start, dln, state["new_phi"], second, lr=lr)  # type: ignore[arg-type]
+        state["end3"] = unroll(student, start, dln, state["new_phi"], second, rule=PlainSGD(lr))  # type: ignore[arg-type]
 
     def teacher_gradient() -> None:
         error = validation_error(student, state["end3"], val, val_loss)  # type: ignore[arg-type]
@@ -95,7 +96,7 @@ def main() -> None:
 
     def student_only() -> None:
         phi = dln_parameters(tempered)
-        end = unroll_sgd(student, student_state(student), tempered, phi, first, lr=lr)
+        end = unroll(student, student_state(student), tempered, phi, first, rule=PlainSGD(lr))
         torch.autograd.grad(validation_error(student, end, val, F.cross_entropy), list(phi.values()))
 
     def plain() -> None:

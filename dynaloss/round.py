@@ -16,10 +16,11 @@ from dynaloss.unroll import (
     ValLoss,
     dln_parameters,
     grads_or_zeros,
-    student_state,
-    unroll_sgd,
+    start_of_unroll,
+    unroll,
     validation_error,
 )
+from dynaloss.update_rules import UpdateRule
 
 __all__ = ["RoundOutcome", "compute_round"]
 
@@ -36,8 +37,9 @@ class RoundOutcome:
         update: ``new_phi - phi``, flattened.
         memory: the teacher model's memory after this round.
         teacher_grads: gradient of ``error_after`` w.r.t. each learnable teacher-model parameter.
-        student: the student's state at the end of stage III.
+        student: the student's state at the end of stage III, its optimizer's state included.
         stage_one: the student's state at the end of stage I (detached), what a guarded round keeps.
+        rule: the update rule the student's steps followed (what writes the optimizer's state back).
         inputs_finite: device flags, whether the DLN's inputs stayed finite in stage I and in stage III (``True``
             where the loss did not check on the device).
     """
@@ -51,6 +53,7 @@ class RoundOutcome:
     teacher_grads: tuple[Tensor, ...]
     student: StudentState
     stage_one: StudentState
+    rule: UpdateRule
     inputs_finite: list[Tensor] = field(default_factory=list)
 
     def first_problem(self, sync: RankMean | None = None) -> str | None:
@@ -71,6 +74,7 @@ class RoundOutcome:
             "validation error after stage III is not finite": [self.error_after],
             "teacher model gradient is not finite": list(self.teacher_grads),
             "student parameters is not finite": list(self.student.params.values()),
+            "the student optimizer's state is not finite": self.student.optim.tensors(),
         }
         # one flag per check, computed on the device and read back with a single synchronisation
         # (the unrolls' input flags are booleans already)
@@ -93,7 +97,8 @@ def compute_round(
     second: Sequence[Batch],
     val: Batch,
     *,
-    student_lr: float,
+    student_lr: float | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
     dln_lr: float,
     val_loss: ValLoss,
     continue_stage_one: bool = True,
@@ -110,6 +115,8 @@ def compute_round(
         loss_fn: the DLN; its current parameters are ``phi``.
         model: the teacher model ``T``; ``memory`` is its memory (``None`` before the first round).
         first: stage I's batches. ``second``: stage III's.
+        student_lr, optimizer: the student's steps are plain SGD at ``student_lr``, or ``optimizer``'s own
+            (SGD, Adam, AdamW) from its current state and param groups; pass exactly one.
         val: the validation batch both stages are scored on.
         continue_stage_one: stage III starts where stage I ended (the paper) or, if ``False``, from the
             student's current weights again (the research code).
@@ -130,11 +137,13 @@ def compute_round(
     Raises:
         NonFiniteError: a loss module's own input check found a non-finite input in an unroll.
     """
-    start = student_state(student)
+    if (student_lr is None) == (optimizer is None):
+        raise ValueError("pass exactly one of student_lr (plain SGD steps) and optimizer (its own update rule)")
+    start, rule = start_of_unroll(student, optimizer, student_lr)
     phi = dln_parameters(loss_fn)
     grad_mean = None if sync is None else sync.mean
     unroll_options = {"checkpoint": checkpoint, "autocast_dtype": autocast_dtype, "grad_mean": grad_mean}
-    stage_one = unroll_sgd(student, start, loss_fn, phi, first, lr=student_lr, **unroll_options)
+    stage_one = unroll(student, start, loss_fn, phi, first, rule=rule, **unroll_options)
     error_before = validation_error(student, stage_one, val, val_loss)
     flat_grad = torch.cat([g.flatten() for g in grads_or_zeros(error_before, list(phi.values()))]).detach()
     if sync is not None:
@@ -152,8 +161,8 @@ def compute_round(
 
     learnable = model.learnable
     stage_three_start = stage_one.detached() if continue_stage_one else start.detached()
-    stage_three = unroll_sgd(
-        student, stage_three_start, loss_fn, new_phi, second, lr=student_lr, create_graph=learnable, **unroll_options
+    stage_three = unroll(
+        student, stage_three_start, loss_fn, new_phi, second, rule=rule, create_graph=learnable, **unroll_options
     )
     error_after = validation_error(student, stage_three, val, val_loss)
     teacher_params = [p for p in model.parameters() if p.requires_grad]
@@ -171,8 +180,12 @@ def compute_round(
         teacher_grads=tuple(g.detach() for g in teacher_grads),
         student=stage_three,
         stage_one=StudentState(
-            {n: p.detach() for n, p in stage_one.params.items()}, stage_one.buffers, start.trainable
+            {n: p.detach() for n, p in stage_one.params.items()},
+            stage_one.buffers,
+            start.trainable,
+            stage_one.optim.detached(),
         ),
+        rule=rule,
         # a stage whose loss did not check on the device (another loss, or other batches) counts as finite
         inputs_finite=[
             error_before.new_ones((), dtype=torch.bool) if s.inputs_finite is None else s.inputs_finite

@@ -19,6 +19,7 @@ from dynaloss.round import RoundOutcome, compute_round
 from dynaloss.teachers import TeacherModel, make_teacher_model
 from dynaloss.teachers.base import Memory
 from dynaloss.unroll import StudentState, ValLoss, default_val_loss, dln_parameters
+from dynaloss.update_rules import OptimizerRule, check_optimizer, write_optimizer_state
 
 __all__ = ["MODES", "RoundRecord", "Teacher"]
 
@@ -82,7 +83,14 @@ class Teacher:
         teacher: ``'lstm'`` (the paper's), ``'adam'``, ``'sgd'``, ``'rmsprop'`` or a
             :class:`dynaloss.teachers.TeacherModel` (default: ``'lstm'``).
         steps: ``N``, student steps per stage (default: ``25``, the paper's for classification).
-        student_lr: ``eta``, the student's SGD learning rate in the unroll (default: ``0.1``).
+        optimizer: the ``torch.optim.SGD``, ``Adam`` or ``AdamW`` that trains the student. Every round then
+            unrolls *its* update rule (momentum, Nesterov, weight decay, moments, AMSGrad) from its current
+            state and each param group's current learning rate, so a scheduler is followed without syncing
+            anything; a committed ``'paper'``/``'research'`` round also writes its state, as that many
+            ``optimizer.step()`` calls would. ``None``: plain SGD at ``student_lr`` (the paper's student).
+            Any other optimizer raises ``TypeError`` (default: ``None``).
+        student_lr: ``eta``, the student's SGD learning rate in the unroll when there is no ``optimizer``
+            (default: ``0.1``).
         dln_lr: ``gamma``, the scale of the teacher's update of the DLN (default: ``1e-3``).
         teacher_lr: Adam learning rate of the teacher model (default: ``1e-3``).
         mode: what happens to the student (default: ``'paper'``):
@@ -125,6 +133,7 @@ class Teacher:
         *,
         teacher: str | TeacherModel = "lstm",
         steps: int = 25,
+        optimizer: torch.optim.Optimizer | None = None,
         student_lr: float = 0.1,
         dln_lr: float = 1e-3,
         teacher_lr: float = 1e-3,
@@ -145,6 +154,7 @@ class Teacher:
             raise TypeError(f"val_loss must be callable, got {type(val_loss).__name__}")
         self.loss_fn = loss_fn
         self.steps = check_positive_int(steps, "steps")
+        self.student_optimizer = optimizer
         self.student_lr = check_positive_float(student_lr, "student_lr")
         self.dln_lr = check_positive_float(dln_lr, "dln_lr")
         if isinstance(anchor, bool) or not isinstance(anchor, (int, float)) or not 0.0 <= anchor < 1.0:
@@ -169,6 +179,18 @@ class Teacher:
         self.memory: Memory | None = None
         self.rounds = 0
         self.sync = None if process_group is None else RankMean(process_group)
+
+    @property
+    def student_optimizer(self) -> torch.optim.Optimizer | None:
+        """The optimizer whose update rule the unroll follows (``None``: plain SGD at ``student_lr``).
+
+        Assignable, for frameworks that build their optimizer after the loss (checked as in the constructor).
+        """
+        return self._student_optimizer
+
+    @student_optimizer.setter
+    def student_optimizer(self, optimizer: torch.optim.Optimizer | None) -> None:
+        self._student_optimizer = None if optimizer is None else check_optimizer(optimizer)
 
     # ----------------------------------------------------------------------------------------------- round
     def step(self, student: nn.Module, train_iter: Iterator[Any], val_iter: Iterator[Any]) -> RoundRecord:
@@ -212,7 +234,8 @@ class Teacher:
                     first,
                     second,
                     val,
-                    student_lr=self.student_lr,
+                    student_lr=None if self.student_optimizer is not None else self.student_lr,
+                    optimizer=self.student_optimizer,
                     dln_lr=self.dln_lr,
                     val_loss=self.val_loss,
                     continue_stage_one=self.mode == "paper",
@@ -303,6 +326,8 @@ class Teacher:
                 if self.sync is not None:
                     written = _mean_buffers(written, self.sync)
                 _write_student(student, written)
+                if isinstance(outcome.rule, OptimizerRule):
+                    write_optimizer_state(outcome.rule, written.optim)
         self.rounds += 1
 
     # --------------------------------------------------------------------------------------- bookkeeping
@@ -399,7 +424,7 @@ def _mean_buffers(state: StudentState, sync: RankMean) -> StudentState:
     if not names:
         return state
     averaged = dict(zip(names, sync.mean_detached([state.buffers[n] for n in names])))
-    return StudentState(state.params, {**state.buffers, **averaged}, state.trainable)
+    return StudentState(state.params, {**state.buffers, **averaged}, state.trainable, state.optim)
 
 
 def _write_student(student: nn.Module, state: StudentState) -> None:

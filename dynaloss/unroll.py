@@ -19,6 +19,7 @@ from torch.func import functional_call
 
 from dynaloss.batches import Batch, as_batch
 from dynaloss.stage_loss import StageLoss
+from dynaloss.update_rules import PlainSGD, SlotState, UpdateRule, optimizer_rule
 
 __all__ = [
     "StudentState",
@@ -26,8 +27,9 @@ __all__ = [
     "dln_parameters",
     "grads_or_zeros",
     "hypergradient",
+    "start_of_unroll",
     "student_state",
-    "unroll_sgd",
+    "unroll",
     "validation_error",
 ]
 
@@ -37,33 +39,47 @@ GradMean = Callable[[Sequence[Tensor]], list[Tensor]]
 
 
 class StudentState:
-    """A functional snapshot of a student: parameters, buffers, and which parameters train.
+    """A functional snapshot of a student: parameters, buffers, which parameters train, and optimizer state.
 
-    Snapshots are never modified: :func:`unroll_sgd` and :func:`validation_error` clone the buffers before a
+    Snapshots are never modified: :func:`unroll` and :func:`validation_error` clone the buffers before a
     forward can update them in place.
     """
 
-    def __init__(self, params: Params, buffers: Params, trainable: Sequence[str]) -> None:
+    def __init__(
+        self, params: Params, buffers: Params, trainable: Sequence[str], optim: SlotState | None = None
+    ) -> None:
         self.params = params
         self.buffers = buffers
         self.trainable = tuple(trainable)
-        # set by unroll_sgd: whether the DLN's inputs stayed finite, checked on the device (None: not checked)
+        # the optimizer's state for the trainable parameters (momentum buffers, moments, step counts)
+        self.optim = SlotState({}, ()) if optim is None else optim
+        # set by unroll: whether the DLN's inputs stayed finite, checked on the device (None: not checked)
         self.inputs_finite: Tensor | None = None
 
     def detached(self) -> StudentState:
         """The same values as new leaves (trainable ones requiring grad): the start of a new unroll."""
         params = {n: p.detach().requires_grad_(n in self.trainable) for n, p in self.params.items()}
-        return StudentState(params, self.buffers, self.trainable)
+        return StudentState(params, self.buffers, self.trainable, self.optim.detached())
 
 
-def student_state(student: nn.Module) -> StudentState:
-    """Snapshot ``student`` without copying anything: its parameters and buffers are only read."""
-    params = {n: p.detach().requires_grad_(p.requires_grad) for n, p in student.named_parameters()}
-    buffers = {n: b.detach() for n, b in student.named_buffers()}
-    trainable = [n for n, p in student.named_parameters() if p.requires_grad]
+def student_state(
+    student: nn.Module, trainable: Sequence[str] | None = None, optim: SlotState | None = None
+) -> StudentState:
+    """Snapshot ``student`` without copying anything: its parameters and buffers are only read.
+
+    Args:
+        trainable: the parameters the unroll steps (default: those with ``requires_grad``); the others take
+            part in the forward only.
+        optim: the optimizer's state for ``trainable`` (default: none, plain SGD).
+    """
+    if trainable is None:
+        trainable = [n for n, p in student.named_parameters() if p.requires_grad]
     if not trainable:
         raise ValueError("the student has no parameter with requires_grad=True: there is nothing to unroll")
-    return StudentState(params, buffers, trainable)
+    chosen = set(trainable)
+    params = {n: p.detach().requires_grad_(n in chosen) for n, p in student.named_parameters()}
+    buffers = {n: b.detach() for n, b in student.named_buffers()}
+    return StudentState(params, buffers, trainable, optim)
 
 
 def dln_parameters(loss_fn: nn.Module) -> Params:
@@ -86,25 +102,28 @@ def grads_or_zeros(output: Tensor, inputs: Sequence[Tensor]) -> tuple[Tensor, ..
     return tuple(torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads))
 
 
-def unroll_sgd(
+def unroll(
     student: nn.Module,
     state: StudentState,
     loss_fn: nn.Module,
     loss_params: Mapping[str, Tensor],
     batches: Sequence[Batch],
     *,
-    lr: float,
+    rule: UpdateRule,
     create_graph: bool = True,
     checkpoint: bool = False,
     autocast_dtype: torch.dtype | None = None,
     grad_mean: GradMean | None = None,
 ) -> StudentState:
-    """Take ``len(batches)`` SGD steps of ``student`` with ``loss_fn`` (called with ``loss_params``) as the loss.
+    """Take ``len(batches)`` optimizer steps of ``student`` with ``loss_fn`` (called with ``loss_params``) as the loss.
 
-    ``theta_i = theta_{i-1} - lr * d[w * L_phi(S(x), y)] / d theta_{i-1}`` (the paper's Eq. 2).
+    ``theta_i = U(theta_{i-1}, d[w * L_phi(S(x), y)] / d theta_{i-1}, state_{i-1})``: the paper's Eq. 2 with
+    ``rule``'s update ``U`` in place of plain SGD (:class:`dynaloss.update_rules.PlainSGD` is the paper's).
 
     Args:
-        state: the starting point; it is not modified (buffers are cloned before BatchNorm updates them).
+        state: the starting point, optimizer state included; it is not modified (buffers are cloned before
+            BatchNorm updates them).
+        rule: the update rule (:mod:`dynaloss.update_rules`).
         create_graph: keep the graph, so the result is a differentiable function of ``loss_params`` and
             the start (default: ``True``); ``False`` takes plain steps.
         checkpoint: keep only each step's inputs and recompute the step when the result is differentiated
@@ -125,17 +144,18 @@ def unroll_sgd(
     params = [state.params[n] for n in trainable]
     buffer_names = list(state.buffers)
     buffers = [b.clone() for b in state.buffers.values()]
+    optim = state.optim
     device_type = params[0].device.type
     for batch in batches:
         step = partial(
-            _sgd_step,
+            _step,
             student=student,
             frozen=frozen,
             buffer_names=buffer_names,
             trainable=trainable,
             loss=loss,
             batch=batch,
-            lr=lr,
+            rule=rule,
             create_graph=create_graph,
             autocast_dtype=autocast_dtype,
             device_type=device_type,
@@ -145,34 +165,36 @@ def unroll_sgd(
             copy_buffers=checkpoint,
         )
         if checkpoint and create_graph:
-            outputs = torch.utils.checkpoint.checkpoint(step, *params, *buffers, use_reentrant=False)
+            params, buffers, optim = torch.utils.checkpoint.checkpoint(
+                step, params, buffers, optim, use_reentrant=False
+            )
         else:
-            outputs = step(*params, *buffers)
-        params, buffers = list(outputs[: len(trainable)]), list(outputs[len(trainable) :])
-    end = StudentState({**frozen, **dict(zip(trainable, params))}, dict(zip(buffer_names, buffers)), trainable)
+            params, buffers, optim = step(params, buffers, optim)
+    end = StudentState({**frozen, **dict(zip(trainable, params))}, dict(zip(buffer_names, buffers)), trainable, optim)
     end.params = {n: end.params[n] for n in state.params}  # the student's own parameter order
     end.inputs_finite = loss.inputs_finite
     return end
 
 
-def _sgd_step(
-    *values: Tensor,
+def _step(
+    current: list[Tensor],
+    buffers: list[Tensor],
+    optim: SlotState,
+    *,
     student: nn.Module,
     frozen: Params,
     buffer_names: Sequence[str],
     trainable: Sequence[str],
     loss: StageLoss,
     batch: Batch,
-    lr: float,
+    rule: UpdateRule,
     create_graph: bool,
     autocast_dtype: torch.dtype | None,
     device_type: str,
     grad_mean: GradMean | None,
     copy_buffers: bool,
-) -> tuple[Tensor, ...]:
-    """One SGD step: ``(*trainable parameters, *buffers)`` in, the same after the step out."""
-    current = list(values[: len(trainable)])
-    buffers = list(values[len(trainable) :])
+) -> tuple[list[Tensor], list[Tensor], SlotState]:
+    """One optimizer step: trainable parameters, buffers and optimizer state in, the same after the step out."""
     if copy_buffers:
         buffers = [b.clone() for b in buffers]
     params = {**frozen, **dict(zip(trainable, current))}
@@ -184,15 +206,12 @@ def _sgd_step(
     if grad_mean is not None:
         # every rank must reduce the same tensors, whether or not its shard reached a parameter
         grads = tuple(grad_mean([torch.zeros_like(p) if g is None else g for p, g in zip(current, grads)]))
-    # a parameter this batch does not reach keeps its value
-    reached = [i for i, g in enumerate(grads) if g is not None]
-    stepped = list(current)
-    if reached:
-        # one fused (and, with create_graph, differentiable) update instead of two ops per parameter
-        new = torch._foreach_add([current[i] for i in reached], [grads[i] for i in reached], alpha=-lr)
-        for i, tensor in zip(reached, new):
-            stepped[i] = tensor if create_graph else tensor.detach().requires_grad_()
-    return (*stepped, *buffers)
+    # a parameter this batch does not reach keeps its value (and its optimizer state), as in torch.optim
+    stepped, optim = rule.apply(current, grads, optim)
+    if not create_graph:
+        stepped = [p.detach().requires_grad_() for p in stepped]
+        optim = optim.detached()
+    return stepped, buffers, optim
 
 
 def validation_error(student: nn.Module, state: StudentState, batch: Batch, val_loss: ValLoss) -> Tensor:
@@ -207,33 +226,51 @@ def hypergradient(
     train_batches: Sequence[object],
     val_batch: object,
     *,
-    lr: float,
+    lr: float | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
     val_loss: ValLoss | None = None,
 ) -> dict[str, Tensor]:
-    """Gradient of the validation error after unrolled SGD steps with respect to each DLN parameter.
+    """Gradient of the validation error after unrolled student steps with respect to each DLN parameter.
 
-    Runs ``len(train_batches)`` differentiable SGD steps of ``student`` with ``loss_fn`` as the loss, then
+    Runs ``len(train_batches)`` differentiable steps of ``student`` with ``loss_fn`` as the loss, then
     ``val_loss`` (default: cross-entropy) on ``val_batch``, and differentiates through the steps. The
-    student and the DLN are left untouched.
+    student, its optimizer and the DLN are left untouched.
 
     Args:
         student: any module whose forward is a function of its parameters, buffers and inputs.
         loss_fn: the DLN (any module whose learnable parameters define the loss).
         train_batches: ``(x, y)`` or ``(x, y, w)`` batches, one per step.
         val_batch: ``(x, y)``.
-        lr: the student's SGD learning rate.
+        lr: the student's learning rate, for plain SGD steps (give this or ``optimizer``).
+        optimizer: the student's ``torch.optim`` SGD, Adam or AdamW: the steps are its steps, from its
+            current state and param groups (give this or ``lr``).
 
     Returns:
         ``{name: gradient}`` for every learnable parameter of ``loss_fn``.
     """
     if not isinstance(student, nn.Module) or not isinstance(loss_fn, nn.Module):
         raise TypeError("student and loss_fn must be torch.nn.Module instances")
+    if (lr is None) == (optimizer is None):
+        raise ValueError("pass exactly one of lr (plain SGD steps) and optimizer (its own update rule)")
     if not train_batches:
         raise ValueError("train_batches is empty: the unroll needs at least one step")
     device = next(student.parameters()).device
     train = [as_batch(b, "train_batches", device) for b in train_batches]
     val = as_batch(val_batch, "val_batch", device)
     phi = dln_parameters(loss_fn)
-    end = unroll_sgd(student, student_state(student), loss_fn, phi, train, lr=lr)
+    start, rule = start_of_unroll(student, optimizer, lr)
+    end = unroll(student, start, loss_fn, phi, train, rule=rule)
     error = validation_error(student, end, val, val_loss or default_val_loss(loss_fn))
     return dict(zip(phi, grads_or_zeros(error, list(phi.values()))))
+
+
+def start_of_unroll(
+    student: nn.Module, optimizer: torch.optim.Optimizer | None, lr: float | None
+) -> tuple[StudentState, UpdateRule]:
+    """The student's snapshot and the rule its steps follow: ``optimizer``'s, or plain SGD at ``lr``."""
+    if optimizer is None:
+        if lr is None:
+            raise ValueError("the unroll needs the student's learning rate (lr) when there is no optimizer")
+        return student_state(student), PlainSGD(lr)
+    rule, trainable = optimizer_rule(optimizer, student)
+    return student_state(student, trainable, rule.initial()), rule
