@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -15,6 +16,7 @@ from torch import Tensor, nn
 from dynaloss._checks import NonFiniteError, check_positive_float, check_positive_int
 from dynaloss.batches import Batch, draw_batches
 from dynaloss.distributed import RankMean, unwrap_data_parallel
+from dynaloss.rollback import Rollback
 from dynaloss.round import RoundOutcome, compute_round
 from dynaloss.teachers import TeacherModel, make_teacher_model
 from dynaloss.teachers.base import Memory
@@ -43,7 +45,9 @@ class RoundRecord:
         seconds: wall time of the round.
         skipped: ``True`` when the round had a non-finite value and nothing was changed.
         rejected: ``True`` when the guard turned the DLN update down (the teacher still learned from it).
-        reason: why it was skipped or rejected.
+        rolled_back: ``True`` when this round's validation error completed a persistent rise and the DLN and
+            the teacher were returned to their state at the best point (:class:`dynaloss.rollback.Rollback`).
+        reason: why it was skipped, rejected or rolled back.
     """
 
     round: int
@@ -55,6 +59,7 @@ class RoundRecord:
     seconds: float
     skipped: bool = False
     rejected: bool = False
+    rolled_back: bool = False
     reason: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -112,6 +117,11 @@ class Teacher:
             (``'paper'``/``'research'``), and the teacher model still learns from the failed proposal.
             ``None`` disables it, as in the paper (default: ``None``: on MNIST-1D it did not stop the one
             collapse we tested it on, see docs/results.md).
+        rollback: watch the validation error the rounds measure and, when its mean over a window of rounds
+            rises well above the best such mean so far, return the DLN, the teacher model, its optimizer and
+            memory to their state at that best point and halve ``dln_lr`` (:class:`dynaloss.rollback.Rollback`;
+            a rollback is logged and marked in its :class:`RoundRecord`). ``True``: the default thresholds; a
+            :class:`~dynaloss.rollback.Rollback` sets its own; ``False``: off, as in the paper (default: ``True``).
         checkpoint: recompute each unrolled step in the backward pass instead of keeping its activations
             (``torch.utils.checkpoint``, non-reentrant): the round's memory no longer grows with every
             step's activations, for roughly one more forward and backward per step; the numbers are the same
@@ -141,6 +151,7 @@ class Teacher:
         val_loss: ValLoss | None = None,
         anchor: float = 0.05,
         guard: float | None = None,
+        rollback: bool | Rollback = True,
         checkpoint: bool = False,
         autocast_dtype: torch.dtype | None = None,
         process_group: Any = None,
@@ -162,6 +173,9 @@ class Teacher:
         self.anchor = float(anchor)
         self.guard = None if guard is None else check_positive_float(guard, "guard")
         self.anchor_point: Tensor | None = None  # the DLN where teaching started, flat; set by the first round
+        if not isinstance(rollback, (bool, Rollback)):
+            raise TypeError(f"rollback must be a bool or a dynaloss.rollback.Rollback, got {type(rollback).__name__}")
+        self.rollback = Rollback() if rollback is True else (rollback or None)
         if not isinstance(checkpoint, bool):
             raise TypeError(f"checkpoint must be a bool, got {type(checkpoint).__name__}")
         self.checkpoint = checkpoint
@@ -266,11 +280,51 @@ class Teacher:
         if problem is not None:
             return self._skip(started, problem, outcome)
         rejected = self.guard is not None and float(outcome.error_after) > self.guard * float(outcome.error_before)
+        before = None if self.rollback is None else self._teaching_state()
         self._commit(student, outcome, accept=not rejected)
         self.anchor_point = anchor_point
+        rolled_back = self._watch(float(outcome.error_before), before)
         if self.sync is not None:
             self._check_in_sync(student)
-        return self._record(started, outcome, rejected)
+        return self._record(started, outcome, rejected, rolled_back)
+
+    def _watch(self, error: float, before: dict[str, Any] | None) -> str | None:
+        """Feed the rollback watch; on a persistent rise, restore the state it names. Returns the reason."""
+        if self.rollback is None or before is None:
+            return None
+        best = self.rollback.best
+        target = self.rollback.observe(error, before)
+        if target is None:
+            return None
+        self._restore_teaching_state(target)
+        self.dln_lr *= self.rollback.slowdown
+        reason = (
+            f"rollback: the validation error averaged over the last {self.rollback.window} rounds rose "
+            f"{self.rollback.rise:g}x above its best ({best:.4g}); the DLN and the teacher went back to their "
+            f"state before round {target['round']}, dln_lr is now {self.dln_lr:.3g}"
+        )
+        logger.warning("teacher round %d: %s", self.rounds - 1, reason)
+        return reason
+
+    def _teaching_state(self) -> dict[str, Any]:
+        """A copy of everything the teacher learns: what a rollback returns to."""
+        return copy.deepcopy(
+            {
+                "round": self.rounds,
+                "loss_fn": self.loss_fn.state_dict(),
+                "model": self.model.state_dict(),
+                "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+                "memory": self.memory,
+            }
+        )
+
+    def _restore_teaching_state(self, state: dict[str, Any]) -> None:
+        self.loss_fn.load_state_dict(state["loss_fn"])
+        self.model.load_state_dict(state["model"])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))  # it would alias the saved tensors
+        device = next(self.loss_fn.parameters()).device
+        self.memory = None if state["memory"] is None else tuple(m.to(device).clone() for m in state["memory"])
 
     def _draw(
         self, train_iter: Iterator[Any], val_iter: Iterator[Any], device: torch.device
@@ -331,7 +385,9 @@ class Teacher:
         self.rounds += 1
 
     # --------------------------------------------------------------------------------------- bookkeeping
-    def _record(self, started: float, outcome: RoundOutcome, rejected: bool) -> RoundRecord:
+    def _record(
+        self, started: float, outcome: RoundOutcome, rejected: bool, rolled_back: str | None = None
+    ) -> RoundRecord:
         steps = {"paper": 2 * self.steps, "research": self.steps, "lookahead": 0}[self.mode]
         if rejected:
             steps = 0 if self.mode == "lookahead" else self.steps
@@ -350,7 +406,8 @@ class Teacher:
             student_steps=steps,
             seconds=time.perf_counter() - started,
             rejected=rejected,
-            reason=reason,
+            rolled_back=rolled_back is not None,
+            reason=reason or rolled_back,
         )
 
     def _skip(self, started: float, reason: str, outcome: RoundOutcome | None = None) -> RoundRecord:
@@ -391,6 +448,8 @@ class Teacher:
             "memory": None if self.memory is None else [m.clone() for m in self.memory],
             "anchor_point": None if self.anchor_point is None else self.anchor_point.clone(),
             "rounds": self.rounds,
+            "dln_lr": self.dln_lr,
+            "rollback": None if self.rollback is None else copy.deepcopy(self.rollback.state_dict()),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -410,6 +469,11 @@ class Teacher:
         point = state.get("anchor_point")
         self.anchor_point = None if point is None else point.to(reference.device).clone()
         self.rounds = int(state["rounds"])
+        if "dln_lr" in state:  # a rollback slows the teacher down
+            self.dln_lr = check_positive_float(state["dln_lr"], "dln_lr")
+        watch = state.get("rollback")
+        if self.rollback is not None and watch is not None:
+            self.rollback.load_state_dict(copy.deepcopy(watch))
 
 
 def _device_of(module: nn.Module) -> torch.device:
