@@ -59,10 +59,12 @@ def main() -> None:
     )
     if synthetic:  # tiny images: no mosaic, a fixed AdamW rate, no warm-up (measured to learn within 60 epochs)
         overrides.update(mosaic=0.0, optimizer="AdamW", lr0=0.005, warmup_epochs=0, plots=False)
+    else:  # ultralytics' SGD recipe: for long runs optimizer='auto' picks MuSGD, whose steps a round cannot unroll
+        overrides.update(optimizer="SGD")
     teaching = TeachingConfig(every=args.every, steps=args.steps)
     results = [train_yolo(arm, {**overrides, "name": arm}, teaching) for arm in args.arms]
 
-    print(f"\n{'arm':<10} {'mAP50':>7} {'mAP50-95':>9} {'seconds':>8}  DLN weights (box, cls, dfl)")
+    print(f"\n{'arm':<10} {'mAP50':>7} {'mAP50-95':>9} {'seconds':>8}  DLN gains (box, cls, dfl)")
     for r in results:
         weights = "" if r["dln_weights"] is None else ", ".join(f"{v:.4g}" for v in r["dln_weights"].values())
         print(f"{r['arm']:<10} {r['mAP50']:>7.4f} {r['mAP50-95']:>9.4f} {r['seconds']:>8.1f}  {weights}")

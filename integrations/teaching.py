@@ -23,12 +23,14 @@ class TeachingConfig:
 
     Args:
         every: run a round after every ``every`` student batches (default: ``10``).
-        steps: ``N``, unrolled student SGD steps per stage (default: ``2``, the paper's for detection and
-            segmentation).
-        student_lr: the student's SGD learning rate inside the unroll (default: ``0.01``).
+        steps: ``N``, unrolled student optimizer steps per stage (default: ``2``, the paper's for detection
+            and segmentation).
+        student_lr: the student's SGD learning rate inside the unroll, used only when :meth:`make_teacher`
+            is given no optimizer (the adapters give theirs, whose param groups' current learning rates the
+            unroll then follows) (default: ``0.01``).
         mode: the :class:`dynaloss.Teacher` mode (default: ``'lookahead'``: the framework's own optimizer
             keeps training the student and the round only teaches the DLN; ``'paper'`` also writes the
-            ``2N`` unrolled steps into the student).
+            ``2N`` unrolled steps, and the optimizer's state after them, into the student).
         train_batch: images per unrolled step (default: ``2``, the paper's).
         val_batch: images in the validation batch of a round (default: ``8``, the paper's).
         val_ratio: share of the training images held out for the teacher's validation batches, re-drawn
@@ -58,14 +60,32 @@ class TeachingConfig:
             raise TypeError(f"val_ratio must be a float, got {type(self.val_ratio).__name__}")
         if not 0.0 < self.val_ratio < 1.0:
             raise ValueError(f"val_ratio must be in (0, 1), got {self.val_ratio}")
-        reserved = {"steps", "student_lr", "mode", "val_loss"} & set(self.teacher)
+        reserved = {"steps", "student_lr", "optimizer", "mode", "val_loss"} & set(self.teacher)
         if reserved:
-            raise ValueError(f"teacher= must not set {sorted(reserved)}: they are fields of TeachingConfig itself")
+            raise ValueError(
+                f"teacher= must not set {sorted(reserved)}: TeachingConfig's fields and make_teacher's arguments do"
+            )
 
-    def make_teacher(self, loss_fn: nn.Module, val_loss: Any) -> Teacher:
-        """A :class:`dynaloss.Teacher` for ``loss_fn`` configured by these fields."""
+    def make_teacher(
+        self, loss_fn: nn.Module, val_loss: Any, optimizer: torch.optim.Optimizer | None = None
+    ) -> Teacher:
+        """A :class:`dynaloss.Teacher` for ``loss_fn`` configured by these fields.
+
+        Args:
+            loss_fn: the DLN (or the objective module holding it).
+            val_loss: the round's validation error.
+            optimizer: the framework's optimizer of the student (``torch.optim.SGD``, ``Adam`` or ``AdamW``):
+                the unroll follows its update rule, state and current learning rates, and ``student_lr`` is
+                not used. ``None``: plain SGD at ``student_lr``.
+        """
         return Teacher(
-            loss_fn, steps=self.steps, student_lr=self.student_lr, mode=self.mode, val_loss=val_loss, **self.teacher
+            loss_fn,
+            steps=self.steps,
+            student_lr=self.student_lr,
+            optimizer=optimizer,
+            mode=self.mode,
+            val_loss=val_loss,
+            **self.teacher,
         )
 
     def as_dict(self) -> dict[str, Any]:

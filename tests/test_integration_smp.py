@@ -117,6 +117,7 @@ def test_teacher_round_changes_the_dln_with_finite_hypergradients():
 # ---------------------------------------------------------------------------------------------- the loop
 def test_short_training_runs_teaches_and_evaluates():
     trainer = PSPNetTrainer(tiny_pspnet(), shapes(), steps=6, teaching=TeachingConfig(every=3), batch_size=4, lr=0.05)
+    assert trainer.teacher.student_optimizer is trainer.optimizer  # the rounds unroll the trainer's own SGD
     dln_before = [p.detach().clone() for p in trainer.objective.parameters()]
     records = trainer.fit()
     assert [r["step"] for r in records] == [3, 6] and not any(r["skipped"] for r in records)
@@ -124,6 +125,20 @@ def test_short_training_runs_teaches_and_evaluates():
     metrics = trainer.evaluate(shapes(8, seed=5))
     assert 0.0 <= metrics["miou"] <= 1.0 and len(metrics["per_class_iou"]) == NUM_CLASSES
     assert trainer.model.training  # evaluation restores the mode
+
+
+def test_paper_rounds_step_the_trainers_sgd_and_its_momentum():
+    """A 'paper' round unrolls the trainer's SGD (momentum 0.9, weight decay, the poly lr of the moment) and
+    writes its momentum buffers back along with the student (their values are the core tests' business)."""
+    trainer = PSPNetTrainer(
+        tiny_pspnet(), shapes(), steps=4, teaching=TeachingConfig(every=2, steps=1, mode="paper"), batch_size=4
+    )
+    trainer.fit(until=2)  # two real steps: momentum buffers exist, the lr has decayed
+    assert trainer.optimizer.param_groups[0]["lr"] < 0.01
+    before = {p: trainer.optimizer.state[p]["momentum_buffer"].clone() for p in trainer.model.parameters()}
+    record = trainer._teach()
+    assert not record.skipped and record.student_steps == 2
+    assert all(not torch.equal(trainer.optimizer.state[p]["momentum_buffer"], b) for p, b in before.items())
 
 
 def test_cross_entropy_arm_has_no_teacher():

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from dynaloss import MultiPartDLN
 from dynaloss.integrations.synthetic import PALETTE, SyntheticShapes, write_detection_dataset
-from dynaloss.integrations.teaching import resplit
+from dynaloss.integrations.teaching import TeachingConfig, resplit
 
 
 def test_detection_dataset_has_matching_images_labels_and_yaml(tmp_path):
@@ -45,3 +46,17 @@ def test_resplit_is_a_disjoint_cover_that_changes_with_the_seed():
     assert resplit(10, 0.5, seed=0) == (train, val) and resplit(10, 0.5, seed=1) != (train, val)
     with pytest.raises(ValueError, match="cannot split 1 training images"):
         resplit(1, 0.5, seed=0)
+
+
+def test_make_teacher_unrolls_the_given_optimizer_or_sgd_at_student_lr():
+    student = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    config = TeachingConfig(student_lr=0.05, teacher={"teacher": "adam"})
+    teacher = config.make_teacher(MultiPartDLN(2, [1.0, 2.0]), torch.nn.functional.mse_loss, optimizer=optimizer)
+    assert teacher.student_optimizer is optimizer and teacher.mode == "lookahead" and teacher.steps == 2
+    plain = config.make_teacher(MultiPartDLN(2, [1.0, 2.0]), torch.nn.functional.mse_loss)
+    assert plain.student_optimizer is None and plain.student_lr == 0.05
+    with pytest.raises(TypeError, match="RMSprop"):
+        config.make_teacher(MultiPartDLN(2, [1.0, 2.0]), None, optimizer=torch.optim.RMSprop(student.parameters()))
+    with pytest.raises(ValueError, match=r"teacher= must not set \['optimizer'\]"):
+        TeachingConfig(teacher={"optimizer": optimizer})

@@ -35,6 +35,7 @@ from dynaloss.integrations.ultralytics import (  # noqa: E402
 
 NUM_CLASSES = 3
 IMGSZ = 64
+GAINS = [7.5, 0.5, 1.5]  # ultralytics' box, cls, dfl
 
 
 def tiny_config(name: str = "yolov3-tiny.yaml") -> dict:
@@ -84,15 +85,22 @@ def test_loss_and_gradients_equal_ultralytics_at_init(name):
     params = [p for p in model.parameters() if p.requires_grad]
 
     reference, reference_items = v8DetectionLoss(model)(model(batch["img"]), batch)
-    reference_grads = torch.autograd.grad(reference.sum(), params)
-    ours, items = DLNDetectionLoss(model)(model(batch["img"]), batch)
+    criterion = DLNDetectionLoss(model)
+    ours, items = criterion(model(batch["img"]), batch)
     grads = torch.autograd.grad(ours.sum(), params)
 
     torch.testing.assert_close(ours.sum(), reference.sum(), rtol=1e-6, atol=0)
     assert list(items) == list(reference_items) == ["box_loss", "cls_loss", "dfl_loss"]
     for key in items:
         assert torch.equal(items[key], reference_items[key])
-    for grad, reference_grad in zip(grads, reference_grads):
+    # the DLN's gains are exp(log(gain)): ultralytics' to one float32 ulp (7.5 comes back as 7.5000005), which
+    # elements of the gradient where the parts' gradients cancel amplify; so the gradients are compared with
+    # ultralytics' at exactly the DLN's gains
+    gains = criterion.dln.weight.detach()
+    torch.testing.assert_close(gains, torch.tensor(GAINS), rtol=2e-7, atol=0)
+    model.args = get_cfg(DEFAULT_CFG, {"box": float(gains[0]), "cls": float(gains[1]), "dfl": float(gains[2])})
+    at_dln_gains, _ = v8DetectionLoss(model)(model(batch["img"]), batch)
+    for grad, reference_grad in zip(grads, torch.autograd.grad(at_dln_gains.sum(), params)):
         torch.testing.assert_close(grad, reference_grad, rtol=1e-5, atol=1e-8)
 
 
@@ -103,9 +111,9 @@ def test_dln_weights_are_what_weights_the_parts():
     preds = model(batch["img"])
     parts = criterion.parts(preds, batch).detach()
     with torch.no_grad():
-        criterion.dln.weight.copy_(torch.tensor([2.0, 0.0, 0.0]))
+        criterion.dln.log_weight.copy_(torch.tensor([2.0, 0.5, 0.25]).log())
     loss, items = criterion(preds, batch)
-    torch.testing.assert_close(loss, 2.0 * parts[0] * 2)  # weight 2 on box, batch of 2
+    torch.testing.assert_close(loss, (2.0 * parts[0] + 0.5 * parts[1] + 0.25 * parts[2]) * 2)  # batch of 2
     torch.testing.assert_close(items["box_loss"], 7.5 * parts[0])  # logged parts stay ultralytics' gained ones
 
 
@@ -114,7 +122,7 @@ def test_criterion_is_shared_by_model_copies():
 
     criterion = DLNDetectionLoss(tiny_model())
     assert copy.deepcopy(criterion) is criterion
-    assert list(criterion.objective.parameters()) == [criterion.dln.weight]
+    assert list(criterion.objective.parameters()) == [criterion.dln.log_weight]
 
 
 def test_pad_and_unpad_targets_round_trip_with_empty_images():
@@ -137,7 +145,7 @@ def test_pad_and_unpad_targets_round_trip_with_empty_images():
 def test_teacher_round_changes_the_dln_with_finite_hypergradients():
     model = tiny_model()
     criterion = DLNDetectionLoss(model)
-    before = criterion.dln.weight.detach().clone()
+    before = criterion.dln.log_weight.detach().clone()
     student_before = {k: v.clone() for k, v in model.state_dict().items()}
 
     grads = hypergradient(
@@ -148,7 +156,7 @@ def test_teacher_round_changes_the_dln_with_finite_hypergradients():
         lr=0.01,
         val_loss=criterion.validation_error,
     )
-    assert torch.isfinite(grads["dln.weight"]).all() and grads["dln.weight"].abs().sum() > 0
+    assert torch.isfinite(grads["dln.log_weight"]).all() and grads["dln.log_weight"].abs().sum() > 0
 
     teacher = Teacher(
         criterion.objective, steps=2, student_lr=0.01, mode="lookahead", val_loss=criterion.validation_error
@@ -156,7 +164,7 @@ def test_teacher_round_changes_the_dln_with_finite_hypergradients():
     record = teacher.step(model, iter([round_batch(s) for s in range(4)]), iter([round_batch(9, 4)]))
     assert not record.skipped, record.reason
     assert record.hypergradient_norm > 0 and torch.isfinite(torch.tensor(record.hypergradient_norm))
-    assert not torch.equal(criterion.dln.weight.detach(), before)
+    assert not torch.equal(criterion.dln.log_weight.detach(), before)
     for key, value in model.state_dict().items():  # lookahead: the student is untouched
         assert torch.equal(value, student_before[key]), key
 
@@ -211,17 +219,27 @@ def test_trainer_trains_teaches_saves_and_resumes(dataset):
     assert not dln_ids & {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
     assert not dln_ids & {id(p) for p in model.parameters()}
 
+    # the rounds unroll ultralytics' own optimizer ('auto' picks AdamW for so short a run), on the loss as
+    # ultralytics scales it: images per optimizer step
+    assert trainer.teacher.student_optimizer is trainer.optimizer
+    assert type(trainer.optimizer) is torch.optim.AdamW
+    assert trainer.criterion.objective.scale == trainer.batch_size * trainer.accumulate
+
     # it was taught, and the weights were logged per epoch
     assert trainer.teacher.rounds == 2
     assert len(trainer.dln_history) == 2
-    assert not torch.equal(trainer.dln.weight.detach().cpu(), torch.tensor([7.5, 0.5, 1.5]))
+    # every gain moved by a share of itself: a round moves the log-gains by less than dln_lr (1e-3)
+    log_change = (trainer.dln.weight.detach().cpu() / torch.tensor(GAINS)).log().abs()
+    assert ((log_change > 0) & (log_change < 2 * 1e-3)).all(), log_change
     header = (trainer.save_dir / "results.csv").read_text().splitlines()[0]
     assert {"dln/box", "dln/cls", "dln/dfl"} <= set(header.split(","))
 
     # the checkpoint carries the DLN and teacher; its model is a plain DetectionModel
     saved = torch.load(trainer.last, map_location="cpu", weights_only=False)
     assert type(saved["model"]) is DetectionModel and saved["model"].criterion is None
-    torch.testing.assert_close(saved[CHECKPOINT_KEY]["teacher"]["loss_fn"]["dln.weight"], trainer.dln.weight.detach())
+    torch.testing.assert_close(
+        saved[CHECKPOINT_KEY]["teacher"]["loss_fn"]["dln.log_weight"], trainer.dln.log_weight.detach()
+    )
 
     # resume from the end of epoch 1: the teacher continues from where it was
     state = torch.load(first_checkpoint, map_location="cpu", weights_only=False)[CHECKPOINT_KEY]
@@ -229,14 +247,45 @@ def test_trainer_trains_teaches_saves_and_resumes(dataset):
     seen_at_start = {}
     resumed.add_callback(
         "on_train_start",
-        lambda t: seen_at_start.update(weight=t.dln.weight.detach().clone(), rounds=t.teacher.rounds),
+        lambda t: seen_at_start.update(log_weight=t.dln.log_weight.detach().clone(), rounds=t.teacher.rounds),
     )
     resumed.train()
     assert resumed.start_epoch == 1
-    torch.testing.assert_close(seen_at_start["weight"], state["teacher"]["loss_fn"]["dln.weight"])
+    torch.testing.assert_close(seen_at_start["log_weight"], state["teacher"]["loss_fn"]["dln.log_weight"])
     assert seen_at_start["rounds"] == state["teacher"]["rounds"] == 1
     assert resumed.teacher.rounds == 2
     assert resumed.dln_history[0] == trainer.dln_history[0]
+
+
+def test_trainer_unrolls_ultralytics_sgd_and_moves_the_gains_relatively(dataset):
+    """optimizer='SGD' (Nesterov momentum, 3 param groups) in 'paper' mode, with the 'adam' teacher.
+
+    The 'adam' teacher's first round moves every log-gain by exactly ``dln_lr`` and later ones by about as
+    much, so after 3 rounds each gain has changed by 1-3 % of itself; had the gains been the parameters, the
+    7.5 could have moved by at most ``3 * dln_lr`` = 0.03 (0.4 %).
+    """
+    dln_lr = 1e-2
+    teacher = {"teacher": "adam", "dln_lr": dln_lr, "anchor": 0.0}
+    teaching = TeachingConfig(every=1, val_batch=4, mode="paper", teacher=teacher)  # 3 batches, 3 rounds
+    overrides = train_overrides(dataset, "sgd", epochs=1, optimizer="SGD")
+    trainer = DLNDetectionTrainer(overrides=overrides, teaching=teaching)
+    state_sizes = []  # runs after the trainer's own callback, so after each round
+    trainer.add_callback("on_train_batch_end", lambda t: state_sizes.append(len(t.optimizer.state)))
+    trainer.train()
+
+    assert type(trainer.optimizer) is torch.optim.SGD
+    assert all(g["nesterov"] and g["momentum"] == 0.937 for g in trainer.optimizer.param_groups)
+    assert len(trainer.optimizer.param_groups) == 3  # weights with decay, BatchNorm weights, biases
+    assert trainer.teacher.student_optimizer is trainer.optimizer
+    # ultralytics steps once in this epoch (accumulate = 3 batches), after the third; the first round wrote the
+    # momentum buffers before that, as optimizer.step() calls would have
+    assert trainer.accumulate == 3 and state_sizes[0] > 0
+    assert trainer.teacher.rounds == 3 and not any(r.skipped for r in trainer.epoch_records)
+
+    gains = trainer.dln.weight.detach().cpu()
+    log_change = (gains / torch.tensor(GAINS)).log().abs()
+    assert ((log_change > 0.5 * dln_lr) & (log_change < 3 * dln_lr * 1.01)).all(), gains
+    assert abs(float(gains[0]) - 7.5) > 3 * dln_lr, gains  # beyond any additive step of dln_lr a round
 
 
 # ---------------------------------------------------------------------------------------------- bad input
@@ -255,6 +304,24 @@ def test_bad_trainer_arguments_raise(dataset):
         DLNDetectionTrainer(overrides=train_overrides(dataset, "bad", compile=True))
     with pytest.raises(ValueError, match="mode must be one of"):
         TeachingConfig(mode="sometimes")
+
+
+def test_an_optimizer_the_unroll_cannot_follow_raises_type_error(dataset):
+    trainer = DLNDetectionTrainer(overrides=train_overrides(dataset, "bad", optimizer="RMSprop"))
+    with pytest.raises(
+        TypeError, match=r"optimizer='RMSprop' built a RMSprop.*pass optimizer='SGD', 'Adam' or 'AdamW'"
+    ):
+        trainer.train()
+
+
+def test_resuming_a_run_saved_before_log_gains_raises(dataset):
+    """Its DLN would load (as logs), but the teacher's anchor and memory live in the space of the gains."""
+    trainer = DLNDetectionTrainer(overrides=train_overrides(dataset, "old"))
+    criterion = DLNDetectionLoss(tiny_model())
+    trainer.teacher = Teacher(criterion.objective, steps=2, val_loss=criterion.validation_error)
+    old_state = {"teacher": {"loss_fn": {"dln.weight": torch.tensor(GAINS)}}, "batches_seen": 3, "history": []}
+    with pytest.raises(ValueError, match="learned its gains directly.*start a new run"):
+        trainer._restore(old_state)
 
 
 def test_classes_beyond_the_head_raise_value_error():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -17,15 +18,21 @@ class MultiPartDLN(nn.Module):
     r"""A single-layer perceptron over the parts of a composite loss (the paper's detection DLN).
 
     .. math::
-        L_\phi(l_1, \dots, l_k) = \sum_i \phi_i \, l_i
+        L_\phi(l_1, \dots, l_k) = \sum_i e^{\phi_i} \, l_i
 
-    with :math:`\phi` initialised to ``init_weights``, so that at the start it reproduces the framework's
-    own weighted sum exactly (for ultralytics YOLO: ``7.5·box + 0.5·cls + 1.5·dfl``). There is no bias:
-    a constant never moves the student, so its hypergradient is exactly zero.
+    with :math:`e^{\phi}` initialised to ``init_weights``, so that at the start it reproduces the framework's
+    own weighted sum (for ultralytics YOLO: ``7.5·box + 0.5·cls + 1.5·dfl``), exactly up to the float rounding
+    of ``exp(log(w))`` (in float32 ``7.5`` comes back as ``7.5000005``). There is no bias: a constant never
+    moves the student, so its hypergradient is exactly zero.
+
+    The learnable parameter is the log-gain ``log_weight`` (:math:`\phi`), not the gain: a teacher round
+    moves each parameter by at most ``dln_lr`` (``1e-3`` by default), which on a gain of ``7.5`` would be a
+    change of 0.01 % per round, while on its log it is a *relative* change of up to ``dln_lr`` whatever the
+    gain's size. Gains also stay positive: a negative gain would make the student maximise that part.
 
     Args:
         num_parts: number of loss parts ``k``.
-        init_weights: ``k`` starting weights, the framework's gains.
+        init_weights: ``k`` starting gains, the framework's; each must be ``> 0``.
         reduction: how a batch of part vectors is reduced: ``'none'`` | ``'mean'`` | ``'sum'``
             (default: ``'sum'``, the framework's convention for a single part vector).
 
@@ -33,11 +40,19 @@ class MultiPartDLN(nn.Module):
         - parts: ``(k,)`` or ``(B, k)``.
         - output: scalar, or ``()``/``(B,)`` with ``reduction='none'``.
 
+    Attributes:
+        log_weight: the ``(k,)`` learnable log-gains, what a :class:`dynaloss.Teacher` updates.
+        weight: the effective gains ``exp(log_weight)`` (read-only, differentiable; ``.detach()`` to read
+            values, write ``log_weight`` to set them).
+
+    A state dict of the old parameterisation (key ``weight``, the gains themselves) loads: its gains are
+    converted to ``log_weight``.
+
     Examples::
 
         >>> loss_fn = MultiPartDLN(3, [7.5, 0.5, 1.5])
-        >>> loss_fn(torch.tensor([1.0, 2.0, 3.0]))
-        tensor(13., grad_fn=<SumBackward0>)
+        >>> loss_fn.weight
+        tensor([7.5000, 0.5000, 1.5000], grad_fn=<ExpBackward0>)
     """
 
     def __init__(self, num_parts: int, init_weights: Sequence[float] | Tensor, *, reduction: str = "sum") -> None:
@@ -48,7 +63,19 @@ class MultiPartDLN(nn.Module):
         if weights.numel() != num_parts:
             raise ValueError(f"init_weights must hold num_parts={num_parts} values, got {weights.numel()}")
         check_finite(weights, "init_weights")
-        self.weight = nn.Parameter(weights.clone())
+        self.log_weight = nn.Parameter(_log_gains(weights, "init_weights"))
+
+    @property
+    def weight(self) -> Tensor:
+        """The effective gains ``exp(log_weight)``, ``(k,)``, differentiable with respect to ``log_weight``."""
+        return self.log_weight.exp()
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # checkpoints from before the log parameterisation hold the gains themselves under "weight"
+        old, new = prefix + "weight", prefix + "log_weight"
+        if old in state_dict and new not in state_dict:
+            state_dict[new] = _log_gains(state_dict.pop(old), f"state_dict[{old!r}] (the old gains)")
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def extra_repr(self) -> str:
         return f"num_parts={self.num_parts}, reduction={self.reduction!r}"
@@ -60,7 +87,14 @@ class MultiPartDLN(nn.Module):
         if parts.numel() == 0:  # an empty batch would make 'mean' a silent NaN
             raise ValueError(f"parts is empty (shape {tuple(parts.shape)})")
         check_finite(parts, "parts")
-        per_vector = parts.to(self.weight.dtype) @ self.weight
+        per_vector = parts.to(self.log_weight.dtype) @ self.log_weight.exp()
         if self.reduction == "none":
             return per_vector
         return per_vector.sum() if self.reduction == "sum" else per_vector.mean()
+
+
+def _log_gains(gains: Tensor, name: str) -> Tensor:
+    """``log(gains)``, taken in float64 (the nearest log to the gain) and returned in ``gains``' dtype."""
+    if not bool((gains > 0).all()):
+        raise ValueError(f"{name} must all be > 0 (the DLN learns their logs), got {gains.tolist()}")
+    return gains.detach().double().log().to(gains.dtype)

@@ -30,8 +30,10 @@ class PSPNetTrainer:
     With ``loss='dln'`` the student minimises ``DLN(p, y) + 0.4 DLN(aux_p, y)`` (:class:`PSPNetDLNLoss`)
     and every ``teaching.every`` steps a :class:`dynaloss.Teacher` round updates the DLN down the
     hypergradient of ``CE(p, y) + 0.4 CE(aux_p, y)`` on held-out training images (the training set is split
-    into teacher-train/teacher-val by ``teaching.val_ratio`` and re-split every epoch, as in the paper). With
-    ``loss='ce'`` the same loop trains on the cross-entropy objective: the baseline.
+    into teacher-train/teacher-val by ``teaching.val_ratio`` and re-split every epoch, as in the paper). The
+    round unrolls this trainer's own SGD (momentum, weight decay, the poly-scheduled lr of the moment), so
+    ``teaching.student_lr`` is not used; in ``teaching.mode='paper'`` it also writes the momentum buffers.
+    With ``loss='ce'`` the same loop trains on the cross-entropy objective: the baseline.
 
     Every stream of batches is a function of ``seed`` and its position, so :meth:`save` / :meth:`load`
     resume a run exactly (model, optimizer, schedule, DLN, teacher and its memory, RNG, data positions).
@@ -84,16 +86,21 @@ class PSPNetTrainer:
             if loss == "dln"
             else self.val_loss
         )
-        self.teacher: Teacher | None = (
-            self.teaching.make_teacher(self.objective, self.val_loss) if loss == "dln" else None
-        )
         self.optimizer = torch.optim.SGD(
             model.parameters(),
             lr=check_positive_float(lr, "lr"),
             momentum=momentum,
             weight_decay=weight_decay,
         )
+        # the poly schedule in closed form: torch's PolynomialLR is the same schedule (power 0.9, 0 from `steps`
+        # on) but computes it as a running product of ratios, which drifts from these values in the last bits
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: (1 - min(s, steps) / steps) ** 0.9)
+        # the unroll follows this SGD: its momentum buffers, weight decay and the scheduled lr of the moment
+        self.teacher: Teacher | None = (
+            self.teaching.make_teacher(self.objective, self.val_loss, optimizer=self.optimizer)
+            if loss == "dln"
+            else None
+        )
         self.batches = IndexBatches(
             range(len(train_set)), check_positive_int(batch_size, "batch_size"), seed, drop_last=True
         )  # type: ignore[arg-type]

@@ -120,21 +120,28 @@ class DetectionObjective(nn.Module):
     Its only parameters are the DLN's, so ``functional_call`` swaps them during an unroll and a
     :class:`dynaloss.Teacher` updates them in place.
 
+    Attributes:
+        scale: the factor on ``DLN(parts)`` (default: ``1.0``). Ultralytics' optimizer steps on the gradient
+            of ``B · DLN(parts)`` summed over ``accumulate`` batches: an unroll that follows that optimizer
+            needs ``scale = B · accumulate`` (images per optimizer step) for its steps to be as long as the
+            real ones; :class:`DLNDetectionTrainer` sets it before each round.
+
     Shape:
         - preds: the detection model's output on ``B`` images.
         - targets: ``(B, M, 5)`` from :func:`pad_targets`.
-        - output: scalar (no batch-size factor: the unroll's ``student_lr`` sets the step size).
+        - output: scalar.
     """
 
     def __init__(self, criterion: DLNDetectionLoss) -> None:
         super().__init__()
         self.dln = criterion.dln
         self._criterion = criterion  # a plain object, so not part of this module's tree
+        self.scale = 1.0
 
     def forward(self, preds: Any, targets: Tensor) -> Tensor:
-        return self.dln(self._criterion.parts(preds, unpad_targets(targets)))
+        return self.dln(self._criterion.parts(preds, unpad_targets(targets))) * self.scale
 
     def part_weights(self) -> dict[str, float]:
-        """The DLN's current weight of each part, by name."""
+        """The DLN's current gain of each part (``exp`` of its learned log-gain), by name."""
         with torch.no_grad():
             return dict(zip(PART_NAMES, (float(w) for w in self.dln.weight)))

@@ -29,10 +29,14 @@ class DLNDetectionTrainer(DetectionTrainer):
 
     The criterion is :class:`DLNDetectionLoss`: ultralytics' box/cls/dfl parts weighted by a
     :class:`dynaloss.MultiPartDLN` that starts at ultralytics' gains. Every ``teaching.every`` batches a
-    :class:`dynaloss.Teacher` round unrolls ``teaching.steps`` SGD steps on a functional copy of the student
-    and updates the DLN down the hypergradient of the original objective on held-out training images
-    (re-split every epoch). In the default ``'lookahead'`` mode ultralytics' optimizer alone moves the
-    student; ``mode='paper'`` also writes the unrolled steps into it.
+    :class:`dynaloss.Teacher` round unrolls ``teaching.steps`` steps of ultralytics' own optimizer (SGD with
+    Nesterov momentum, Adam or AdamW: its state, and each param group's current learning rate, momentum and
+    weight decay, so warmup and the schedule are followed; ``teaching.student_lr`` is not used) on a
+    functional copy of the student and updates the DLN down the hypergradient of the original objective on
+    held-out training images (re-split every epoch). In the default ``'lookahead'`` mode ultralytics'
+    optimizer alone moves the student; ``mode='paper'`` also writes the unrolled steps, and the optimizer's
+    state after them, into it. ``optimizer`` must be ``'SGD'``, ``'Adam'``, ``'AdamW'`` or ``'auto'`` for a
+    run short enough that ``'auto'`` picks AdamW (ultralytics picks MuSGD beyond 10000 iterations).
 
     One DLN and one teacher serve the model, its EMA and the validator; the DLN is not in the model's module
     tree, so the student's optimizer never sees it. Both are saved inside ultralytics' checkpoints (key
@@ -54,7 +58,7 @@ class DLNDetectionTrainer(DetectionTrainer):
 
         trainer = DLNDetectionTrainer(overrides=dict(model="yolov3-tiny.yaml", data="data.yaml", epochs=10))
         trainer.train()
-        trainer.criterion.dln.weight  # the learned (box, cls, dfl) weights
+        trainer.criterion.dln.weight  # the learned (box, cls, dfl) gains, exp(dln.log_weight)
     """
 
     def __init__(
@@ -108,7 +112,15 @@ class DLNDetectionTrainer(DetectionTrainer):
         self.criterion = DLNDetectionLoss(model, self.dln)
         model.criterion = self.criterion
         self.ema.ema.criterion = self.criterion
-        self.teacher = self.teaching.make_teacher(self.criterion.objective, self.criterion.validation_error)
+        try:  # the unroll follows ultralytics' optimizer, built by super()._setup_train()
+            self.teacher = self.teaching.make_teacher(
+                self.criterion.objective, self.criterion.validation_error, optimizer=self.optimizer
+            )
+        except TypeError as error:
+            raise TypeError(
+                f"optimizer={self.args.optimizer!r} built a {type(self.optimizer).__name__}, whose steps a teacher "
+                f"round cannot unroll ({error}); pass optimizer='SGD', 'Adam' or 'AdamW'"
+            ) from None
         plain = build_yolo_dataset(
             self.args,
             self.data["train"],
@@ -145,8 +157,14 @@ class DLNDetectionTrainer(DetectionTrainer):
         self.batches_seen += 1
         if self.batches_seen % self.teaching.every:
             return
-        assert self.teacher is not None and self.rounds is not None
+        assert self.teacher is not None and self.rounds is not None and self.criterion is not None
         assert self.rounds.train is not None and self.rounds.val is not None
+        # Each unrolled step is one optimizer step on teaching.train_batch images, while ultralytics steps on
+        # the gradient of B·DLN(parts) summed over `accumulate` batches (accumulate ramps up during warmup).
+        # Scaling the unrolled loss by the images per real step gives its steps the real ones' length in
+        # expectation; the unroll stays an approximation of them: a few images stand for B·accumulate, and
+        # ultralytics clips the summed gradient to norm 10 (AMP's scaler unscales before the step: neutral).
+        self.criterion.objective.scale = float(self.batch_size * self.accumulate)
         record = self.teacher.step(unwrap_model(self.model), self.rounds.train, self.rounds.val)
         self.epoch_records.append(record)
         if record.skipped:
@@ -189,6 +207,12 @@ class DLNDetectionTrainer(DetectionTrainer):
 
     def _restore(self, state: dict[str, Any]) -> None:
         assert self.teacher is not None
+        if "dln.weight" in state["teacher"]["loss_fn"]:
+            # the teacher's anchor and memory are in the space of the gains, not of their logs: no resume
+            raise ValueError(
+                f"{self.args.resume} was saved when the DLN learned its gains directly (now their logs); its "
+                "teacher state does not carry over: start a new run from it instead of resuming"
+            )
         self.teacher.load_state_dict(state["teacher"])
         self.batches_seen = int(state["batches_seen"])
         self.dln_history = list(state["history"])
