@@ -14,7 +14,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "FEATURES",
+    "LOG_PROB_SPAN",
     "REDUCTIONS",
+    "check_features",
     "check_reduction",
     "leaky_mlp",
     "loss_range",
@@ -25,9 +28,20 @@ __all__ = [
     "pairwise_row_loss",
     "pin_loss_range",
     "reduce_loss",
+    "softmax_features",
 ]
 
 REDUCTIONS = ("none", "mean", "sum")
+
+# What a pair row is made of (:func:`pairwise_features`): per-class sigmoids (the paper's), or the softmax.
+FEATURES = ("sigmoid", "softmax")
+
+# The softmax rows' true-class feature is 1 + log p_y / LOG_PROB_SPAN, clamped to [0, 1]: cross-entropy
+# -log p_y is then linear in it up to LOG_PROB_SPAN nats (p_y >= 1.3e-14), which a bias-free LeakyReLU MLP
+# represents exactly. Beyond, the feature is 0 and the gradient through it is cut (the true logit must be
+# some 32 below the others); a wider span would cover more of that but leave the typical losses (under ~10
+# nats) less of [0, 1].
+LOG_PROB_SPAN = 32.0
 
 
 def check_reduction(reduction: object) -> str:
@@ -35,6 +49,13 @@ def check_reduction(reduction: object) -> str:
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     return reduction  # type: ignore[return-value]
+
+
+def check_features(features: object) -> str:
+    """Return ``features`` if it is one of :data:`FEATURES`, else raise ``ValueError``."""
+    if features not in FEATURES:
+        raise ValueError(f"features must be one of {FEATURES}, got {features!r}")
+    return features  # type: ignore[return-value]
 
 
 def leaky_mlp(weights: Sequence[Tensor], rows: Tensor, negative_slope: float = 0.01) -> Tensor:
@@ -97,25 +118,67 @@ def pin_loss_range(weights: Sequence[Tensor], target_range: float) -> list[Tenso
     return [*weights[:-1], weights[-1] * (target_range / current)]
 
 
-def pairwise_features(logits: Tensor, target: Tensor) -> Tensor:
+def softmax_features(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """What the ``'softmax'`` rows are made of: the true class's *deficit* and every class's pair probability.
+
+    The deficit is ``d = min(-log p_y, U) / U`` in ``[0, 1]``, ``p = softmax(z)`` and ``U =``
+    :data:`LOG_PROB_SPAN` (cross-entropy over ``U``), and the row's true-class feature is ``1 - d``: like a
+    probability it is 1 for a perfect prediction, so the monotone constraint and :func:`loss_range` keep
+    their meaning. The deficit is returned rather than ``1 - d`` because ``1 - d`` rounds: in float32 it
+    would cost cross-entropy an absolute ``U * 2**-24`` (2 % of the loss of a sample with ``p_y = 1 - 1e-4``).
+
+    A wrong class's feature is its probability within the pair, ``q_j = p_j / (p_y + p_j) = sigmoid(z_j - z_y)``,
+    rather than ``p_j``: a function of the pair's margin only, so that a monotone DLN's loss, which is
+    non-decreasing in every ``q_j`` and in the cross-entropy, never pushes a wrong logit up. (On ``p_j`` it
+    can: raising ``z_k`` lowers every other ``p_j``.)
+
+    Args:
+        logits: ``(M, C)``.
+        target: ``(M,)`` class indices in ``[0, C)``.
+
+    Returns:
+        ``(deficit, pair_probs)``: ``(M, 1)`` and ``(M, C)`` (the true class's own pair probability is 1/2).
+    """
+    true_log_prob, pair_probs = _softmax_parts(logits, target)
+    return true_log_prob / -LOG_PROB_SPAN, pair_probs
+
+
+def _softmax_parts(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`softmax_features` before the division: ``(max(log p_y, -U), pair_probs)``."""
+    target = target[:, None].long()
+    true_log_prob = torch.log_softmax(logits, dim=-1).gather(1, target)
+    return true_log_prob.clamp_min(-LOG_PROB_SPAN), torch.sigmoid(logits - logits.gather(1, target))
+
+
+def pairwise_features(logits: Tensor, target: Tensor, features: str = "sigmoid") -> Tensor:
     """The 1-vs-1 rows of the pairwise DLN.
 
-    For every sample and every *wrong* class ``j`` one row ``[s_y, s_j, 1, 0]`` with ``s = sigmoid(z)``:
-    the true-class and the wrong-class prediction and the pair's 1-vs-1 labels. The constant label
-    features are what keep a bias-free MLP from being positively homogeneous (whose minimum would sit at
-    ``s = 0`` for every class).
+    For every sample and every *wrong* class ``j`` one row ``[a_y, a_j, 1, 0]``: the true-class and the
+    wrong-class prediction and the pair's 1-vs-1 labels. The constant label features are what keep a
+    bias-free MLP from being positively homogeneous (whose minimum would sit at ``a = 0`` for every class).
+    Both predictions are in ``[0, 1]``, 1 the most confident:
+
+    - ``'sigmoid'``: ``a_y = sigmoid(z_y)``, ``a_j = sigmoid(z_j)`` (the paper's).
+    - ``'softmax'``: ``a_y = 1 - min(-log p_y, U) / U`` and ``a_j = sigmoid(z_j - z_y) = p_j / (p_y + p_j)``,
+      with ``p = softmax(z)`` and ``U =`` :data:`LOG_PROB_SPAN` (:func:`softmax_features`): cross-entropy
+      is ``U (1 - a_y)``.
 
     Args:
         logits: ``(M, C)`` with ``C >= 2``.
         target: ``(M,)`` class indices in ``[0, C)``.
+        features: ``'sigmoid'`` | ``'softmax'`` (default: ``'sigmoid'``).
 
     Returns:
         ``(M, C - 1, 4)`` rows, the wrong classes in increasing order.
     """
     num_classes = logits.shape[-1]
-    probs = torch.sigmoid(logits)
     target = target.long()
-    true_prob = probs.gather(1, target[:, None])
+    if features == "softmax":
+        deficit, probs = softmax_features(logits, target)
+        true_prob = 1 - deficit
+    else:
+        probs = torch.sigmoid(logits)
+        true_prob = probs.gather(1, target[:, None])
     # The k-th wrong class is k when k < y and k + 1 otherwise: an index computed without a boolean mask,
     # so no data-dependent shape and no host synchronisation.
     ranks = torch.arange(num_classes - 1, device=logits.device)
@@ -126,11 +189,16 @@ def pairwise_features(logits: Tensor, target: Tensor) -> Tensor:
 
 
 def pairwise_mean_loss(
-    weights: Sequence[Tensor], logits: Tensor, target: Tensor, negative_slope: float = 0.01
+    weights: Sequence[Tensor],
+    logits: Tensor,
+    target: Tensor,
+    negative_slope: float = 0.01,
+    *,
+    features: str = "sigmoid",
 ) -> Tensor:
     """Mean of the MLP over each row's wrong-class pairs: :func:`pairwise_features` rows, without building them.
 
-    The first layer's product with a row ``[s_y, s_j, 1, 0]`` is ``s_y W[:, 0] + s_j W[:, 1] + W[:, 2]``,
+    The first layer's product with a row ``[a_y, a_j, 1, 0]`` is ``a_y W[:, 0] + a_j W[:, 1] + W[:, 2]``,
     which broadcasting forms for every class at once. The true class's own pair is computed too and left
     out of the mean: cheaper than gathering the ``C - 1`` wrong classes and stacking four features (a few
     batched kernels instead of a dozen small ones, which is what a teacher's unroll pays for every step).
@@ -139,15 +207,24 @@ def pairwise_mean_loss(
         weights: the MLP's matrices (see :func:`leaky_mlp`).
         logits: ``(M, C)``.
         target: ``(M,)`` class indices in ``[0, C)``.
+        negative_slope: LeakyReLU slope.
+        features: ``'sigmoid'`` | ``'softmax'``, see :func:`pairwise_features` (default: ``'sigmoid'``).
 
     Returns:
         ``(M,)``.
     """
     num_classes = logits.shape[-1]
-    probs = torch.sigmoid(logits).to(weights[0].dtype)
-    true_prob = probs.gather(1, target[:, None].long())
     first = weights[0]
-    hidden = (true_prob * first[:, 0] + first[:, 2])[:, None, :] + probs[..., None] * first[:, 1]
+    if features == "softmax":
+        # in the weights' dtype before the softmax: half-precision log-probabilities would be coarse
+        true_log_prob, probs = _softmax_parts(logits.to(first.dtype), target)
+        # a_y W0 + W2 with a_y = 1 - d = 1 + log p_y / U, formed without rounding 1 - d (see softmax_features)
+        true_term = torch.addcmul(first[:, 0] + first[:, 2], true_log_prob, first[:, 0], value=1 / LOG_PROB_SPAN)
+    else:
+        probs = torch.sigmoid(logits).to(first.dtype)
+        true_prob = probs.gather(1, target[:, None].long())
+        true_term = true_prob * first[:, 0] + first[:, 2]
+    hidden = true_term[:, None, :] + probs[..., None] * first[:, 1]
     hidden = F.leaky_relu(hidden, negative_slope)
     for matrix in weights[1:-1]:
         hidden = F.leaky_relu(hidden @ matrix.T, negative_slope)
@@ -161,7 +238,8 @@ def pairwise_row_loss(
 ) -> Tensor:
     """DLN value of the pair (true-class prediction, wrong-class prediction), elementwise.
 
-    This is the surface of the paper's Figure 3. Inputs are probabilities of any matching shape.
+    This is the surface of the paper's Figure 3. Inputs are a row's two predictions (:func:`pairwise_features`),
+    in ``[0, 1]``, of any matching shape.
     """
     ones = torch.ones_like(true_prob)
     rows = torch.stack([true_prob, wrong_prob, ones, torch.zeros_like(ones)], -1)
@@ -213,6 +291,7 @@ def pairwise_dln_loss(
     max_pixels: int | None = None,
     generator: torch.Generator | None = None,
     negative_slope: float = 0.01,
+    features: str = "sigmoid",
 ) -> Tensor:
     """The pairwise (1-vs-1) Dynamic Loss Network on classification or per-pixel logits.
 
@@ -231,6 +310,7 @@ def pairwise_dln_loss(
             the sum stay unbiased (default: every pixel).
         generator: random source of the pixel subsampling (default: torch's global one).
         negative_slope: LeakyReLU slope.
+        features: ``'sigmoid'`` | ``'softmax'``, what the rows are made of (default: ``'sigmoid'``).
 
     Returns:
         A scalar, or the target's shape with ``reduction='none'`` (0 where ignored).
@@ -260,7 +340,7 @@ def pairwise_dln_loss(
             flat_weight = flat_weight.gather(1, index)
 
     per_element = pairwise_mean_loss(
-        weights, flat_logits.reshape(-1, num_classes), safe_target.reshape(-1), negative_slope
+        weights, flat_logits.reshape(-1, num_classes), safe_target.reshape(-1), negative_slope, features=features
     ).reshape(class_w.shape)
     element_weight = class_w if flat_weight is None else class_w * flat_weight
     if scale is not None:

@@ -13,7 +13,10 @@ from dynaloss._checks import check_finite, check_positive_int, check_tensor
 
 __all__ = ["INITS", "PairwiseDLN"]
 
-INITS = ("warm", "paper")
+INITS = ("warm", "paper", "ce")
+
+# The features each init builds its loss on ('paper' is random, so either); None picks the first.
+_INIT_FEATURES = {"warm": ("sigmoid",), "ce": ("softmax",), "paper": DF.FEATURES}
 
 
 class PairwiseDLN(nn.Module):
@@ -27,13 +30,28 @@ class PairwiseDLN(nn.Module):
     where the MLP is bias-free, ``4 -> 40 -> 40 -> 40 -> 40 -> 1`` with LeakyReLU. Drop it in where
     ``nn.CrossEntropyLoss()`` was, and let a :class:`dynaloss.Teacher` learn :math:`\phi`.
 
+    With ``features='softmax'`` the rows are :math:`[1 - \min(-\log p_y, U) / U,\ \sigma(z_j - z_y),\ 1,\ 0]`
+    with :math:`p = \mathrm{softmax}(z)` and :math:`U = 32` (:data:`dynaloss.functional.LOG_PROB_SPAN`): the
+    true-class feature is the cross-entropy mapped to ``[0, 1]``, 1 for a perfect prediction, and the
+    wrong-class feature the pair's softmax probability :math:`p_j / (p_y + p_j)`. Softmax cross-entropy is
+    linear in the first, so this family holds CE exactly, and ``init='ce'`` starts there.
+
     Args:
         num_classes: number of classes ``C`` (at least 2).
         init: ``'warm'`` builds the MLP so that the loss is the one-vs-all binary cross-entropy
             :math:`-\log s_y - \sum_{j \ne y} \log(1 - s_j)` (interpolated at knots), so the student learns
-            from the first step (:mod:`dynaloss.losses.warmstart`); ``'paper'`` is the paper's random
+            from the first step (:mod:`dynaloss.losses.warmstart`); ``'ce'`` (``features='softmax'`` only)
+            builds it so that the loss *is* softmax cross-entropy ``F.cross_entropy(z, y)``: per-sample
+            values and logit-gradient norms within 1e-5 relative of it, plus float rounding (1e-10 absolute
+            in float64, 1e-6 in float32), wherever :math:`p_y \ge e^{-32}`; below, the feature is clamped,
+            the loss stays at 32 and its gradient is zero
+            (:func:`~dynaloss.losses.warmstart.cross_entropy_weights`; tests/test_ce_init.py checks it on
+            logits up to +-30); ``'paper'`` is the paper's random
             Kaiming-normal (fan_out) DLN which, unconstrained, starts anti-aligned with CE in most seeds
-            (default: ``'warm'``; docs/results.md has the measurements that chose it).
+            (default: ``'ce'`` with ``features='softmax'``, else ``'warm'``; docs/results.md has the
+            measurements that chose ``'warm'``).
+        features: what the rows are made of: ``'sigmoid'`` (the paper's) or ``'softmax'`` (above)
+            (default: ``'softmax'`` with ``init='ce'``, else ``'sigmoid'``).
         reduction: ``'none'`` | ``'mean'`` | ``'sum'`` (default: ``'mean'``).
         weight: ``(C,)`` class weights, as in ``nn.CrossEntropyLoss`` (default: none).
         ignore_index: target value that does not count (default: ``-100``; VOC uses 255).
@@ -43,7 +61,9 @@ class PairwiseDLN(nn.Module):
         depth: number of hidden layers (default: ``4``).
         monotone: constrain the MLP's signs so the loss never rewards a wrong prediction: it is
             non-increasing in :math:`s_y` and non-decreasing in every :math:`s_j` for *any* parameters
-            (:func:`dynaloss.functional.monotone_weights`). The parameters stay unconstrained, so a teacher
+            (:func:`dynaloss.functional.monotone_weights`); with ``'softmax'`` features, non-decreasing in the
+            cross-entropy and in every pair probability, so, again, non-increasing in :math:`z_y` and
+            non-decreasing in every :math:`z_j`. The parameters stay unconstrained, so a teacher
             updates them freely. The paper's DLN is unconstrained (``False``), and a teacher can then turn it
             into a loss that trains the student to predict the wrong class (default: ``True``; see
             docs/results.md).
@@ -60,13 +80,15 @@ class PairwiseDLN(nn.Module):
         >>> logits = torch.randn(8, 10, requires_grad=True)
         >>> loss = loss_fn(logits, torch.randint(10, (8,)))
         >>> loss.backward()
+        >>> ce = PairwiseDLN(num_classes=10, features="softmax", init="ce")  # F.cross_entropy, teachable
     """
 
     def __init__(
         self,
         num_classes: int,
         *,
-        init: str = "warm",
+        init: str | None = None,
+        features: str | None = None,
         reduction: str = "mean",
         weight: Tensor | None = None,
         ignore_index: int = -100,
@@ -77,8 +99,7 @@ class PairwiseDLN(nn.Module):
     ) -> None:
         super().__init__()
         self.num_classes = check_positive_int(num_classes, "num_classes", minimum=2)
-        if init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        init, features = _resolve_init_features(init, features)
         self.reduction = DF.check_reduction(reduction)
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
             raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
@@ -102,15 +123,20 @@ class PairwiseDLN(nn.Module):
             raise TypeError(f"monotone must be a bool, got {type(monotone).__name__}")
         self.monotone = monotone
         self.init = init
+        self.features = features
         self.target_range: float | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Re-initialise the MLP as ``init`` says."""
-        if self.init == "warm":
-            from dynaloss.losses.warmstart import one_vs_all_weights
+        if self.init in ("warm", "ce"):
+            from dynaloss.losses.warmstart import cross_entropy_weights, one_vs_all_weights
 
-            built = one_vs_all_weights(self.num_classes, self.layers[0].shape[0], len(self.layers) - 1)
+            hidden, depth = self.layers[0].shape[0], len(self.layers) - 1
+            if self.init == "warm":
+                built = one_vs_all_weights(self.num_classes, hidden, depth)
+            else:
+                built = cross_entropy_weights(hidden, depth)
             with torch.no_grad():
                 for matrix, value in zip(self.layers, built):
                     matrix.copy_(value)
@@ -124,8 +150,8 @@ class PairwiseDLN(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"num_classes={self.num_classes}, init={self.init!r}, monotone={self.monotone}, "
-            f"reduction={self.reduction!r}"
+            f"num_classes={self.num_classes}, init={self.init!r}, features={self.features!r}, "
+            f"monotone={self.monotone}, reduction={self.reduction!r}"
         )
 
     def mlp_weights(self, layers: Sequence[Tensor] | None = None) -> list[Tensor]:
@@ -142,13 +168,22 @@ class PairwiseDLN(nn.Module):
         return DF.pin_loss_range(DF.monotone_weights(raw), self.target_range)
 
     def get_extra_state(self) -> dict[str, Any]:
-        # the same numbers mean another loss under the other constraint, so the state says which it is
-        return {"monotone": self.monotone, "target_range": self.target_range}
+        # the same numbers mean another loss under the other constraint, or on other features, so the state
+        # says which it is; 'sigmoid' goes unsaid, as in the states written before there was a choice
+        state: dict[str, Any] = {"monotone": self.monotone, "target_range": self.target_range}
+        if self.features != "sigmoid":
+            state["features"] = self.features
+        return state
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         if state.get("monotone") != self.monotone:
             raise ValueError(
                 f"the state is of a DLN with monotone={state.get('monotone')}, this one has monotone={self.monotone}"
+            )
+        features = state.get("features", "sigmoid")
+        if features != self.features:
+            raise ValueError(
+                f"the state is of a DLN with features={features!r}, this one has features={self.features!r}"
             )
         target_range = state.get("target_range")
         if self.monotone and not isinstance(target_range, (int, float)):
@@ -178,6 +213,7 @@ class PairwiseDLN(nn.Module):
             ignore_index=self.ignore_index,
             reduction=self.reduction,
             max_pixels=self.max_pixels,
+            features=self.features,
         )
 
     def check_target(self, target: Tensor) -> None:
@@ -221,3 +257,22 @@ class PairwiseDLN(nn.Module):
                 raise ValueError(
                     f"weight must have the target's shape {tuple(target.shape)}, got {tuple(weight.shape)}"
                 )
+
+
+def _resolve_init_features(init: object, features: object) -> tuple[str, str]:
+    """``(init, features)`` with the defaults filled in; raise ``ValueError`` for a pair that does not go together."""
+    if init is not None and init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if features is not None:
+        DF.check_features(features)
+    if init is None:
+        init = "ce" if features == "softmax" else "warm"
+    allowed = _INIT_FEATURES[init]  # type: ignore[index]
+    if features is None:
+        features = allowed[0]
+    if features not in allowed:
+        raise ValueError(
+            f"init={init!r} builds its loss on features {' or '.join(map(repr, allowed))}, got features={features!r} "
+            "(init='warm' is the one-vs-all BCE of sigmoids, init='ce' softmax cross-entropy)"
+        )
+    return init, features  # type: ignore[return-value]
