@@ -12,6 +12,8 @@ __all__ = ["PRESETS", "pairwise_teacher"]
 # "paper": L2T-DLN as published (random unconstrained Kaiming DLN, LSTM teacher, N = 25, no trust region).
 # "default": what the measurements in docs/results.md support (warm, monotone DLN of pinned range, anchored
 # teacher, N = 10).
+# "ce": the default's teacher with a DLN that starts as softmax cross-entropy exactly (softmax features), so
+# a student never starts from a worse loss than the one it had.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {
         "dln": {"init": "paper", "monotone": False},
@@ -27,6 +29,18 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "default": {
         "dln": {"init": "warm", "monotone": True},
+        "teacher": {
+            "teacher": "lstm",
+            "steps": 10,
+            "student_lr": 0.1,
+            "dln_lr": 1e-3,
+            "teacher_lr": 1e-3,
+            "mode": "paper",
+            "anchor": 0.05,
+        },
+    },
+    "ce": {
+        "dln": {"init": "ce", "monotone": True},
         "teacher": {
             "teacher": "lstm",
             "steps": 10,

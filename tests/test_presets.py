@@ -31,3 +31,13 @@ def test_default_preset_is_warm_and_anchored_and_takes_overrides() -> None:
 def test_unknown_preset_is_rejected() -> None:
     with pytest.raises(ValueError, match="preset must be one of"):
         dynaloss.pairwise_teacher(3, "fastest")
+
+
+def test_ce_preset_starts_as_cross_entropy_and_follows_the_optimizer() -> None:
+    torch.manual_seed(0)
+    student = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9)
+    teacher = dynaloss.pairwise_teacher(3, "ce", optimizer=optimizer, mode="lookahead")
+    assert teacher.student_optimizer is optimizer
+    logits, target = torch.randn(16, 3), torch.randint(3, (16,))
+    torch.testing.assert_close(teacher.loss_fn(logits, target), torch.nn.functional.cross_entropy(logits, target))
