@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from dynaloss._checks import check_positive_int
 
-__all__ = ["MNIST1DCNN", "BasicBlock", "DigitsMLP", "ResNet8"]
+__all__ = ["MNIST1DCNN", "BasicBlock", "DigitsMLP", "ResMLP", "ResNet8"]
 
 
 class MNIST1DCNN(nn.Module):
@@ -74,6 +74,43 @@ class DigitsMLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+
+class ResMLP(nn.Module):
+    """A small residual MLP with BatchNorm, for flat or flattened inputs.
+
+    ``Linear(in_features, width)``, then ``blocks`` pre-activation residual blocks
+    ``x + Linear(ReLU(BatchNorm1d(x)))``, then ``BatchNorm1d -> ReLU -> Linear(width, num_classes)``. About
+    7k parameters on MNIST-1D's 40 features and 8.5k on the 64 pixels of digits with the defaults: a
+    student whose BatchNorm statistics a teacher's unroll has to carry.
+
+    Args:
+        num_classes: number of outputs (default: ``10``).
+        in_features: features per sample after flattening (default: ``40``).
+        width: width of the residual stream (default: ``48``).
+        blocks: number of residual blocks (default: ``2``).
+
+    Shape:
+        - input: ``(B, ...)`` with ``in_features`` elements after the batch dimension, which are flattened.
+        - output: ``(B, num_classes)`` logits.
+    """
+
+    def __init__(self, num_classes: int = 10, in_features: int = 40, width: int = 48, blocks: int = 2) -> None:
+        super().__init__()
+        check_positive_int(num_classes, "num_classes", minimum=2)
+        check_positive_int(width, "width")
+        self.stem = nn.Sequential(nn.Flatten(), nn.Linear(check_positive_int(in_features, "in_features"), width))
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.BatchNorm1d(width), nn.ReLU(), nn.Linear(width, width))
+            for _ in range(check_positive_int(blocks, "blocks"))
+        )
+        self.head = nn.Sequential(nn.BatchNorm1d(width), nn.ReLU(), nn.Linear(width, num_classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.stem(x)
+        for block in self.blocks:
+            out = out + block(out)
+        return self.head(out)
 
 
 class BasicBlock(nn.Module):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import runpy
 import sys
@@ -24,3 +25,37 @@ def test_round_breakdown_times_every_part_of_a_round(tmp_path: Path, monkeypatch
     assert result["round_s"] == pytest.approx(sum(parts[name] for name in round_parts))
     table = out.with_suffix(".md").read_text()
     assert "machine:" in table and all(name in table for name in parts)
+
+
+def test_user_loop_writes_every_cell_and_resumes_without_rerunning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # imported as a module (not run as __main__) so that worker processes can find run_job by name
+    spec = importlib.util.spec_from_file_location("user_loop", BENCHMARKS / "user_loop.py")
+    assert spec is not None and spec.loader is not None
+    user_loop = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "user_loop", user_loop)
+    spec.loader.exec_module(user_loop)
+    out = tmp_path / "grid"
+    argv = [
+        *("--students", "mlp", "--data", "digits", "--recipes", "sgd", "--seeds", "2", "--steps", "40"),
+        *("--teach-every", "20", "--eval-every", "20", "--tune-holdout", "0.2", "--out", str(out)),
+    ]
+    assert user_loop.main([*argv, "--jobs", "2"]) == 0
+    lines = (out / "runs.jsonl").read_text().splitlines()
+    # tune: 4 arms x 3 rates; seeds: 4 arms x 2 seeds; ce-time: 2 seeds
+    assert len(lines) == 12 + 8 + 2
+    report = json.loads((out / "user_loop.json").read_text())
+    assert {"machine", "config", "tuning", "rows", "grid_averages", "runs"} <= set(report)
+    assert report["config"]["seed_list"] == [0, 1]
+    arms = {row["arm"] for row in report["rows"]}
+    assert arms == {"ce", "dln-fixed", "dln-taught-K20", "paper", "ce-time"}
+    assert all(len(row["finals"]) == 2 and 0.0 <= row["mean"] <= 1.0 for row in report["rows"])
+    # the taught arm's lr was picked on the tune phase's held-out split, never on the test set
+    tuned = {t["arm"]: t for t in report["tuning"]}
+    assert tuned["dln-taught-K20"]["tuned"] and len(tuned["dln-taught-K20"]["scores"]) == 3
+    table = (out / "user_loop.md").read_text()
+    assert "machine:" in table and "| mlp | digits | sgd | ce-time |" in table
+
+    assert user_loop.main([*argv, "--jobs", "1"]) == 0  # a re-run finds every job done
+    assert (out / "runs.jsonl").read_text().splitlines() == lines

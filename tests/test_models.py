@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import dynaloss
-from dynaloss.models import MNIST1DCNN, DigitsMLP, ResNet8
+from dynaloss.models import MNIST1DCNN, DigitsMLP, ResMLP, ResNet8
 
 
 @pytest.mark.parametrize(
@@ -16,6 +16,8 @@ from dynaloss.models import MNIST1DCNN, DigitsMLP, ResNet8
         (MNIST1DCNN(num_classes=4, channels=8, length=33), (3, 1, 33), 4),
         (DigitsMLP(), (5, 1, 8, 8), 10),
         (DigitsMLP(), (5, 64), 10),
+        (ResMLP(), (5, 1, 40), 10),
+        (ResMLP(num_classes=3, in_features=64, width=8, blocks=1), (4, 1, 8, 8), 3),
         (ResNet8(), (2, 3, 32, 32), 10),
         (ResNet8(num_classes=100), (2, 3, 32, 32), 100),
     ],
@@ -36,6 +38,18 @@ def test_resnet8_is_the_research_codes_wide_layout() -> None:
     assert 1_200_000 < sum(p.numel() for p in model.parameters()) < 1_250_000
 
 
+def test_resmlp_is_a_few_thousand_parameters_with_residual_batchnorm_blocks() -> None:
+    model = ResMLP(in_features=40)
+    assert 5_000 < sum(p.numel() for p in model.parameters()) < 10_000
+    assert len(model.blocks) == 2 and all(isinstance(block[0], torch.nn.BatchNorm1d) for block in model.blocks)
+    with torch.no_grad():  # a zeroed block is the identity: the shortcut carries the stream past it
+        for block in model.blocks:
+            block[2].weight.zero_()
+            block[2].bias.zero_()
+        x = torch.randn(6, 1, 40)
+        assert torch.equal(model(x), model.head(model.stem(x)))
+
+
 def test_resnet8_rejects_other_image_sizes() -> None:
     with pytest.raises(ValueError, match="32x32"):
         ResNet8()(torch.randn(1, 3, 28, 28))
@@ -48,6 +62,7 @@ def test_resnet8_rejects_other_image_sizes() -> None:
         (lambda: MNIST1DCNN(channels=0), ValueError, "channels"),
         (lambda: DigitsMLP(hidden=2.0), TypeError, "hidden"),  # type: ignore[arg-type]
         (lambda: ResNet8(num_classes="10"), TypeError, "num_classes"),  # type: ignore[arg-type]
+        (lambda: ResMLP(blocks=0), ValueError, "blocks"),
     ],
 )
 def test_bad_arguments_raise_naming_the_value(build, error: type, match: str) -> None:  # type: ignore[no-untyped-def]
