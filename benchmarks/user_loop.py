@@ -683,7 +683,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", nargs="+", default=list(DATASETS), choices=DATASETS)
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=ARMS)
-    parser.add_argument("--preset", default="default", help="a key of dynaloss.PRESETS (default: 'default')")
+    parser.add_argument(
+        "--preset", default="ce", help="a key of dynaloss.PRESETS (default: 'ce', the README's drop-in)"
+    )
     parser.add_argument(
         "--teach-every", type=int, nargs="+", default=[DEFAULT_K], help="K; several give one taught arm each"
     )

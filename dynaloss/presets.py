@@ -14,6 +14,16 @@ __all__ = ["PRESETS", "pairwise_teacher"]
 # teacher, N = 10).
 # "ce": the default's teacher with a DLN that starts as softmax cross-entropy exactly (softmax features), so
 # a student never starts from a worse loss than the one it had.
+_ANCHORED_TEACHER: dict[str, Any] = {
+    "teacher": "lstm",
+    "steps": 10,
+    "student_lr": 0.1,
+    "dln_lr": 1e-3,
+    "teacher_lr": 1e-3,
+    "mode": "paper",
+    "anchor": 0.05,
+}
+
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {
         "dln": {"init": "paper", "monotone": False},
@@ -27,30 +37,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "anchor": 0.0,
         },
     },
-    "default": {
-        "dln": {"init": "warm", "monotone": True},
-        "teacher": {
-            "teacher": "lstm",
-            "steps": 10,
-            "student_lr": 0.1,
-            "dln_lr": 1e-3,
-            "teacher_lr": 1e-3,
-            "mode": "paper",
-            "anchor": 0.05,
-        },
-    },
-    "ce": {
-        "dln": {"init": "ce", "monotone": True},
-        "teacher": {
-            "teacher": "lstm",
-            "steps": 10,
-            "student_lr": 0.1,
-            "dln_lr": 1e-3,
-            "teacher_lr": 1e-3,
-            "mode": "paper",
-            "anchor": 0.05,
-        },
-    },
+    "default": {"dln": {"init": "warm", "monotone": True}, "teacher": _ANCHORED_TEACHER},
+    "ce": {"dln": {"init": "ce", "monotone": True}, "teacher": _ANCHORED_TEACHER},
 }
 
 

@@ -15,6 +15,7 @@ entirely: no weight decay, no moment update, no step count.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -59,18 +60,18 @@ class SlotState:
         return [t for values in self.slots.values() for t in values if t is not None]
 
 
-class UpdateRule:
+class UpdateRule(ABC):
     """How one unrolled step turns parameters and gradients into new parameters (and optimizer state)."""
 
+    @abstractmethod
     def initial(self) -> SlotState:
         """The optimizer state the unroll starts from."""
-        raise NotImplementedError  # pragma: no cover - abstract
 
+    @abstractmethod
     def apply(
         self, params: Sequence[Tensor], grads: Sequence[Tensor | None], state: SlotState
     ) -> tuple[list[Tensor], SlotState]:
         """One step; a parameter whose gradient is ``None`` keeps its value and its state."""
-        raise NotImplementedError  # pragma: no cover - abstract
 
 
 class PlainSGD(UpdateRule):
