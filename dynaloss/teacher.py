@@ -118,9 +118,9 @@ class Teacher:
             ``None`` disables it, as in the paper (default: ``None``: on MNIST-1D it did not stop the one
             collapse we tested it on, see docs/results.md).
         rollback: watch the validation error the rounds measure and, when its mean over a window of rounds
-            rises well above the best such mean so far, return the DLN, the teacher model, its optimizer and
-            memory to their state at that best point and halve ``dln_lr`` (:class:`dynaloss.rollback.Rollback`;
-            a rollback is logged and marked in its :class:`RoundRecord`). ``True``: the default thresholds; a
+            rises well above the best such mean so far, return the DLN, the teacher model and its optimizer
+            to their state at that best point, start its memory afresh and halve ``dln_lr``
+            (:class:`dynaloss.rollback.Rollback`; a rollback is logged and marked in its :class:`RoundRecord`). ``True``: the default thresholds; a
             :class:`~dynaloss.rollback.Rollback` sets its own; ``False``: off, as in the paper (default: ``True``).
         checkpoint: recompute each unrolled step in the backward pass instead of keeping its activations
             (``torch.utils.checkpoint``, non-reentrant): the round's memory no longer grows with every
@@ -307,14 +307,17 @@ class Teacher:
         return reason
 
     def _teaching_state(self) -> dict[str, Any]:
-        """A copy of everything the teacher learns: what a rollback returns to."""
+        """A copy of what the teacher learns (DLN, teacher model, its optimizer): what a rollback returns to.
+
+        Not the teacher model's memory: the LSTM's is ~10 MB for the default DLN, and a rollback starts it
+        afresh instead (it summarises the rounds that led to the rise).
+        """
         return copy.deepcopy(
             {
                 "round": self.rounds,
                 "loss_fn": self.loss_fn.state_dict(),
                 "model": self.model.state_dict(),
                 "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
-                "memory": self.memory,
             }
         )
 
@@ -323,8 +326,7 @@ class Teacher:
         self.model.load_state_dict(state["model"])
         if self.optimizer is not None:
             self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))  # it would alias the saved tensors
-        device = next(self.loss_fn.parameters()).device
-        self.memory = None if state["memory"] is None else tuple(m.to(device).clone() for m in state["memory"])
+        self.memory = None
 
     def _draw(
         self, train_iter: Iterator[Any], val_iter: Iterator[Any], device: torch.device

@@ -48,7 +48,7 @@ def main() -> None:
     model = MNIST1DCNN()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.iterations)
-    loss_fn = dynaloss.PairwiseDLN(num_classes=10)  # was: torch.nn.CrossEntropyLoss()
+    loss_fn = dynaloss.PairwiseDLN(num_classes=10, init="ce")  # was: torch.nn.CrossEntropyLoss(); starts equal to it
     teacher = dynaloss.Teacher(loss_fn, optimizer=optimizer, steps=args.unroll, mode="lookahead")
 
     started, record = time.perf_counter(), None
