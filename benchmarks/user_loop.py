@@ -707,9 +707,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.case == "repro":  # issue 11: SGD(0.05, momentum 0.9, wd 5e-4) + cosine over 8,000 iterations
         args.students, args.data, args.recipes, args.lr = ["cnn"], ["mnist1d"], ["sgdm"], 0.05
-        args.arms, args.teach_every = ["ce", "dln-fixed", "dln-taught", *LEGACY_ARMS], [DEFAULT_K]
+        if args.arms == list(DEFAULT_ARMS):  # unless --arms names some
+            args.arms = ["ce", "dln-fixed", "dln-taught", *LEGACY_ARMS]
+        args.teach_every = [DEFAULT_K]
         args.seeds, args.first_seed, args.steps, args.eval_every, args.curves = 3, 0, 8000, 1000, True
-        args.val_ratio, args.preset = 0.25, "default"
+        args.val_ratio = 0.25
     if args.out is None:
         name = "user_loop_repro" if args.case == "repro" else "user_loop_fast" if args.fast else "user_loop"
         args.out = Path("benchmarks/results") / name

@@ -122,7 +122,7 @@ def compute_round(
             student's current weights again (the research code).
         anchor: flat DLN parameters the update is pulled back towards, with ``anchor_strength``:
             ``phi' = phi + dln_lr * T(grad) - anchor_strength * (phi - anchor)`` (default: no pull).
-        checkpoint, autocast_dtype: memory options of both unrolls (:func:`dynaloss.unroll.unroll_sgd`).
+        checkpoint, autocast_dtype: memory options of both unrolls (:func:`dynaloss.unroll.unroll`).
         sync: data-parallel ranks to average over: every unrolled step uses the ranks' mean gradient, and the
             hypergradient, the teacher's gradients and the validation errors are the ranks' means, so every
             rank computes the same update (default: ``None``, one process).
