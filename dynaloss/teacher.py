@@ -120,8 +120,9 @@ class Teacher:
         rollback: watch the validation error the rounds measure and, when its mean over a window of rounds
             rises well above the best such mean so far, return the DLN, the teacher model and its optimizer
             to their state at that best point, start its memory afresh and halve ``dln_lr``
-            (:class:`dynaloss.rollback.Rollback`; a rollback is logged and marked in its :class:`RoundRecord`). ``True``: the default thresholds; a
-            :class:`~dynaloss.rollback.Rollback` sets its own; ``False``: off, as in the paper (default: ``True``).
+            (:class:`dynaloss.rollback.Rollback`; a rollback is logged and marked in its :class:`RoundRecord`).
+            ``True``: the default thresholds; a :class:`~dynaloss.rollback.Rollback` sets its own; ``False``:
+            off, as in the paper (default: ``True``).
         checkpoint: recompute each unrolled step in the backward pass instead of keeping its activations
             (``torch.utils.checkpoint``, non-reentrant): the round's memory no longer grows with every
             step's activations, for roughly one more forward and backward per step; the numbers are the same
