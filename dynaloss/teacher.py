@@ -66,6 +66,42 @@ class RoundRecord:
         return asdict(self)
 
 
+class _Checked:
+    """A setting checked on every assignment, not only in the constructor: a round never runs on a bad value.
+
+    (``teacher.student_lr = 0`` would commit rounds with a zero hypergradient, ``teacher.mode = "bogus"`` would
+    fail only after committing one.)
+    """
+
+    def __init__(self, check: Any) -> None:
+        self.check = check
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name, self.slot = name, f"_{name}"
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        return self if obj is None else getattr(obj, self.slot)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        setattr(obj, self.slot, self.check(value, self.name))
+
+
+def _check_mode(value: object, name: str) -> str:
+    if value not in MODES:
+        raise ValueError(f"{name} must be one of {MODES}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def _check_anchor(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _check_guard(value: object, name: str) -> float | None:
+    return None if value is None else check_positive_float(value, name)
+
+
 class Teacher:
     r"""Teaches a Dynamic Loss Network while a student trains with it (L2T-DLN, Algorithm 1).
 
@@ -138,6 +174,13 @@ class Teacher:
             (default).
     """
 
+    steps = _Checked(check_positive_int)
+    student_lr = _Checked(check_positive_float)
+    dln_lr = _Checked(check_positive_float)
+    anchor = _Checked(_check_anchor)
+    guard = _Checked(_check_guard)
+    mode = _Checked(_check_mode)
+
     def __init__(
         self,
         loss_fn: nn.Module,
@@ -160,19 +203,16 @@ class Teacher:
         if not isinstance(loss_fn, nn.Module):
             raise TypeError(f"loss_fn must be a torch.nn.Module, got {type(loss_fn).__name__}")
         dln_parameters(loss_fn)  # raises if there is nothing to teach
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.mode = mode
         if val_loss is not None and not callable(val_loss):
             raise TypeError(f"val_loss must be callable, got {type(val_loss).__name__}")
         self.loss_fn = loss_fn
-        self.steps = check_positive_int(steps, "steps")
+        self.steps = steps
         self.student_optimizer = optimizer
-        self.student_lr = check_positive_float(student_lr, "student_lr")
-        self.dln_lr = check_positive_float(dln_lr, "dln_lr")
-        if isinstance(anchor, bool) or not isinstance(anchor, (int, float)) or not 0.0 <= anchor < 1.0:
-            raise ValueError(f"anchor must be a number in [0, 1), got {anchor!r}")
-        self.anchor = float(anchor)
-        self.guard = None if guard is None else check_positive_float(guard, "guard")
+        self.student_lr = student_lr
+        self.dln_lr = dln_lr
+        self.anchor = anchor
+        self.guard = guard
         self.anchor_point: Tensor | None = None  # the DLN where teaching started, flat; set by the first round
         if not isinstance(rollback, (bool, Rollback)):
             raise TypeError(f"rollback must be a bool or a dynaloss.rollback.Rollback, got {type(rollback).__name__}")
@@ -185,7 +225,6 @@ class Teacher:
         if autocast_dtype not in AUTOCAST_DTYPES:
             raise ValueError(f"autocast_dtype must be one of {AUTOCAST_DTYPES}, got {autocast_dtype}")
         self.autocast_dtype = autocast_dtype
-        self.mode = mode
         self.val_loss = val_loss or default_val_loss(loss_fn)
         reference = next(loss_fn.parameters())
         self.model = make_teacher_model(teacher).to(device=reference.device, dtype=reference.dtype)
@@ -473,7 +512,7 @@ class Teacher:
         self.anchor_point = None if point is None else point.to(reference.device).clone()
         self.rounds = int(state["rounds"])
         if "dln_lr" in state:  # a rollback slows the teacher down
-            self.dln_lr = check_positive_float(state["dln_lr"], "dln_lr")
+            self.dln_lr = state["dln_lr"]
         watch = state.get("rollback")
         if self.rollback is not None and watch is not None:
             self.rollback.load_state_dict(copy.deepcopy(watch))

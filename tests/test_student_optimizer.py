@@ -242,3 +242,24 @@ def test_an_assigned_optimizer_is_checked_too() -> None:
     assert isinstance(teacher.student_optimizer, torch.optim.Adam)
     with pytest.raises(TypeError, match="torch.optim.SGD"):
         teacher.student_optimizer = torch.optim.Adagrad(student.parameters())
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "error"),
+    [
+        ("student_lr", 0.0, ValueError),
+        ("student_lr", -0.1, ValueError),
+        ("dln_lr", float("nan"), ValueError),
+        ("steps", 0, ValueError),
+        ("steps", 2.0, TypeError),
+        ("mode", "bogus", ValueError),
+        ("anchor", 1.0, ValueError),
+        ("guard", -1.0, ValueError),
+    ],
+)
+def test_settings_assigned_after_construction_are_checked(name: str, value: object, error: type) -> None:
+    teacher = dynaloss.Teacher(make_dln())
+    before = getattr(teacher, name)
+    with pytest.raises(error, match=name):
+        setattr(teacher, name, value)
+    assert getattr(teacher, name) == before  # nothing changed
