@@ -98,6 +98,13 @@ def _check_anchor(value: object, name: str) -> float:
     return float(value)
 
 
+def _check_student_lr(value: object, name: str) -> float:
+    # 0 is a rate a schedule can set (a warm-up's first step): the student then does not move in the unroll
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0:
+        return 0.0
+    return check_positive_float(value, name)
+
+
 def _check_guard(value: object, name: str) -> float | None:
     return None if value is None else check_positive_float(value, name)
 
@@ -175,7 +182,7 @@ class Teacher:
     """
 
     steps = _Checked(check_positive_int)
-    student_lr = _Checked(check_positive_float)
+    student_lr = _Checked(_check_student_lr)
     dln_lr = _Checked(check_positive_float)
     anchor = _Checked(_check_anchor)
     guard = _Checked(_check_guard)
@@ -209,7 +216,8 @@ class Teacher:
         self.loss_fn = loss_fn
         self.steps = steps
         self.student_optimizer = optimizer
-        self.student_lr = student_lr
+        # a teacher built with a zero rate is a mistake; a schedule may set 0 later (a warm-up's first step)
+        self.student_lr = check_positive_float(student_lr, "student_lr")
         self.dln_lr = dln_lr
         self.anchor = anchor
         self.guard = guard

@@ -247,7 +247,6 @@ def test_an_assigned_optimizer_is_checked_too() -> None:
 @pytest.mark.parametrize(
     ("name", "value", "error"),
     [
-        ("student_lr", 0.0, ValueError),
         ("student_lr", -0.1, ValueError),
         ("dln_lr", float("nan"), ValueError),
         ("steps", 0, ValueError),
