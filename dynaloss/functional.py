@@ -7,7 +7,7 @@ unroll calls the modules through :func:`torch.func.functional_call`, so one forw
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -292,6 +292,7 @@ def pairwise_dln_loss(
     generator: torch.Generator | None = None,
     negative_slope: float = 0.01,
     features: str = "sigmoid",
+    per_sample: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> Tensor:
     """The pairwise (1-vs-1) Dynamic Loss Network on classification or per-pixel logits.
 
@@ -311,6 +312,9 @@ def pairwise_dln_loss(
         generator: random source of the pixel subsampling (default: torch's global one).
         negative_slope: LeakyReLU slope.
         features: ``'sigmoid'`` | ``'softmax'``, what the rows are made of (default: ``'sigmoid'``).
+        per_sample: computes the per-sample loss from ``(M, C)`` logits and ``(M,)`` targets in place of
+            :func:`pairwise_mean_loss` with ``weights`` (a fixed DLN's fast path,
+            :func:`dynaloss.fast_pairwise.fast_pairwise_loss`); the reduction around it is the same.
 
     Returns:
         A scalar, or the target's shape with ``reduction='none'`` (0 where ignored).
@@ -339,9 +343,12 @@ def pairwise_dln_loss(
         if flat_weight is not None:
             flat_weight = flat_weight.gather(1, index)
 
-    per_element = pairwise_mean_loss(
-        weights, flat_logits.reshape(-1, num_classes), safe_target.reshape(-1), negative_slope, features=features
-    ).reshape(class_w.shape)
+    flat_logits, safe_target = flat_logits.reshape(-1, num_classes), safe_target.reshape(-1)
+    if per_sample is None:
+        per_element = pairwise_mean_loss(weights, flat_logits, safe_target, negative_slope, features=features)
+    else:
+        per_element = per_sample(flat_logits, safe_target)
+    per_element = per_element.reshape(class_w.shape)
     element_weight = class_w if flat_weight is None else class_w * flat_weight
     if scale is not None:
         element_weight = element_weight * scale

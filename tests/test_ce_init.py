@@ -72,17 +72,20 @@ def test_values_and_logit_gradients_are_cross_entropys(num_classes, dtype):
     assert (grad_error <= RTOL * ce_grad.norm(dim=1)[covered] + atol).all(), float(grad_error.max())
 
 
-def test_typical_domain_relative_gradient_error_is_far_under_one_percent():
+# The fast path rounds differently from autograd through log_softmax: its true-class gradient is
+# expm1(log p_y), float32 CE's is p_y - 1, which near p_y = 1 - 1e-4 is itself 1e-3 off the float64 value.
+@pytest.mark.parametrize(("fast", "bound"), [(False, 1e-5), (True, 3e-4)])
+def test_typical_domain_relative_gradient_error_is_far_under_one_percent(fast, bound):
     # what the teacher's student sees: p_y in [1e-4, 1 - 1e-4], float32, 1e-2 was the target
     logits, target = logit_domain(10)
     logits = logits.float()
-    value, grad = value_and_grad(ce_dln(10, reduction="none"), logits, target)
+    value, grad = value_and_grad(ce_dln(10, reduction="none", fast=fast), logits, target)
     ce_value, ce_grad = value_and_grad(cross_entropy, logits, target)
     true_prob = torch.exp(-ce_value)
     typical = (true_prob >= 1e-4) & (true_prob <= 1 - 1e-4)
     assert typical.sum() > 500
     relative = (grad - ce_grad).norm(dim=1) / ce_grad.norm(dim=1)
-    assert float(relative[typical].max()) < 1e-5
+    assert float(relative[typical].max()) < bound
     assert float(((value - ce_value).abs() / ce_value)[typical].max()) < 1e-5
 
 
@@ -141,8 +144,8 @@ def test_max_pixels_is_cross_entropy_of_the_picked_pixels_rescaled():
 
 
 # --------------------------------------------------------------------------------- a teachable DLN
-def test_fast_path_and_state_dict_weights_compute_the_same_loss():
-    dln = ce_dln(4).double()
+def test_stage_loss_and_state_dict_weights_compute_the_same_loss():
+    dln = ce_dln(4, fast=False).double()
     logits, target = moderate_logits(4, seed=8)
     batch = dynaloss.batches.Batch(torch.zeros(len(target), 1), target)
     stage = StageLoss(dln, dict(dln.named_parameters()), [batch])

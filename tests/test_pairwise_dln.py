@@ -15,14 +15,19 @@ from dynaloss import PairwiseDLN
 LN3 = math.log(3.0)  # sigmoid(ln 3) = 3/4, sigmoid(-ln 3) = 1/4
 
 
+# These tests check the DLN's arithmetic against references to float64 precision, so they use the exact MLP;
+# tests/test_fast_pairwise.py checks the fast path against it.
+EXACT = {"fast": False}
+
+
 def warm_dln(num_classes: int, **kwargs: object) -> PairwiseDLN:
     """The warm-started DLN (a construction, no fit: cheap enough to build per test)."""
-    return PairwiseDLN(num_classes, init="warm", **kwargs)  # type: ignore[arg-type]
+    return PairwiseDLN(num_classes, init="warm", **{**EXACT, **kwargs})  # type: ignore[arg-type]
 
 
 def paper_dln(num_classes: int, seed: int = 0, **kwargs: object) -> PairwiseDLN:
     torch.manual_seed(seed)
-    return PairwiseDLN(num_classes, init="paper", **kwargs)
+    return PairwiseDLN(num_classes, init="paper", **{**EXACT, **kwargs})  # type: ignore[arg-type]
 
 
 def reference_loss(layers: list[torch.Tensor], logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -45,7 +50,7 @@ def reference_loss(layers: list[torch.Tensor], logits: torch.Tensor, target: tor
 
 def hand_set_dln(**kwargs: object) -> PairwiseDLN:
     """A 4 -> 2 -> 1 DLN with weights chosen so the loss can be computed on paper."""
-    dln = PairwiseDLN(3, init="paper", hidden=2, depth=1, monotone=False, **kwargs).double()
+    dln = PairwiseDLN(3, init="paper", hidden=2, depth=1, monotone=False, **{**EXACT, **kwargs}).double()  # type: ignore[arg-type]
     with torch.no_grad():
         # the 7 multiplies the constant-0 feature, the 0.5 the constant-1 feature
         dln.layers[0].copy_(torch.tensor([[1.0, -1.0, 0.5, 7.0], [-2.0, 1.0, 0.0, 3.0]]))

@@ -87,7 +87,9 @@ def test_bad_option_arguments_raise(kwargs: dict, error: type, match: str) -> No
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_stage_loss_equals_the_dln_module(reduction: str) -> None:
-    dln = dynaloss.PairwiseDLN(4, init="paper", hidden=5, depth=2, reduction=reduction, ignore_index=-1).double()
+    dln = dynaloss.PairwiseDLN(
+        4, init="paper", hidden=5, depth=2, reduction=reduction, ignore_index=-1, fast=False
+    ).double()
     logits = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
     target = torch.tensor([0, 3, -1, 2, 1, -1, 3])
     batch = as_batch((torch.zeros(7, 1), target), "batch", torch.device("cpu"))
@@ -149,3 +151,39 @@ def test_fused_lstm_cell_passes_gradcheck_and_gradgradcheck() -> None:
     assert torch.autograd.gradcheck(cell_of, (x, h, c, *params))
     # a second derivative goes through the autograd formulation (create_graph), and must be right too
     assert torch.autograd.gradgradcheck(cell_of, (x, h, c, *params))
+
+
+def test_a_module_that_wraps_a_dln_gets_its_stage_loss() -> None:
+    # the stage-loss protocol: the PSPNet objective passes it on to its DLN, and computes what functional_call does
+    from integrations.smp.objective import PSPNetDLNLoss
+
+    objective = PSPNetDLNLoss(4, ignore_index=255, max_pixels=None, init="ce").double()
+    g = torch.Generator().manual_seed(0)
+    outputs = tuple(torch.randn(2, 4, 3, 3, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    target = torch.randint(4, (2, 3, 3), generator=g)
+    target[0, 0] = 255
+    batch = as_batch((torch.zeros(2, 1), target), "batch", torch.device("cpu"))
+    params = {n: p.detach().clone().requires_grad_() for n, p in objective.named_parameters()}
+    stage = StageLoss(objective, params, [batch])
+    assert stage._staged is not None
+    ours = stage(outputs, batch)
+    theirs = torch.func.functional_call(objective, params, (outputs, target))
+    torch.testing.assert_close(ours, theirs, rtol=1e-13, atol=0)
+    for a, b in zip(
+        torch.autograd.grad(ours, list(params.values())), torch.autograd.grad(theirs, list(params.values()))
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+    assert stage.inputs_finite is not None and bool(stage.inputs_finite)
+
+
+def test_a_dln_subclass_with_its_own_forward_declines_the_stage_loss() -> None:
+    class Doubled(dynaloss.PairwiseDLN):
+        def forward(self, input, target, weight=None):  # type: ignore[no-untyped-def]
+            return 2 * super().forward(input, target, weight)
+
+    dln = Doubled(3, fast=False).double()
+    batch = as_batch((torch.zeros(4, 1), torch.tensor([0, 1, 2, 1])), "batch", torch.device("cpu"))
+    stage = StageLoss(dln, dict(dln.named_parameters()), [batch])
+    assert stage._staged is None
+    logits = torch.randn(4, 3, dtype=torch.float64)
+    torch.testing.assert_close(stage(logits, batch), dln(logits, batch.targets))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -10,6 +11,8 @@ from torch import Tensor, nn
 
 from dynaloss import functional as DF
 from dynaloss._checks import check_finite, check_positive_int, check_tensor
+from dynaloss.fast_pairwise import PairSurface, fast_pairwise_loss
+from dynaloss.stage_loss import StageLossFn
 
 __all__ = ["INITS", "PairwiseDLN"]
 
@@ -67,6 +70,17 @@ class PairwiseDLN(nn.Module):
             updates them freely. The paper's DLN is unconstrained (``False``), and a teacher can then turn it
             into a loss that trains the student to predict the wrong class (default: ``True``; see
             docs/results.md).
+        fast: between changes of the DLN, evaluate it through a table of its surface in certified affine
+            pieces (:class:`dynaloss.fast_pairwise.PairSurface`), with the logits' gradient formed in the
+            forward instead of by autograd through a 40-wide MLP per row. Per row each slope of the surface
+            is within 1e-5 (relative) of the MLP's, rows in cells that cannot be certified (and calls of at
+            most 1,024 rows, where the table does not pay) are computed exactly, and the table is rebuilt
+            when the DLN's parameters change. The fast path differentiates in the logits (and ``weight``)
+            only, once: the DLN's own parameters get no gradient from it (a :class:`~dynaloss.Teacher`
+            learns them from the hypergradient, through :func:`torch.func.functional_call`, which takes the
+            exact MLP; so does a call with parameters other than the module's own), and a second derivative
+            (``create_graph=True``) raises. ``False`` always computes the exact MLP, differentiable in
+            everything (default: ``True``).
 
     Shape:
         - input: ``(B, C)`` or ``(B, C, d1, ...)`` logits.
@@ -96,6 +110,7 @@ class PairwiseDLN(nn.Module):
         hidden: int = 40,
         depth: int = 4,
         monotone: bool = True,
+        fast: bool = True,
     ) -> None:
         super().__init__()
         self.num_classes = check_positive_int(num_classes, "num_classes", minimum=2)
@@ -122,6 +137,11 @@ class PairwiseDLN(nn.Module):
         if not isinstance(monotone, bool):
             raise TypeError(f"monotone must be a bool, got {type(monotone).__name__}")
         self.monotone = monotone
+        if not isinstance(fast, bool):
+            raise TypeError(f"fast must be a bool, got {type(fast).__name__}")
+        self.fast = fast
+        # the fast path's table and what it was built from: (target_range, the raw layers), table
+        self._surface: tuple[tuple[float | None, list[Tensor]], PairSurface] | None = None
         self.init = init
         self.features = features
         self.target_range: float | None = None
@@ -151,7 +171,7 @@ class PairwiseDLN(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"num_classes={self.num_classes}, init={self.init!r}, features={self.features!r}, "
-            f"monotone={self.monotone}, reduction={self.reduction!r}"
+            f"monotone={self.monotone}, reduction={self.reduction!r}, fast={self.fast}"
         )
 
     def mlp_weights(self, layers: Sequence[Tensor] | None = None) -> list[Tensor]:
@@ -193,16 +213,47 @@ class PairwiseDLN(nn.Module):
         self.target_range = None if target_range is None else float(target_range)
 
     def forward(self, input: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
-        self._check(input, target, weight)
-        return self.loss_with(self.mlp_weights(), input, target, weight)
+        ignored = self._check(input, target, weight)
+        layers = list(self.layers)
+        # The module's own parameters (or none that need a gradient): nobody differentiates through the DLN.
+        # Substitutes from torch.func.functional_call (a teacher's unroll) are plain tensors: exact path.
+        if not (self.fast and all(isinstance(m, nn.Parameter) or not m.requires_grad for m in layers)):
+            return self.loss_with(self.mlp_weights(), input, target, weight)
+        surface = self._surface_for(layers)
+        if input.dim() == 2 and weight is None and self.weight is None and not ignored and self.reduction == "mean":
+            return fast_pairwise_loss(surface, input, target, mean=True)  # plain classification: no reshaping
+        return self.loss_with([], input, target, weight, per_sample=functools.partial(fast_pairwise_loss, surface))
+
+    def _surface_for(self, layers: list[Tensor]) -> PairSurface:
+        """The fast path's table of the DLN as it is now: kept while the parameters are unchanged."""
+        # Compared by value, not by version counter: writes through .data (which a finite-difference check
+        # or older code makes) do not bump a parameter's _version.
+        kept = self._surface
+        if kept is None or kept[0][0] != self.target_range or not all(map(_same, kept[0][1], layers)):
+            with torch.no_grad():
+                copies = [m.detach().clone() for m in layers]
+                kept = (self.target_range, copies), PairSurface(self.mlp_weights(copies), self.features)
+            self._surface = kept
+        return kept[1]
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the table is a cache, rebuilt on demand: copies and pickles leave it behind
+        return {**super().__getstate__(), "_surface": None}
 
     def loss_with(
-        self, weights: Sequence[Tensor], input: Tensor, target: Tensor, weight: Tensor | None = None
+        self,
+        weights: Sequence[Tensor],
+        input: Tensor,
+        target: Tensor,
+        weight: Tensor | None = None,
+        *,
+        per_sample: Callable[[Tensor, Tensor], Tensor] | None = None,
     ) -> Tensor:
         """The loss with the MLP's matrices given (as :meth:`mlp_weights` returns them), inputs unchecked.
 
         What :meth:`forward` computes after its checks. A teacher's unroll calls it with matrices computed
-        once per stage, since the DLN does not change within one.
+        once per stage, since the DLN does not change within one; the fast path, with ``per_sample`` (see
+        :func:`dynaloss.functional.pairwise_dln_loss`) in their place.
         """
         return DF.pairwise_dln_loss(
             weights,
@@ -214,23 +265,52 @@ class PairwiseDLN(nn.Module):
             reduction=self.reduction,
             max_pixels=self.max_pixels,
             features=self.features,
+            per_sample=per_sample,
         )
 
-    def check_target(self, target: Tensor) -> None:
-        """Raise ``ValueError`` if ``target`` holds a class index outside ``[0, C)`` (``ignore_index`` aside)."""
+    def stage_loss(self, params: Mapping[str, Tensor], targets: Sequence[Tensor]) -> StageLossFn | None:
+        """The loss of a teacher's unroll stage, the DLN's parameters fixed at ``params`` (exact MLP).
+
+        The stage-loss protocol (:mod:`dynaloss.stage_loss`): the constrained matrices are computed once for
+        the stage and the stage's ``targets`` checked at once. A subclass with its own ``forward`` declines
+        (``None``), since its loss may be another.
+        """
+        if type(self).forward is not PairwiseDLN.forward:
+            return None
+        if targets:
+            self.check_target(torch.cat([target.reshape(-1) for target in targets]))
+        weights = self.mlp_weights([params.get(name, param) for name, param in self.named_parameters()])
+
+        def loss(input: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+            self.check_shapes(input, target, weight)
+            return self.loss_with(weights, input, target, weight)
+
+        return loss
+
+    def check_target(self, target: Tensor) -> bool:
+        """Raise ``ValueError`` if ``target`` holds a class index outside ``[0, C)`` (``ignore_index`` aside).
+
+        Returns:
+            Whether it may hold ``ignore_index`` (``False``: every element is a class index).
+        """
+        low, high = (int(end) for end in target.aminmax())  # in the common case, the only read-back
+        if low >= 0 and high < self.num_classes:
+            return 0 <= self.ignore_index < self.num_classes
         counted = target[target != self.ignore_index]
         if counted.numel() and (int(counted.min()) < 0 or int(counted.max()) >= self.num_classes):
             raise ValueError(
                 f"target holds class indices outside [0, {self.num_classes}) "
                 f"(min {int(counted.min())}, max {int(counted.max())}; ignore_index={self.ignore_index})"
             )
+        return True
 
-    def _check(self, input: object, target: object, weight: object) -> None:
+    def _check(self, input: object, target: object, weight: object) -> bool:
+        """The checks of :meth:`forward`; returns whether ``target`` may hold ``ignore_index``."""
         self.check_shapes(input, target, weight)
         if weight is not None:
-            check_finite(weight, "weight")
-        check_finite(input, "input")
-        self.check_target(target)  # type: ignore[arg-type]
+            check_finite(weight, "weight")  # type: ignore[arg-type]
+        check_finite(input, "input")  # type: ignore[arg-type]
+        return self.check_target(target)  # type: ignore[arg-type]
 
     def check_shapes(self, input: object, target: object, weight: object = None) -> None:
         """The checks of :meth:`forward` that need no values: types, dtypes and shapes (no device read-back)."""
@@ -257,6 +337,11 @@ class PairwiseDLN(nn.Module):
                 raise ValueError(
                     f"weight must have the target's shape {tuple(target.shape)}, got {tuple(weight.shape)}"
                 )
+
+
+def _same(kept: Tensor, current: Tensor) -> bool:
+    """Whether ``current`` still holds exactly ``kept`` (its values, on the same device and in the same dtype)."""
+    return kept.device == current.device and kept.dtype == current.dtype and torch.equal(kept, current)
 
 
 def _resolve_init_features(init: object, features: object) -> tuple[str, str]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dynaloss import PairwiseDLN
 from dynaloss._checks import check_positive_float, check_tensor
+from dynaloss.stage_loss import StageLossFn
 
 __all__ = ["AUX_WEIGHT", "VOC_IGNORE_INDEX", "PSPNetCELoss", "PSPNetDLNLoss", "check_segmentation_batch"]
 
@@ -89,6 +90,19 @@ class PSPNetDLNLoss(nn.Module):
     def forward(self, outputs: Sequence[Tensor], target: Tensor) -> Tensor:
         main, aux, target = check_segmentation_batch(outputs, target, self.num_classes, self.ignore_index)
         return self.dln(main, target) + self.aux_weight * self.dln(aux, target)
+
+    def stage_loss(self, params: Mapping[str, Tensor], targets: Sequence[Tensor]) -> StageLossFn | None:
+        """The objective of a teacher's unroll stage: the DLN's own stage loss on both heads (the stage-loss
+        protocol of :mod:`dynaloss.stage_loss`)."""
+        inner = self.dln.stage_loss({k.removeprefix("dln."): v for k, v in params.items()}, targets)
+        if inner is None:
+            return None
+
+        def loss(outputs: Sequence[Tensor], target: Tensor) -> Tensor:
+            main, aux, target = check_segmentation_batch(outputs, target, self.num_classes, self.ignore_index)
+            return inner(main, target) + self.aux_weight * inner(aux, target)
+
+        return loss
 
 
 class PSPNetCELoss(nn.Module):
