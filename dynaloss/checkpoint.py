@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import tempfile
 from pathlib import Path
@@ -19,13 +20,25 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-__all__ = ["RunCheckpoint", "restore_rng_state", "rng_state", "save_atomic"]
+from dynaloss._state import check_finite_state
+
+__all__ = ["RunCheckpoint", "load_saved", "restore_rng_state", "rng_state", "save_atomic"]
 
 
 class Stateful(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> Any: ...
+
+
+def load_saved(path: str | Path, what: str) -> Any:
+    """``torch.load`` of a file the user named, with a one-line ``ValueError`` if it is not ``what`` (truncated,
+    empty, another format) instead of torch's or pickle's traceback."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, ValueError, KeyError, IndexError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path} is not {what} (torch.load failed: {reason[:200]})") from None
 
 
 def save_atomic(payload: Any, path: str | Path) -> Path:
@@ -104,7 +117,10 @@ class RunCheckpoint:
         """Load ``parts`` and the RNGs from the file when resuming; returns the run's own saved values, or ``None``."""
         if not (self.resume and self.path.is_file()):
             return None
-        payload = torch.load(self.path, map_location="cpu", weights_only=True)
+        payload = load_saved(self.path, "a dynaloss train checkpoint")
+        if not isinstance(payload, dict) or not {"config", "parts", "rng", "rounds", "run"} <= payload.keys():
+            raise ValueError(f"{self.path} is not a dynaloss train checkpoint (it holds {type(payload).__name__})")
+        check_finite_state(payload["parts"], f"checkpoint {self.path}")
         if payload["config"] != self.config:
             raise ValueError(
                 f"{self.path} was written by a run with other settings; resume with the same arguments.\n"

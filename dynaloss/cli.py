@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -18,8 +19,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from dynaloss._checks import NonFiniteError
+from dynaloss._state import check_finite_state
 from dynaloss.bench import STUDENTS, run_benchmark
-from dynaloss.checkpoint import RunCheckpoint
+from dynaloss.checkpoint import RunCheckpoint, load_saved
 from dynaloss.data import Dataset
 from dynaloss.distributed import shard_batches, unwrap_data_parallel
 from dynaloss.losses import PairwiseDLN
@@ -91,8 +94,8 @@ def _seed(text: str) -> int:
 
 def _positive_float(text: str) -> float:
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {value}")
     return value
 
 
@@ -525,8 +528,7 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
         if args.resume and not (args.out / CHECKPOINT).is_file() and rank == 0:
             print(f"no checkpoint at {args.out / CHECKPOINT}: starting from the beginning", flush=True)
         data = load_dataset(args.data, args.data_dir)
-        out: Path = args.out
-        out.mkdir(parents=True, exist_ok=True)
+        out: Path = _output_folder(args.out)
         result = _train_arm(args, config, data, out, rank, world)
     payload = {"machine": machine, "config": config, "result": result.as_dict()}
     if rank == 0:
@@ -537,7 +539,31 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     if result.stopped:
         kept = f"; the last good checkpoint is {out / CHECKPOINT}" if (out / CHECKPOINT).is_file() else ""
         raise TrainingStopped(f"training stopped: {result.stopped}{kept}")
+    if not all(math.isfinite(a) for a in result.accuracy) or not _finite_file(out / "student.pt"):
+        raise TrainingStopped(
+            f"the trained student is not finite (NaN or Inf weights or accuracy; written to {out} for inspection): "
+            "lower --lr, or resume from an earlier checkpoint"
+        )
     return payload
+
+
+def _output_folder(path: Path) -> Path:
+    """``--out`` as a folder, created if needed; a clear error where a file is in the way."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {str(path)!r} is an existing file; --out names the folder the run writes into")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _finite_file(path: Path) -> bool:
+    """Whether the tensors saved at ``path`` (if any) are all finite."""
+    if not path.is_file():
+        return True
+    try:
+        check_finite_state(torch.load(path, map_location="cpu", weights_only=True), str(path))
+    except NonFiniteError:
+        return False
+    return True
 
 
 # ------------------------------------------------------------------------------------------------------ plot
@@ -547,7 +573,7 @@ def run_plot(args: argparse.Namespace) -> Path:
     for path in args.state:
         if not path.is_file():
             raise FileNotFoundError(f"no such file {str(path)!r}: expected a teacher.pt or DLN state dict")
-        states[path.stem] = torch.load(path, map_location="cpu", weights_only=True)
+        states[path.stem] = load_saved(path, "a teacher.pt or DLN state dict written by dynaloss train or torch.save")
     written = plot_loss_surface(states, args.out, kind=args.kind)
     print(f"wrote {written}")
     return written

@@ -95,6 +95,11 @@ class Rollback:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or not {"recent", "best", "count", "best_state"} <= state.keys():
+            raise ValueError(
+                "rollback state must be Rollback.state_dict()'s output (keys 'recent', 'best', 'count', "
+                f"'best_state'), got {state!r:.200}"
+            )
         recent, best, count = state["recent"], state["best"], state["count"]
         if not isinstance(recent, list) or not all(
             isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], (int, float)) for item in recent

@@ -5,8 +5,9 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -14,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from dynaloss._checks import NonFiniteError, check_positive_float, check_positive_int
+from dynaloss._state import check_finite_state, check_state_dict
 from dynaloss.batches import Batch, draw_batches
 from dynaloss.distributed import RankMean, unwrap_data_parallel
 from dynaloss.rollback import Rollback
@@ -239,6 +241,7 @@ class Teacher:
         teacher_lr = check_positive_float(teacher_lr, "teacher_lr")
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=teacher_lr) if self.model.learnable else None
         self.memory: Memory | None = None
+        self._busy = threading.Lock()  # held while a round runs (see step)
         self.rounds = 0
         self.sync = None if process_group is None else RankMean(process_group)
 
@@ -271,8 +274,26 @@ class Teacher:
         Raises:
             TypeError, ValueError: the iterators or their batches are not what a round needs (too few batches,
                 a wrong structure, or batches the student, the DLN or ``val_loss`` cannot take); nothing changes.
-            RuntimeError: with a ``process_group``, the ranks no longer hold the same DLN, teacher or student.
+            RuntimeError: with a ``process_group``, the ranks no longer hold the same DLN, teacher or student;
+                called under ``torch.inference_mode()``; or called while another thread's round on this teacher
+                is running (a teacher takes one round at a time).
         """
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError(
+                "Teacher.step differentiates through the student's steps, which torch.inference_mode() forbids: "
+                "call it outside inference mode (torch.no_grad() is fine)"
+            )
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError(
+                "Teacher.step is already running on this teacher (another thread's call): a teacher takes one round "
+                "at a time; serialise the calls, or give each thread its own Teacher"
+            )
+        try:
+            return self._step(student, train_iter, val_iter)
+        finally:
+            self._busy.release()
+
+    def _step(self, student: nn.Module, train_iter: Iterator[Any], val_iter: Iterator[Any]) -> RoundRecord:
         if not isinstance(student, nn.Module):
             raise TypeError(f"student must be a torch.nn.Module, got {type(student).__name__}")
         if self.sync is None and student is not unwrap_data_parallel(student):
@@ -489,6 +510,13 @@ class Teacher:
             # load_state_dict casts the state to each parameter's device
             self.optimizer.load_state_dict(self.optimizer.state_dict())
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {key: value for key, value in self.__dict__.items() if key != "_busy"}  # a lock does not copy
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._busy = threading.Lock()
+
     def state_dict(self) -> dict[str, Any]:
         """Everything that learns or remembers: DLN, teacher model, its optimizer and memory, round count."""
         return {
@@ -502,28 +530,83 @@ class Teacher:
             "rollback": None if self.rollback is None else copy.deepcopy(self.rollback.state_dict()),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s output; the next round continues exactly where it left off."""
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output; the next round continues exactly where it left off.
+
+        All of it is checked before anything is written (the DLN's and the teacher model's keys, shapes and
+        extra state, e.g. ``num_classes``; the optimizer state's structure; the memory's and the anchor's
+        shapes; the round count, ``dln_lr`` and the rollback state; every tensor finite), so a state that does
+        not fit raises ``TypeError``/``ValueError`` naming the entry and leaves the teacher as it was.
+        """
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state must be a mapping (Teacher.state_dict()'s output), got {type(state).__name__}")
         missing = {"loss_fn", "model", "optimizer", "memory", "rounds"} - set(state)
         if missing:
             raise ValueError(f"state is missing {sorted(missing)}; pass the output of Teacher.state_dict()")
         if (state["optimizer"] is None) != (self.optimizer is None):
-            raise ValueError("state comes from a teacher of another kind (learnable vs fixed rule)")
+            raise ValueError("state['optimizer'] comes from a teacher of another kind (learnable vs fixed rule)")
+        rounds = state["rounds"]
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
+            raise ValueError(f"state['rounds'] must be an int >= 0, got {rounds!r}")
+        check_state_dict(self.loss_fn, state["loss_fn"], "state['loss_fn']")
+        check_state_dict(self.model, state["model"], "state['model']")
+        if self.optimizer is not None:
+            self._check_optimizer_state(state["optimizer"])
+        reference = next(self.loss_fn.parameters())
+        coordinates = sum(p.numel() for p in dln_parameters(self.loss_fn).values())
+        memory = state["memory"]
+        if memory is not None:
+            expected = self.model.initial_memory(coordinates, like=reference)
+            _check_tensors(memory, [m.shape for m in expected], "state['memory']")
+        point = state.get("anchor_point")
+        if point is not None:
+            _check_tensors([point], [torch.Size([coordinates])], "state['anchor_point']")
+        dln_lr = state.get("dln_lr", self.dln_lr)
+        check_positive_float(dln_lr, "state['dln_lr']")
+        watch = state.get("rollback")
+        if self.rollback is not None and watch is not None:
+            copy.deepcopy(self.rollback).load_state_dict(copy.deepcopy(watch))  # raises ValueError if it does not fit
+        # everything fits: now write it all
         self.loss_fn.load_state_dict(state["loss_fn"])
         self.model.load_state_dict(state["model"])
         if self.optimizer is not None:
             self.optimizer.load_state_dict(state["optimizer"])
-        reference = next(self.loss_fn.parameters())
-        memory = state["memory"]
         self.memory = None if memory is None else tuple(m.to(reference.device).clone() for m in memory)
-        point = state.get("anchor_point")
         self.anchor_point = None if point is None else point.to(reference.device).clone()
-        self.rounds = int(state["rounds"])
-        if "dln_lr" in state:  # a rollback slows the teacher down
-            self.dln_lr = state["dln_lr"]
-        watch = state.get("rollback")
+        self.rounds = rounds
+        self.dln_lr = dln_lr  # a rollback slows the teacher down
         if self.rollback is not None and watch is not None:
             self.rollback.load_state_dict(copy.deepcopy(watch))
+
+    def _check_optimizer_state(self, state: object) -> None:
+        """Raise ``ValueError`` if the teacher model's optimizer would not load ``state`` (tried on a copy)."""
+        assert self.optimizer is not None
+        check_finite_state(state, "state['optimizer']")
+        trial = torch.optim.Adam(copy.deepcopy(self.model).parameters(), **self.optimizer.defaults)
+        try:
+            trial.load_state_dict(state)  # type: ignore[arg-type]
+        except (AttributeError, KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"state['optimizer'] does not fit the teacher's Adam: {error!r}") from None
+        for group in trial.param_groups:  # torch checks the groups' sizes, not the moments' shapes
+            for param in group["params"]:
+                for key, value in trial.state.get(param, {}).items():
+                    if isinstance(value, Tensor) and value.dim() and value.shape != param.shape:
+                        raise ValueError(
+                            f"state['optimizer'] holds {key!r} of shape {tuple(value.shape)} for a teacher "
+                            f"parameter of shape {tuple(param.shape)}"
+                        )
+
+
+def _check_tensors(values: object, shapes: Sequence[torch.Size], name: str) -> None:
+    """Raise ``ValueError`` unless ``values`` is a sequence of finite floating tensors of exactly ``shapes``."""
+    if not isinstance(values, (list, tuple)) or len(values) != len(shapes):
+        count = len(values) if isinstance(values, (list, tuple)) else "?"
+        raise ValueError(f"{name} must be {len(shapes)} tensors, got {type(values).__name__} of {count}")
+    for index, (value, shape) in enumerate(zip(values, shapes)):
+        if not isinstance(value, Tensor) or not value.is_floating_point() or value.shape != shape:
+            got = f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(f"{name}[{index}] must be a floating tensor of shape {tuple(shape)}, got {got}")
+    check_finite_state(list(values), name)
 
 
 def _device_of(module: nn.Module) -> torch.device:

@@ -233,3 +233,19 @@ def test_voc_directory_is_read_and_cropped(tmp_path):
     image, target = VOCSegmentation(tmp_path, "val", crop=24)[0]
     assert image.shape == (3, 24, 24) and target.shape == (24, 24)
     assert set(target.unique().tolist()) == {0, 3, 255}  # padding is ignored
+
+
+def test_a_run_too_short_for_a_round_or_for_a_validation_batch_warns(caplog):
+    # before: teaching silently did nothing
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        PSPNetTrainer(tiny_pspnet(), shapes(), steps=2, teaching=TeachingConfig(every=3), batch_size=4)
+    assert "no teacher round will run" in caplog.text and "every=" in caplog.text
+    caplog.clear()
+    trainer = PSPNetTrainer(
+        tiny_pspnet(), shapes(), steps=3, teaching=TeachingConfig(every=3, val_batch=64), batch_size=4
+    )
+    with caplog.at_level(logging.WARNING):
+        trainer.fit()
+    assert "fewer than TeachingConfig(val_batch=64)" in caplog.text

@@ -360,3 +360,27 @@ def test_importing_the_adapter_does_not_probe_the_network(tmp_path):
     env["YOLO_CONFIG_DIR"] = str(tmp_path)
     result = subprocess.run([sys.executable, "-c", guard], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_an_epoch_without_a_teacher_round_warns_with_what_to_change(dataset, monkeypatch):
+    # before: 0 rounds ran and the log said "validation error nan -> nan", nothing more
+    import integrations.ultralytics.trainer as trainer_module
+
+    warnings: list[str] = []
+    monkeypatch.setattr(trainer_module.LOGGER, "warning", lambda message, *a, **k: warnings.append(str(message)))
+    teaching = TeachingConfig(every=10, val_batch=16)  # 3 batches an epoch; 6 held-out images for a batch of 16
+    trainer = DLNDetectionTrainer(overrides=train_overrides(dataset, "silent", epochs=1), teaching=teaching)
+    trainer.train()
+    assert trainer.teacher.rounds == 0
+    assert any("no teacher round ran in epoch 1" in w and "every=" in w for w in warnings), warnings
+    assert any("fewer than TeachingConfig(val_batch=16)" in w for w in warnings), warnings
+
+
+def test_outputs_go_under_the_working_directory_unless_project_is_given(dataset, tmp_path, monkeypatch):
+    # before: without project=, ultralytics put the run folder inside the clone that holds the venv
+    monkeypatch.chdir(tmp_path)
+    overrides = {k: v for k, v in train_overrides(dataset, "here").items() if k != "project"}
+    trainer = DLNDetectionTrainer(overrides=overrides)
+    assert Path(trainer.save_dir).resolve().is_relative_to((tmp_path / "runs").resolve())
+    chosen = DLNDetectionTrainer(overrides=train_overrides(dataset, "there"))
+    assert Path(chosen.save_dir).resolve().is_relative_to((dataset["root"] / "runs").resolve())

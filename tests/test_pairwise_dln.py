@@ -470,7 +470,11 @@ def test_unconstrained_dln_can_reward_a_wrong_prediction():
 
 def test_the_constraint_is_saved_with_the_state_and_checked_on_load():
     monotone, free = PairwiseDLN(3), PairwiseDLN(3, monotone=False)
-    assert monotone.state_dict()["_extra_state"] == {"monotone": True, "target_range": monotone.target_range}
+    assert monotone.state_dict()["_extra_state"] == {
+        "monotone": True,
+        "target_range": monotone.target_range,
+        "num_classes": 3,
+    }
     PairwiseDLN(3, init="paper").load_state_dict(monotone.state_dict())
     with pytest.raises(ValueError, match="monotone=True"):
         free.load_state_dict(monotone.state_dict())

@@ -10,11 +10,12 @@ from torch import Tensor, nn
 
 from dynaloss import functional as DF
 from dynaloss._checks import check_finite, check_positive_int, check_tensor
+from dynaloss._state import ValidatedLoad
 
 __all__ = ["MultiPartDLN"]
 
 
-class MultiPartDLN(nn.Module):
+class MultiPartDLN(ValidatedLoad):
     r"""A single-layer perceptron over the parts of a composite loss (the paper's detection DLN).
 
     .. math::

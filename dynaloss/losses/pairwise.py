@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from dynaloss import functional as DF
 from dynaloss._checks import check_finite, check_positive_int, check_tensor
+from dynaloss._state import ValidatedLoad
 from dynaloss.fast_pairwise import PairSurface, fast_pairwise_loss
 from dynaloss.stage_loss import StageLossFn
 
@@ -22,7 +23,7 @@ INITS = ("warm", "paper", "ce")
 _INIT_FEATURES = {"warm": ("sigmoid",), "ce": ("softmax",), "paper": DF.FEATURES}
 
 
-class PairwiseDLN(nn.Module):
+class PairwiseDLN(ValidatedLoad):
     r"""A learnable classification loss: a small MLP over 1-vs-1 prediction pairs (L2T-DLN).
 
     For logits :math:`z` and label :math:`y`, with :math:`s = \sigma(z)`, the loss of a sample is
@@ -190,12 +191,23 @@ class PairwiseDLN(nn.Module):
     def get_extra_state(self) -> dict[str, Any]:
         # the same numbers mean another loss under the other constraint, or on other features, so the state
         # says which it is; 'sigmoid' goes unsaid, as in the states written before there was a choice
-        state: dict[str, Any] = {"monotone": self.monotone, "target_range": self.target_range}
+        state: dict[str, Any] = {
+            "monotone": self.monotone,
+            "target_range": self.target_range,
+            "num_classes": self.num_classes,
+        }
         if self.features != "sigmoid":
             state["features"] = self.features
         return state
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
+        # the MLP's shapes do not depend on C, but a warm start's pinned range does (states written before
+        # num_classes was saved load as they did)
+        num_classes = state.get("num_classes", self.num_classes)
+        if num_classes != self.num_classes:
+            raise ValueError(
+                f"the state is of a DLN with num_classes={num_classes}, this one has num_classes={self.num_classes}"
+            )
         if state.get("monotone") != self.monotone:
             raise ValueError(
                 f"the state is of a DLN with monotone={state.get('monotone')}, this one has monotone={self.monotone}"

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from torch import Tensor, nn
+from torch import Tensor
+
+from dynaloss._state import ValidatedLoad
 
 __all__ = ["TeacherModel"]
 
 Memory = tuple[Tensor, ...]
 
 
-class TeacherModel(nn.Module, ABC):
+class TeacherModel(ValidatedLoad, ABC):
     """Maps the DLN's hypergradient to an update direction, coordinate by coordinate.
 
     A teacher model is a pure function of its parameters, the flat hypergradient and its memory:

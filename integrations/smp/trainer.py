@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from dynaloss.integrations.smp.model import PSPNetAux
 from dynaloss.integrations.smp.objective import VOC_IGNORE_INDEX, PSPNetCELoss, PSPNetDLNLoss
 from dynaloss.integrations.smp.stream import IndexBatches, load_batch
 from dynaloss.integrations.teaching import TeachingConfig, resplit
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["LOSSES", "PSPNetTrainer"]
 
@@ -101,6 +104,13 @@ class PSPNetTrainer:
             if loss == "dln"
             else None
         )
+        if self.teacher is not None and self.steps < self.teaching.every:
+            logger.warning(
+                "no teacher round will run: the training takes %d steps and a round runs every %d; lower "
+                "TeachingConfig(every=...) so that the DLN is taught",
+                self.steps,
+                self.teaching.every,
+            )
         self.batches = IndexBatches(
             range(len(train_set)), check_positive_int(batch_size, "batch_size"), seed, drop_last=True
         )  # type: ignore[arg-type]
@@ -165,6 +175,14 @@ class PSPNetTrainer:
     def _streams_for(self, epoch: int) -> tuple[IndexBatches, IndexBatches]:
         seed = self.seed + 7919 * (epoch + 1)  # a seed per epoch, apart from the student's stream
         train_idx, val_idx = resplit(len(self.train_set), self.teaching.val_ratio, seed)  # type: ignore[arg-type]
+        if len(val_idx) < self.teaching.val_batch:
+            logger.warning(
+                "the teacher's validation split holds %d image(s), fewer than TeachingConfig(val_batch=%d): rounds "
+                "validate on %d; hold out more (val_ratio) or use more training images",
+                len(val_idx),
+                self.teaching.val_batch,
+                len(val_idx),
+            )
         return (
             IndexBatches(train_idx, self.teaching.train_batch, seed + 1),
             IndexBatches(val_idx, self.teaching.val_batch, seed + 2),

@@ -41,10 +41,12 @@ class RoundBatches:
         self.config, self.preprocess, self.seed = config, preprocess, seed
         self.train: Iterator[tuple[Tensor, Tensor]] | None = None
         self.val: Iterator[tuple[Tensor, Tensor]] | None = None
+        self.val_images = 0  # images in this epoch's teacher-validation split
 
     def start_epoch(self, epoch: int) -> None:
         """Draw this epoch's split and restart both iterators on it."""
         train_idx, val_idx = resplit(len(self.plain), self.config.val_ratio, self.seed + epoch)  # type: ignore[arg-type]
+        self.val_images = len(val_idx)
         self.train = self._batches(self.augmented, train_idx, self.config.train_batch, self.seed + epoch)
         self.val = self._batches(self.plain, val_idx, self.config.val_batch, self.seed + epoch + 1)
 

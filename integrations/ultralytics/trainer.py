@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import statistics
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -71,13 +72,16 @@ class DLNDetectionTrainer(DetectionTrainer):
     ) -> None:
         if teaching is not None and not isinstance(teaching, TeachingConfig):
             raise TypeError(f"teaching must be a TeachingConfig, got {type(teaching).__name__}")
-        overrides = {"amp": False, **(overrides or {})}
+        # Outputs go under ./runs of the directory the user runs from, unless project= says otherwise:
+        # ultralytics' own default (its settings' runs_dir) lands inside a source checkout holding the venv.
+        overrides = {"amp": False, "project": str(Path.cwd() / "runs"), **(overrides or {})}
         if overrides.get("compile"):
             raise ValueError(f"compile={overrides['compile']!r} is not supported: torch.compile has no double backward")
         self.teaching = teaching or TeachingConfig()
         super().__init__(cfg, overrides, _callbacks)
         if self.world_size > 1:
             raise ValueError(f"DLNDetectionTrainer runs on one device, got device={self.args.device!r}")
+        LOGGER.info(f"DLNDetectionTrainer writes this run to {self.save_dir} (set project= and name= to choose)")
         self.dln = MultiPartDLN(len(PART_NAMES), loss_gains(self))
         self.criterion: DLNDetectionLoss | None = None
         self.teacher: Teacher | None = None
@@ -152,6 +156,12 @@ class DLNDetectionTrainer(DetectionTrainer):
         self.rounds.augmented = self.train_loader.dataset
         self.rounds.start_epoch(self.epoch)
         self.epoch_records = []
+        held_out, wanted = self.rounds.val_images, self.teaching.val_batch
+        if held_out < wanted:
+            LOGGER.warning(
+                f"the teacher's validation split holds {held_out} image(s), fewer than TeachingConfig(val_batch="
+                f"{wanted}): rounds validate on {held_out}; hold out more (val_ratio) or use more training images"
+            )
 
     def _after_batch(self) -> None:
         self.batches_seen += 1
@@ -183,6 +193,17 @@ class DLNDetectionTrainer(DetectionTrainer):
             "seconds_per_round": statistics.fmean(r.seconds for r in done) if done else float("nan"),
         }
         self.dln_history.append(entry)
+        if not self.epoch_records:
+            LOGGER.warning(
+                f"no teacher round ran in epoch {entry['epoch']}: it had {len(self.train_loader)} batches and a round "
+                f"runs every {self.teaching.every}; lower TeachingConfig(every=...) so that the DLN is taught"
+            )
+        elif not done:
+            reasons = sorted({str(r.reason) for r in self.epoch_records})
+            LOGGER.warning(
+                f"every teacher round of epoch {entry['epoch']} was skipped ({len(self.epoch_records)}), so the DLN "
+                f"did not change: {'; '.join(reasons)[:300]}"
+            )
         weights = ", ".join(f"{name}={entry[name]:.4g}" for name in PART_NAMES)
         LOGGER.info(
             f"DLN part weights after epoch {entry['epoch']}: {weights} ({entry['rounds']} teacher rounds, "
