@@ -88,6 +88,41 @@ class _Checked:
         setattr(obj, self.slot, self.check(value, self.name))
 
 
+class _State:
+    """What a teacher learns or counts: read-only, changed by ``step()`` and ``load_state_dict()`` only."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name, self.slot = name, f"_{name}"
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        return self if obj is None else getattr(obj, self.slot)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        raise AttributeError(
+            f"Teacher.{self.name} is the teacher's state, changed by step() and load_state_dict(), not by assignment"
+        )
+
+
+def _check_val_loss(value: object, name: str) -> Any:
+    if not callable(value):
+        raise TypeError(f"{name} must be callable, got {type(value).__name__}")
+    return value
+
+
+def _check_bool(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def _check_autocast(value: object, name: str) -> torch.dtype | None:
+    if value is not None and not isinstance(value, torch.dtype):
+        raise TypeError(f"{name} must be a torch.dtype or None, got {type(value).__name__}")
+    if value not in AUTOCAST_DTYPES:
+        raise ValueError(f"{name} must be one of {AUTOCAST_DTYPES}, got {value}")
+    return value
+
+
 def _check_mode(value: object, name: str) -> str:
     if value not in MODES:
         raise ValueError(f"{name} must be one of {MODES}, got {value!r}")
@@ -181,6 +216,12 @@ class Teacher:
             teacher and student stay identical on every rank, which each round verifies. Every rank must call
             :meth:`step` together; a ``DistributedDataParallel`` student is unwrapped. ``None``: one process
             (default).
+
+    The settings (``steps``, ``student_lr``, ``dln_lr``, ``anchor``, ``guard``, ``mode``, ``val_loss``,
+    ``checkpoint``, ``autocast_dtype``, ``student_optimizer``) may be reassigned between rounds; each assignment
+    is checked as the constructor checks it. The state (``loss_fn``, ``model``, ``optimizer``, ``memory``,
+    ``anchor_point``, ``rounds``, ``rollback``, ``sync``) is read-only: it changes through :meth:`step` and
+    :meth:`load_state_dict`. One round runs at a time: a call while another thread's round is running raises.
     """
 
     steps = _Checked(check_positive_int)
@@ -189,6 +230,17 @@ class Teacher:
     anchor = _Checked(_check_anchor)
     guard = _Checked(_check_guard)
     mode = _Checked(_check_mode)
+    val_loss = _Checked(_check_val_loss)
+    checkpoint = _Checked(_check_bool)
+    autocast_dtype = _Checked(_check_autocast)
+    loss_fn = _State()
+    model = _State()
+    optimizer = _State()
+    memory = _State()
+    anchor_point = _State()
+    rounds = _State()
+    rollback = _State()
+    sync = _State()
 
     def __init__(
         self,
@@ -213,9 +265,7 @@ class Teacher:
             raise TypeError(f"loss_fn must be a torch.nn.Module, got {type(loss_fn).__name__}")
         dln_parameters(loss_fn)  # raises if there is nothing to teach
         self.mode = mode
-        if val_loss is not None and not callable(val_loss):
-            raise TypeError(f"val_loss must be callable, got {type(val_loss).__name__}")
-        self.loss_fn = loss_fn
+        self._loss_fn = loss_fn
         self.steps = steps
         self.student_optimizer = optimizer
         # a teacher built with a zero rate is a mistake; a schedule may set 0 later (a warm-up's first step)
@@ -223,27 +273,21 @@ class Teacher:
         self.dln_lr = dln_lr
         self.anchor = anchor
         self.guard = guard
-        self.anchor_point: Tensor | None = None  # the DLN where teaching started, flat; set by the first round
+        self._anchor_point: Tensor | None = None  # the DLN where teaching started, flat; set by the first round
         if not isinstance(rollback, (bool, Rollback)):
             raise TypeError(f"rollback must be a bool or a dynaloss.rollback.Rollback, got {type(rollback).__name__}")
-        self.rollback = Rollback() if rollback is True else (rollback or None)
-        if not isinstance(checkpoint, bool):
-            raise TypeError(f"checkpoint must be a bool, got {type(checkpoint).__name__}")
+        self._rollback = Rollback() if rollback is True else (rollback or None)
         self.checkpoint = checkpoint
-        if autocast_dtype is not None and not isinstance(autocast_dtype, torch.dtype):
-            raise TypeError(f"autocast_dtype must be a torch.dtype or None, got {type(autocast_dtype).__name__}")
-        if autocast_dtype not in AUTOCAST_DTYPES:
-            raise ValueError(f"autocast_dtype must be one of {AUTOCAST_DTYPES}, got {autocast_dtype}")
         self.autocast_dtype = autocast_dtype
         self.val_loss = val_loss or default_val_loss(loss_fn)
         reference = next(loss_fn.parameters())
-        self.model = make_teacher_model(teacher).to(device=reference.device, dtype=reference.dtype)
+        self._model = make_teacher_model(teacher).to(device=reference.device, dtype=reference.dtype)
         teacher_lr = check_positive_float(teacher_lr, "teacher_lr")
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=teacher_lr) if self.model.learnable else None
-        self.memory: Memory | None = None
+        self._optimizer = torch.optim.Adam(self.model.parameters(), lr=teacher_lr) if self.model.learnable else None
+        self._memory: Memory | None = None
         self._busy = threading.Lock()  # held while a round runs (see step)
-        self.rounds = 0
-        self.sync = None if process_group is None else RankMean(process_group)
+        self._rounds = 0
+        self._sync = None if process_group is None else RankMean(process_group)
 
     @property
     def student_optimizer(self) -> torch.optim.Optimizer | None:
@@ -306,7 +350,7 @@ class Teacher:
         device = _device_of(student)
         self._move_to(device)
         first, second, val = self._draw(train_iter, val_iter, device)
-        anchor_point = self._anchor_point()
+        anchor_point = self._starting_point()
         try:
             with torch.enable_grad():  # a round differentiates, even when called under no_grad()
                 outcome = compute_round(
@@ -333,8 +377,9 @@ class Teacher:
         except torch.OutOfMemoryError as error:
             # leave the handler before skipping: the traceback holds the round's frames and, with them, its tensors
             reason = f"out of memory ({str(error).splitlines()[0]}); the round was not committed"
-        except RuntimeError as error:
-            # torch reports batches that do not fit the student or the loss (features, target dtype) this way
+        except (RuntimeError, IndexError) as error:
+            # torch reports batches that do not fit the student or the loss this way: features or target dtypes
+            # (RuntimeError), class indices out of range in val_loss's cross-entropy (IndexError)
             raise ValueError(
                 f"the round failed on these batches (the student's forward, the DLN or val_loss raised): {error}; "
                 "nothing was changed"
@@ -351,7 +396,7 @@ class Teacher:
         rejected = self.guard is not None and float(outcome.error_after) > self.guard * float(outcome.error_before)
         before = None if self.rollback is None else self._teaching_state()
         self._commit(student, outcome, accept=not rejected)
-        self.anchor_point = anchor_point
+        self._anchor_point = anchor_point
         rolled_back = self._watch(float(outcome.error_before), before)
         if self.sync is not None:
             self._check_in_sync(student)
@@ -395,7 +440,7 @@ class Teacher:
         self.model.load_state_dict(state["model"])
         if self.optimizer is not None:
             self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))  # it would alias the saved tensors
-        self.memory = None
+        self._memory = None
 
     def _draw(
         self, train_iter: Iterator[Any], val_iter: Iterator[Any], device: torch.device
@@ -425,7 +470,7 @@ class Teacher:
             }
         )
 
-    def _anchor_point(self) -> Tensor:
+    def _starting_point(self) -> Tensor:
         """Where teaching started: the saved point, or (before the first committed round) the DLN now."""
         if self.anchor_point is not None:
             return self.anchor_point
@@ -443,7 +488,7 @@ class Teacher:
                     param.grad = grad
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
-            self.memory = outcome.memory
+            self._memory = outcome.memory
             # the user's own loss.backward() fills .grad on the DLN; nothing reads it, so free it here
             self.loss_fn.zero_grad(set_to_none=True)
             if self.mode != "lookahead":
@@ -453,7 +498,7 @@ class Teacher:
                 _write_student(student, written)
                 if isinstance(outcome.rule, OptimizerRule):
                     write_optimizer_state(outcome.rule, written.optim)
-        self.rounds += 1
+        self._rounds += 1
 
     # --------------------------------------------------------------------------------------- bookkeeping
     def _record(
@@ -482,7 +527,7 @@ class Teacher:
         )
 
     def _skip(self, started: float, reason: str, outcome: RoundOutcome | None = None) -> RoundRecord:
-        self.rounds += 1
+        self._rounds += 1
         logger.warning("teacher round %d skipped: %s", self.rounds - 1, reason)
         return RoundRecord(
             round=self.rounds - 1,
@@ -503,9 +548,9 @@ class Teacher:
         self.loss_fn.to(device)
         self.model.to(device)
         if self.memory is not None:
-            self.memory = tuple(m.to(device) for m in self.memory)
+            self._memory = tuple(m.to(device) for m in self.memory)
         if self.anchor_point is not None:
-            self.anchor_point = self.anchor_point.to(device)
+            self._anchor_point = self.anchor_point.to(device)
         if self.optimizer is not None:
             # load_state_dict casts the state to each parameter's device
             self.optimizer.load_state_dict(self.optimizer.state_dict())
@@ -571,9 +616,9 @@ class Teacher:
         self.model.load_state_dict(state["model"])
         if self.optimizer is not None:
             self.optimizer.load_state_dict(state["optimizer"])
-        self.memory = None if memory is None else tuple(m.to(reference.device).clone() for m in memory)
-        self.anchor_point = None if point is None else point.to(reference.device).clone()
-        self.rounds = rounds
+        self._memory = None if memory is None else tuple(m.to(reference.device).clone() for m in memory)
+        self._anchor_point = None if point is None else point.to(reference.device).clone()
+        self._rounds = rounds
         self.dln_lr = dln_lr  # a rollback slows the teacher down
         if self.rollback is not None and watch is not None:
             self.rollback.load_state_dict(copy.deepcopy(watch))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -243,3 +244,15 @@ def test_teacher_step_with_a_student_without_parameters_raises() -> None:
         teacher.step(nn.Identity(), iter([(X, Y)] * 2), iter([(X, Y)]))
     except BOUNDARY_ERRORS as error:
         assert "no parameters" in str(error)
+
+
+def test_a_validation_batch_with_out_of_range_targets_is_a_value_error() -> None:
+    # found by the fuzz above in CI: val_loss's cross-entropy raised IndexError past the teacher
+    student = make_student()
+    torch.manual_seed(0)
+    teacher = Teacher(PairwiseDLN(3, init="paper", hidden=4, depth=1), steps=2, mode="paper")
+    before = snapshot(student, teacher)
+    train = ["good", "good", "float targets", "float targets"]
+    with pytest.raises(ValueError, match="out of bounds"):
+        teacher.step(student, iter([ITEMS[k] for k in train]), iter([ITEMS["out-of-range targets"]]))
+    assert_identical(before, snapshot(student, teacher))

@@ -23,7 +23,6 @@ def taught_teacher(num_classes: int = 3, rounds: int = 2) -> dynaloss.Teacher:
     teacher = dynaloss.pairwise_teacher(num_classes, "ce", steps=1, mode="lookahead", student_lr=0.3)
     teacher.loss_fn.double()
     teacher.model.double()
-    teacher.optimizer = torch.optim.Adam(teacher.model.parameters(), lr=1e-3)
     student = make_student()
     for seed in range(rounds):
         teacher.step(student, iter(make_batches(1, 8, seed=seed)), iter(make_batches(1, 16, seed=50 + seed)))
@@ -187,3 +186,44 @@ def test_a_second_concurrent_round_is_refused_not_interleaved():
     assert not record.skipped and teacher.rounds == 1
     clone = copy.deepcopy(teacher)  # the lock is not state: copies get their own
     assert clone._busy is not teacher._busy and not clone._busy.locked()
+
+
+# ------------------------------------------------------------------------------------------ attributes
+SETTINGS = ("steps", "student_lr", "dln_lr", "anchor", "guard", "mode", "val_loss", "checkpoint", "autocast_dtype")
+STATE = ("loss_fn", "model", "optimizer", "memory", "anchor_point", "rounds", "rollback", "sync")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    name=st.sampled_from(SETTINGS),
+    value=st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-5, 50),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.sampled_from(["paper", "lookahead", "research", "bogus", torch.bfloat16, torch.int64, len]),
+    ),
+)
+def test_a_setting_assigned_any_value_is_checked_as_the_constructor_checks_it(name, value):
+    teacher = FUZZ_TARGET
+    before = getattr(teacher, name)
+    try:
+        setattr(teacher, name, value)
+    except (TypeError, ValueError):
+        assert getattr(teacher, name) is before or getattr(teacher, name) == before
+    else:  # accepted: a value the constructor accepts too
+        accepted = getattr(teacher, name)
+        setattr(teacher, name, before)
+        kwargs = {"teacher": "lstm", **({} if name in ("val_loss",) else {name: accepted})}
+        if name == "student_lr" and accepted == 0:  # a schedule may set 0 later; a new teacher must move
+            return
+        dynaloss.Teacher(PairwiseDLN(3), **kwargs)
+
+
+@pytest.mark.parametrize("name", STATE)
+def test_the_teachers_state_is_read_only(name):
+    teacher = taught_teacher(rounds=0)
+    before = getattr(teacher, name)
+    with pytest.raises(AttributeError, match=f"Teacher.{name} is the teacher's state"):
+        setattr(teacher, name, None)
+    assert getattr(teacher, name) is before
