@@ -5,13 +5,13 @@ of two numbers per row, ``f(u, v)``: the true class's feature and one wrong clas
 are fixed). The MLP is piecewise affine in them (LeakyReLU), so most small rectangles of the ``(u, v)``
 square hold a single affine piece. :class:`PairSurface` cuts the square into a grid (uniform in logit space,
 where the rows are, so saturated sigmoids get cells of their own; logarithmic in the cross-entropy for
-softmax features), and for every square of cells a row lands in it *certifies* once, by interval arithmetic
-through the network, that the slopes anywhere in the square are within ``tol`` of the slopes at its centre,
-relative to their size. A certified square answers with stored numbers (the value at its corner and the two
-slopes); a row in a cell that cannot be certified (a kink of a unit that matters runs through it) is
-computed exactly. So the error is bounded *everywhere*, not measured at samples: per row each slope is
-within ``tol`` of the MLP's, relative (see :meth:`PairSurface._certify` for the one exception), and the
-value within the slopes' error times the square's size.
+softmax features), and for every block of cells that rows keep landing in it *certifies* once, by interval
+arithmetic through the network and as a quadtree, which squares have slopes everywhere within ``tol`` of the
+slopes at their centre, relative to their size. A certified square answers with stored numbers (the value
+at its corner and the two slopes); a row in a cell that cannot be certified (a kink of a unit that matters
+runs through it) is computed exactly. So the error is bounded *everywhere*, not measured at samples: per
+row each slope is within ``tol`` of the MLP's, relative (see :meth:`PairSurface._certify` for the one
+exception), and the value within the slopes' error times the square's size.
 
 :func:`fast_pairwise_loss` turns the rows' values and slopes into the per-sample loss and, in the same pass,
 its gradient with respect to the logits (the features' derivatives are closed-form), so the backward is one
@@ -34,9 +34,12 @@ from dynaloss.functional import LOG_PROB_SPAN
 __all__ = [
     "BLOCK",
     "CERTIFY_AFTER",
+    "DEFICIT_FLOOR",
     "GRID",
-    "MIN_SIDE",
     "LOGIT_SPAN",
+    "MIN_SIDE",
+    "REFINE_AFTER",
+    "SMALL_BATCH_ROWS",
     "TOLERANCE",
     "PairSurface",
     "fast_pairwise_loss",
@@ -65,7 +68,7 @@ SMALL_BATCH_ROWS = 1024
 # A sigmoid axis is cut uniformly in logit space over [-LOGIT_SPAN, LOGIT_SPAN]; beyond it (a sigmoid within
 # 1.1e-7 of 0 or 1) is the end cell.
 LOGIT_SPAN = 16.0
-# A cell is certified when its slopes vary by at most this share of their size (|f_u| + |f_v| at its centre).
+# A square is certified when each slope varies over it by at most this share of its least size there.
 TOLERANCE = 1e-5
 
 # A cell's status, the table's last column: ordered so that the largest in a batch says what it needs.
@@ -98,10 +101,9 @@ def surface_slopes(first: Tensor, rest: Sequence[Tensor], u: Tensor, v: Tensor, 
 class PairSurface:
     """The certified-affine table of one fixed pairwise DLN, on one device and dtype (see the module's doc).
 
-    Cells are certified lazily, a block of ``BLOCK x BLOCK`` of them at once the first time a row lands in
-    the block (:meth:`_certify_blocks`), so a table costs only the part of the square a student's rows
-    visit. It holds its own copy of the
-    network: a DLN that changes needs a new table.
+    Cells are certified lazily, a block of ``BLOCK x BLOCK`` of them at once when rows keep landing in the
+    block (:meth:`evaluate`, :meth:`_certify_blocks`), so a table costs only the part of the square a
+    student's rows visit. It holds its own copy of the network: a DLN that changes needs a new table.
 
     Args:
         weights: the MLP's matrices as the loss computes with them (constrained and pinned, if monotone).
