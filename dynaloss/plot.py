@@ -38,7 +38,7 @@ def dln_weights(source: DLNSource) -> list[Tensor]:
     if isinstance(source, nn.Module):
         if not hasattr(source, "mlp_weights"):
             raise TypeError(f"{type(source).__name__} has no .mlp_weights(): expected a PairwiseDLN")
-        return [m.detach() for m in source.mlp_weights()]
+        return [m.detach() for m in source.mlp_weights()]  # type: ignore[operator]
     if isinstance(source, Mapping):
         if "loss_fn" in source:
             return dln_weights(source["loss_fn"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from dynaloss.losses.pairwise import PairwiseDLN
@@ -14,32 +16,44 @@ __all__ = ["PRESETS", "pairwise_teacher"]
 # teacher, N = 10).
 # "ce": the default's teacher with a DLN that starts as softmax cross-entropy exactly (softmax features), so
 # a student never starts from a worse loss than the one it had.
-_ANCHORED_TEACHER: dict[str, Any] = {
-    "teacher": "lstm",
-    "steps": 10,
-    "student_lr": 0.1,
-    "dln_lr": 1e-3,
-    "teacher_lr": 1e-3,
-    "mode": "paper",
-    "anchor": 0.05,
-}
+_ANCHORED_TEACHER: Mapping[str, Any] = MappingProxyType(
+    {
+        "teacher": "lstm",
+        "steps": 10,
+        "student_lr": 0.1,
+        "dln_lr": 1e-3,
+        "teacher_lr": 1e-3,
+        "mode": "paper",
+        "anchor": 0.05,
+    }
+)
 
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "paper": {
-        "dln": {"init": "paper", "monotone": False},
-        "teacher": {
-            "teacher": "lstm",
-            "steps": 25,
-            "student_lr": 0.1,
-            "dln_lr": 1e-3,
-            "teacher_lr": 1e-3,
-            "mode": "paper",
-            "anchor": 0.0,
-        },
-    },
-    "default": {"dln": {"init": "warm", "monotone": True}, "teacher": _ANCHORED_TEACHER},
-    "ce": {"dln": {"init": "ce", "monotone": True}, "teacher": _ANCHORED_TEACHER},
-}
+
+def _frozen(preset: dict[str, Mapping[str, Any]]) -> Mapping[str, Mapping[str, Any]]:
+    return MappingProxyType({part: MappingProxyType(dict(options)) for part, options in preset.items()})
+
+
+# read-only, all the way down: a preset is a name for one configuration, not a place to store another
+PRESETS: Mapping[str, Mapping[str, Mapping[str, Any]]] = MappingProxyType(
+    {
+        "paper": _frozen(
+            {
+                "dln": {"init": "paper", "monotone": False},
+                "teacher": {
+                    "teacher": "lstm",
+                    "steps": 25,
+                    "student_lr": 0.1,
+                    "dln_lr": 1e-3,
+                    "teacher_lr": 1e-3,
+                    "mode": "paper",
+                    "anchor": 0.0,
+                },
+            }
+        ),
+        "default": _frozen({"dln": {"init": "warm", "monotone": True}, "teacher": _ANCHORED_TEACHER}),
+        "ce": _frozen({"dln": {"init": "ce", "monotone": True}, "teacher": _ANCHORED_TEACHER}),
+    }
+)
 
 
 def pairwise_teacher(num_classes: int, preset: str = "default", **overrides: Any) -> Teacher:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -142,7 +143,11 @@ def compute_round(
     start, rule = start_of_unroll(student, optimizer, student_lr)
     phi = dln_parameters(loss_fn)
     grad_mean = None if sync is None else sync.mean
-    unroll_options = {"checkpoint": checkpoint, "autocast_dtype": autocast_dtype, "grad_mean": grad_mean}
+    unroll_options: dict[str, Any] = {
+        "checkpoint": checkpoint,
+        "autocast_dtype": autocast_dtype,
+        "grad_mean": grad_mean,
+    }
     stage_one = unroll(student, start, loss_fn, phi, first, rule=rule, **unroll_options)
     error_before = validation_error(student, stage_one, val, val_loss)
     flat_grad = torch.cat([g.flatten() for g in grads_or_zeros(error_before, list(phi.values()))]).detach()

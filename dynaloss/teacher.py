@@ -376,7 +376,7 @@ class Teacher:
             return self._skip(started, f"{error}; the round was not committed")
         except torch.OutOfMemoryError as error:
             # leave the handler before skipping: the traceback holds the round's frames and, with them, its tensors
-            reason = f"out of memory ({str(error).splitlines()[0]}); the round was not committed"
+            reason: str | None = f"out of memory ({str(error).splitlines()[0]}); the round was not committed"
         except (RuntimeError, IndexError) as error:
             # torch reports batches that do not fit the student or the loss this way: features or target dtypes
             # (RuntimeError), class indices out of range in val_loss's cross-entropy (IndexError)

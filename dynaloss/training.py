@@ -329,7 +329,7 @@ def train_ce(
         return 1
 
     parts = {"student": student, "optimizer": optimizer, "split": split}
-    common = {"steps": steps, "eval_every": eval_every, "evaluate": evaluate, "progress": progress}
+    common: dict[str, Any] = {"steps": steps, "eval_every": eval_every, "evaluate": evaluate, "progress": progress}
     return _run(result, advance, student, checkpoint=checkpoint, parts=parts, **common)
 
 
@@ -391,5 +391,5 @@ def train_dln(
         return taken + record.student_steps
 
     parts = {"student": student, "teacher": teacher, "optimizer": optimizer, "split": split}
-    common = {"steps": steps, "eval_every": eval_every, "evaluate": evaluate, "progress": progress}
+    common: dict[str, Any] = {"steps": steps, "eval_every": eval_every, "evaluate": evaluate, "progress": progress}
     return _run(result, advance, student, max_failures=max_failures, checkpoint=checkpoint, parts=parts, **common)

@@ -90,7 +90,8 @@ class PlainSGD(UpdateRule):
         stepped = list(params)
         if reached:
             # one fused (and differentiable) update instead of two ops per parameter
-            new = torch._foreach_add([params[i] for i in reached], [grads[i] for i in reached], alpha=-self.lr)
+            taken = [grads[i] for i in reached]
+            new = torch._foreach_add([params[i] for i in reached], taken, alpha=-self.lr)  # type: ignore[arg-type]
             for i, tensor in zip(reached, new):
                 stepped[i] = tensor
         return stepped, state

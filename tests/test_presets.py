@@ -41,3 +41,17 @@ def test_ce_preset_starts_as_cross_entropy_and_follows_the_optimizer() -> None:
     assert teacher.student_optimizer is optimizer
     logits, target = torch.randn(16, 3), torch.randint(3, (16,))
     torch.testing.assert_close(teacher.loss_fn(logits, target), torch.nn.functional.cross_entropy(logits, target))
+
+
+def test_presets_are_read_only_at_every_level() -> None:
+    # a preset is a name for one configuration: writing into it would change every later pairwise_teacher()
+    import pytest
+
+    from dynaloss import PRESETS
+
+    with pytest.raises(TypeError):
+        PRESETS["mine"] = PRESETS["default"]  # type: ignore[index]
+    with pytest.raises(TypeError):
+        PRESETS["default"]["teacher"]["steps"] = 1  # type: ignore[index]
+    with pytest.raises(TypeError):
+        PRESETS["ce"]["dln"]["init"] = "warm"  # type: ignore[index]

@@ -71,7 +71,7 @@ class LSTMTeacher(TeacherModel):
         x = preprocess_gradient(grad, self.preprocess_k).to(next(self.parameters()).dtype)
         new_memory: list[Tensor] = []
         for layer, cell in enumerate(self.cells):
-            h, c = lstm_cell(x, memory[2 * layer], memory[2 * layer + 1], cell)
+            h, c = lstm_cell(x, memory[2 * layer], memory[2 * layer + 1], cell)  # type: ignore[arg-type]
             new_memory += [h, c]
             x = h
         return x.squeeze(-1), tuple(new_memory)
