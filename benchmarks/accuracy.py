@@ -1,4 +1,4 @@
-"""Does it teach? CE vs L2T-DLN arms at an equal number of student SGD steps, over seeds (BENCHMARKS.md §2).
+"""Does it teach? CE vs L2T-DLN arms at an equal number of student SGD steps, over seeds (docs/results.md).
 
 Every arm of a (data set, seed) pair starts from the same student weights and reads the same epoch-wise
 train/val re-split stream; every arm takes exactly ``--steps`` student SGD steps. Prints the machine, the

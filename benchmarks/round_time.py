@@ -1,4 +1,4 @@
-"""Seconds and peak memory of a teacher round vs 2N plain CE steps (BENCHMARKS.md section 1).
+"""Seconds and peak memory of a teacher round vs 2N plain CE steps (README, Performance).
 
 The same as ``dynaloss bench``; run it with one thread on small machines::
 

@@ -1,4 +1,4 @@
-"""Teacher-round time and memory against plain cross-entropy steps (BENCHMARKS.md section 1).
+"""Teacher-round time and memory against plain cross-entropy steps (README, Performance).
 
 A round and ``2N`` plain SGD steps of the same student on the same batches are timed alternately in one
 process, so a busy machine slows both alike and their ratio stays meaningful (absolute seconds do not).

@@ -85,13 +85,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _seed(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def _positive_float(text: str) -> float:
     value = float(text)
     if not (value > 0 and math.isfinite(value)):
@@ -122,7 +115,9 @@ def _default_device() -> str:
 
 # ---------------------------------------------------------------------------------------------------- parser
 def _add_common(command: argparse.ArgumentParser, out: Path) -> None:
-    command.add_argument("--seed", type=_seed, default=0, help="student init, data order, DLN, teacher (default: 0)")
+    command.add_argument(
+        "--seed", type=_non_negative_int, default=0, help="student init, data order, DLN, teacher (default: 0)"
+    )
     command.add_argument(
         "--device", type=_device, default=_default_device(), help="torch device (default: %(default)s)"
     )
