@@ -65,7 +65,6 @@ def run_job(job: Job) -> dict[str, Any]:
     from dynaloss.losses import PairwiseDLN
     from dynaloss.teacher import Teacher
     from dynaloss.training import (
-        cosine_schedule,
         evaluate_accuracy,
         load_dataset,
         make_split,
@@ -79,9 +78,14 @@ def run_job(job: Job) -> dict[str, Any]:
     data = load_dataset(job.dataset)
     student = make_student(job.dataset, data.num_classes, job.seed)
     evaluate = lambda model: evaluate_accuracy(model, data.x_test, data.y_test)  # noqa: E731
-    common = {"steps": job.steps, "evaluate": evaluate, "eval_every": job.eval_every, "progress": False}
-    if job.lr_schedule == "cosine":  # every arm the same schedule, over its whole budget
-        common["lr_schedule"] = cosine_schedule(0.1, job.steps)
+    # every arm the same schedule, over its whole budget
+    common = {
+        "total_steps": job.steps,
+        "evaluate": evaluate,
+        "eval_every": job.eval_every,
+        "progress": False,
+        "lr_schedule": job.lr_schedule,
+    }
     if spec["loss"] != "dln":
         if spec.get("val_ratio", job.val_ratio) is None:  # "ce-all": every training example but one
             split = make_split(job.dataset, data, val_ratio=1 / len(data.y_train), seed=job.seed, val_batch_size=1)

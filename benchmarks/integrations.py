@@ -137,7 +137,7 @@ def segmentation_accuracy(seed: int, steps: int) -> dict[str, float]:
         model = PSPNetAux(4, encoder_name="tu-test_resnet", psp_out_channels=32, aux_channels=32)
         teaching = TeachingConfig(every=5, steps=N, train_batch=TRAIN_BATCH, val_batch=VAL_BATCH)
         trainer = PSPNetTrainer(
-            model, train, steps=steps, loss=arm, teaching=teaching, batch_size=8, lr=0.05, seed=seed
+            model, train, total_steps=steps, loss=arm, teaching=teaching, batch_size=8, lr=0.05, seed=seed
         )
         records = trainer.fit()
         out[arm] = trainer.evaluate(val)["miou"]

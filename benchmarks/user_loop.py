@@ -26,7 +26,7 @@ protocol; ``sgdm``: momentum 0.9, weight decay 5e-4, cosine; ``adamw``: weight d
   (whose ``Teacher`` rolls back by default); ``dln-taught-legacy-no-rollback``: the same with ``rollback=False``,
   the library as it was when issue 11 was filed. Both are arms of ``--case repro``.
 
-Protocol: every arm takes ``--steps`` student steps (batch 25) from the same initial weights per seed. Each
+Protocol (benchmarks/README.md): every arm takes ``--steps`` steps (batch 25) from the same weights per seed. Each
 arm's learning rate is tuned per cell (student, data, recipe) over the recipe's 3-value grid (:data:`RECIPES`)
 by accuracy on a held-out 20 % of the TRAINING set, trained on the other 80 % from a tuning seed that is not
 an evaluation seed; the test set is only used for the reported numbers. Phases run over the whole grid in

@@ -26,19 +26,19 @@ from dynaloss.checkpoint import RunCheckpoint, load_saved
 from dynaloss.data import Dataset
 from dynaloss.distributed import shard_batches, unwrap_data_parallel
 from dynaloss.losses import PairwiseDLN
-from dynaloss.losses.pairwise import INITS
 from dynaloss.plot import SURFACE_KINDS, plot_curves, plot_loss_surface
+from dynaloss.settings import DEFAULT_DLN, DEFAULT_TEACHER, INITS, MODES, TEACHER_KINDS
 from dynaloss.step_cost import E2E_STEPS, STEP_REPEATS, run_step_cost
 from dynaloss.step_cost import ROWS as STEP_ROWS
-from dynaloss.teacher import MODES, Teacher
-from dynaloss.teachers import TEACHER_KINDS
+from dynaloss.teacher import Teacher
 from dynaloss.training import (
     DATASETS,
+    LR_FLOOR,
+    LR_SCHEDULES,
     MAX_FAILURES,
     ArmResult,
     Evaluate,
     align_steps,
-    cosine_schedule,
     evaluate_accuracy,
     load_dataset,
     machine_info,
@@ -50,18 +50,19 @@ from dynaloss.training import (
     train_dln,
 )
 
-__all__ = ["DEMO_DEFAULTS", "DEMO_QUICK", "TrainingStopped", "build_parser", "main"]
+__all__ = ["DEMO_DEFAULTS", "DEMO_QUICK", "TrainingStopped", "build_parser", "main", "parser_defaults"]
 
-# The default demo runs the library's default configuration (warm DLN, anchored LSTM teacher, N = 10; see
-# docs/results.md) for 12,000 student steps per arm: about 2 minutes (128 s) on a 2-core AMD EPYC
-# (torch 2.14), where a round of N = 10 (20 student steps) takes ~0.2 s and a CE step ~1.5 ms.
+# `dynaloss train` and `dynaloss demo` run the library's recommended configuration (dynaloss.settings:
+# DEFAULT_TEACHER and DEFAULT_DLN) unless an option says otherwise; the demo's own defaults are its budget.
+# The default demo (lookahead, N = 10: 1,200 rounds in 12,000 student steps per arm) measured CE 90.90 % and
+# L2T-DLN 95.20 % final, in 48 s and 288 s, on a 2-core AMD EPYC shared with other jobs (torch 2.14; its CE arm
+# ran 2.6x slower than on the idle machine, where the paper-mode demo took 128 s in all).
 AUTOCAST_NAMES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-DEMO_DEFAULTS = {"steps": 12000, "unroll": 10, "eval_every": 1000}
-DEMO_QUICK = {"steps": 200, "unroll": 5, "eval_every": 100}
-STUDENT_LR = 0.1
+DEMO_DEFAULTS = {"total_steps": 12000, "unroll": DEFAULT_TEACHER["steps"], "eval_every": 1000}
+DEMO_QUICK = {"total_steps": 200, "unroll": 5, "eval_every": 100}
 # cosine is the benchmark's protocol: under a constant lr of 0.1 SGD noise alone dips a student by up to 4 points
 # late in a long run, whatever its loss (docs/results.md, "Under a constant learning rate")
-LR_SCHEDULES = ("cosine", "constant")
+DEFAULT_LR_SCHEDULE = "cosine"
 CHECKPOINT = "checkpoint.pt"
 # settings a resumed run may change: they do not alter what the run computes
 RESUMABLE_CHANGES = ("resume", "checkpoint_every", "max_failures", "out", "device")
@@ -69,6 +70,32 @@ RESUMABLE_CHANGES = ("resume", "checkpoint_every", "max_failures", "out", "devic
 
 class TrainingStopped(RuntimeError):
     """``dynaloss train`` gave up: too many teacher rounds in a row failed."""
+
+
+class _RenamedOption(argparse.Action):
+    """An option's old spelling, kept for one release: hidden from --help, stores into the new option's ``dest``
+    and prints a deprecation note to stderr."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, *, replacement: str, note: str, **kwargs: Any):
+        self.replacement, self.note = replacement, note
+        super().__init__(option_strings, dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None) -> None:
+        print(f"dynaloss: {option_string} is deprecated, use {self.replacement} ({self.note})", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _add_total_steps(command: argparse.ArgumentParser, default: int | None, help: str) -> None:
+    """``--total-steps``, the student-step budget, and ``--steps``, its deprecated spelling."""
+    command.add_argument("--total-steps", type=_positive_int, default=default, help=help)
+    command.add_argument(
+        "--steps",
+        dest="total_steps",
+        type=_positive_int,
+        action=_RenamedOption,
+        replacement="--total-steps",
+        note="the total student-step budget; --unroll is N, the steps per stage",
+    )
 
 
 def _non_negative_int(text: str) -> int:
@@ -124,8 +151,8 @@ def _add_common(command: argparse.ArgumentParser, out: Path) -> None:
     command.add_argument(
         "--lr-schedule",
         choices=LR_SCHEDULES,
-        default="cosine",
-        help="the student's SGD learning rate over the run: cosine from the lr to 1e-4, or constant "
+        default=DEFAULT_LR_SCHEDULE,
+        help=f"the student's SGD learning rate over the run: cosine from the lr to {LR_FLOOR:g}, or constant "
         "(default: %(default)s, every arm the same)",
     )
     command.add_argument("--out", type=Path, default=out, help="output folder (default: %(default)s)")
@@ -135,7 +162,7 @@ def _add_common(command: argparse.ArgumentParser, out: Path) -> None:
 def _add_demo(commands: Any) -> None:
     demo = commands.add_parser("demo", help="CE vs L2T-DLN on MNIST-1D under one student-step budget")
     defaults = DEMO_DEFAULTS
-    demo.add_argument("--steps", type=_positive_int, help=f"student SGD steps per arm (default: {defaults['steps']})")
+    _add_total_steps(demo, None, f"student SGD steps per arm (default: {defaults['total_steps']})")
     demo.add_argument("--unroll", type=_positive_int, help=f"N, steps per stage (default: {defaults['unroll']})")
     demo.add_argument("--eval-every", type=_positive_int, help=f"steps between evaluations ({defaults['eval_every']})")
     demo.add_argument("--quick", action="store_true", help=f"a tiny budget for a smoke test ({DEMO_QUICK})")
@@ -148,17 +175,29 @@ def _add_train(commands: Any) -> None:
     train.add_argument("--data", choices=DATASETS, default="mnist1d", help="data set (default: %(default)s)")
     train.add_argument("--data-dir", type=Path, help="folder holding the CIFAR python-pickle archive")
     train.add_argument("--loss", choices=("ce", "dln"), default="dln", help="(default: %(default)s)")
-    train.add_argument("--teacher", choices=TEACHER_KINDS, default="lstm", help="(default: %(default)s)")
-    train.add_argument("--init", choices=INITS, default="warm", help="DLN initialisation (default: %(default)s)")
+    teacher = DEFAULT_TEACHER  # the options below default to the library's recommended configuration
+    train.add_argument("--teacher", choices=TEACHER_KINDS, default=teacher["teacher"], help="(default: %(default)s)")
     train.add_argument(
-        "--unconstrained", action="store_true", help="the paper's DLN: no monotone constraint, no pinned range"
+        "--init", choices=INITS, default=DEFAULT_DLN["init"], help="DLN initialisation (default: %(default)s)"
     )
-    train.add_argument("--mode", choices=MODES, default="paper", help="Teacher mode (default: %(default)s)")
-    train.add_argument("--unroll", type=_positive_int, default=25, help="N (default: %(default)s)")
-    train.add_argument("--steps", type=_positive_int, default=2000, help="student SGD steps (default: %(default)s)")
+    train.add_argument(
+        "--unconstrained",
+        dest="monotone",
+        action="store_false",
+        default=DEFAULT_DLN["monotone"],
+        help="the paper's DLN: no monotone constraint, no pinned range",
+    )
+    train.add_argument("--mode", choices=MODES, default=teacher["mode"], help="Teacher mode (default: %(default)s)")
+    train.add_argument("--unroll", type=_positive_int, default=teacher["steps"], help="N (default: %(default)s)")
+    _add_total_steps(train, 2000, "student SGD steps (default: %(default)s)")
     train.add_argument("--eval-every", type=_positive_int, default=500, help="(default: %(default)s)")
     train.add_argument("--val-ratio", type=_ratio, default=0.5, help="val share of the train set (default: 0.5)")
-    train.add_argument("--lr", type=_positive_float, default=STUDENT_LR, help="student SGD learning rate (0.1)")
+    train.add_argument(
+        "--lr",
+        type=_positive_float,
+        default=teacher["student_lr"],
+        help="student SGD learning rate, of the unroll too (default: %(default)s)",
+    )
     train.add_argument(
         "--checkpoint-every",
         type=_non_negative_int,
@@ -281,6 +320,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parser_defaults(command: str = "train") -> dict[str, Any]:
+    """The teacher and DLN configuration ``dynaloss train`` (or ``dynaloss demo``) runs with no options.
+
+    Keyed as :data:`dynaloss.settings.DEFAULT_TEACHER` and :data:`~dynaloss.settings.DEFAULT_DLN` are
+    (``steps`` is N, from ``--unroll``; ``student_lr`` from ``--lr``; ``monotone`` unless ``--unconstrained``):
+    the keyword arguments the command passes to :class:`~dynaloss.Teacher` and :class:`~dynaloss.PairwiseDLN`.
+    """
+    if command not in ("train", "demo"):
+        raise ValueError(f"command must be 'train' or 'demo', got {command!r}")
+    args = build_parser().parse_args([command])
+    teacher, dln = _train_models(args) if command == "train" else _demo_models(args)
+    return {**teacher, **dln}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dynaloss`` command; returns the exit status."""
     parser = build_parser()
@@ -325,30 +378,36 @@ def _curves_png(results: Sequence[ArmResult], path: Path, title: str) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------------ demo
+def _demo_models(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The demo's Teacher and DLN keyword arguments: the library's defaults, with N from ``--unroll``/``--quick``."""
+    preset = DEMO_QUICK if args.quick else DEMO_DEFAULTS
+    return {**DEFAULT_TEACHER, "steps": args.unroll or preset["unroll"]}, dict(DEFAULT_DLN)
+
+
 def _demo_config(args: argparse.Namespace) -> dict[str, Any]:
     preset = DEMO_QUICK if args.quick else DEMO_DEFAULTS
-    unroll = args.unroll or preset["unroll"]
-    per_round = round_size("paper", unroll)
+    teacher, dln = _demo_models(args)
+    per_round = round_size(teacher["mode"], teacher["steps"])
     return {
         "data": "mnist1d (4000 train / 1000 test, generated locally)",
         "student": "MNIST1DCNN",
         "seed": args.seed,
-        "unroll": unroll,
-        "steps": align_steps(args.steps or preset["steps"], per_round),
+        "unroll": teacher["steps"],
+        "total_steps": align_steps(args.total_steps or preset["total_steps"], per_round),
         "eval_every": align_steps(args.eval_every or preset["eval_every"], per_round),
-        "student_lr": STUDENT_LR,
+        "student_lr": teacher["student_lr"],
         "lr_schedule": args.lr_schedule,
         "val_ratio": 0.5,
         "train_batch": 25,
         "val_batch": 100,
-        "dln": "PairwiseDLN(10) default init (warm)",
-        "teacher": "LSTM, mode=paper",
+        "dln": {"class": "PairwiseDLN", **dln},
+        "teacher": teacher,
         "device": args.device,
     }
 
 
 FAIRNESS = (
-    "Both arms start from the same student weights and take the same number of plain SGD steps (lr 0.1, one "
+    "Both arms start from the same student weights and take the same number of plain SGD steps (lr {lr:g}, one "
     "schedule for both) on the same sequence of train batches: the train half of a train/val split of the 4000 "
     "training samples, re-drawn every epoch. CE never sees the val half directly, L2T-DLN uses it only for the "
     "teacher's validation error; over epochs, both see every training sample."
@@ -359,23 +418,23 @@ def _evaluator(data: Dataset) -> Evaluate:
     return lambda model: evaluate_accuracy(model, data.x_test, data.y_test)
 
 
-def _common_training(config: dict[str, Any], data: Dataset, lr: float) -> dict[str, Any]:
+def _common_training(config: dict[str, Any], data: Dataset) -> dict[str, Any]:
     """The arguments every arm's ``train_ce`` / ``train_dln`` shares: budget, evaluation, lr schedule."""
-    schedule = cosine_schedule(lr, config["steps"]) if config["lr_schedule"] == "cosine" else None
     return {
-        "steps": config["steps"],
+        "total_steps": config["total_steps"],
         "evaluate": _evaluator(data),
         "eval_every": config["eval_every"],
-        "lr_schedule": schedule,
+        "lr_schedule": config["lr_schedule"],
     }
 
 
 def _make_teacher(
-    num_classes: int, seed: int, init: str = "warm", monotone: bool = True, **teacher_args: Any
+    num_classes: int, seed: int, dln_args: dict[str, Any], **teacher_args: Any
 ) -> tuple[Teacher, dict[str, Any]]:
-    """A DLN and its :class:`Teacher` (``teacher_args``), drawn from ``seed``, and a copy of the DLN's start."""
+    """A DLN (``dln_args``) and its :class:`Teacher` (``teacher_args``), drawn from ``seed``, and a copy of the
+    DLN's start."""
     with seeded(seed):
-        teacher = Teacher(PairwiseDLN(num_classes, init=init, monotone=monotone), **teacher_args)
+        teacher = Teacher(PairwiseDLN(num_classes, **dln_args), **teacher_args)
     return teacher, copy.deepcopy(teacher.loss_fn.state_dict())
 
 
@@ -384,11 +443,12 @@ def _demo_arms(config: dict[str, Any], progress: bool) -> tuple[ArmResult, ArmRe
     data = load_dataset("mnist1d")
     seed, device = config["seed"], torch.device(config["device"])
     initial = make_student("mnist1d", data.num_classes, seed).to(device)
-    common = _common_training(config, data, STUDENT_LR)
+    common = _common_training(config, data)
     # two splits with one seed serve both arms the same train batches in the same order
     splits = [make_split("mnist1d", data, val_ratio=config["val_ratio"], seed=seed) for _ in range(2)]
-    ce = train_ce(copy.deepcopy(initial), splits[0], lr=STUDENT_LR, progress=progress, **common)
-    teacher, initial_dln = _make_teacher(data.num_classes, seed, steps=config["unroll"], student_lr=STUDENT_LR)
+    ce = train_ce(copy.deepcopy(initial), splits[0], lr=config["student_lr"], progress=progress, **common)
+    dln_args = {k: v for k, v in config["dln"].items() if k != "class"}
+    teacher, initial_dln = _make_teacher(data.num_classes, seed, dln_args, **config["teacher"])
     taught = train_dln(copy.deepcopy(initial), teacher, splits[1], progress=progress, **common)
     return ce, taught, teacher, initial_dln
 
@@ -397,8 +457,9 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     """``dynaloss demo``: CE vs L2T-DLN on MNIST-1D, same data, same student steps; returns the JSON payload."""
     config = _demo_config(args)
     machine = machine_info(args.device)
+    fairness = FAIRNESS.format(lr=config["student_lr"])
     _print_header("dynaloss demo: cross-entropy vs L2T-DLN on MNIST-1D", machine, config)
-    print(FAIRNESS + "\n", flush=True)
+    print(fairness + "\n", flush=True)
     ce, taught, teacher, initial_dln = _demo_arms(config, args.progress)
     _print_table([ce, taught])
     out: Path = args.out
@@ -409,18 +470,28 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         "results": str(out / "results.json"),
     }
     arms = {"ce": ce.as_dict(), "l2t_dln": taught.as_dict()}
-    payload = {"machine": machine, "config": config, "fairness": FAIRNESS, "arms": arms, "files": files}
+    payload = {"machine": machine, "config": config, "fairness": fairness, "arms": arms, "files": files}
     _write_json(out / "results.json", payload)
     print("\nwrote " + ", ".join(files.values()))
     return payload
 
 
 # ----------------------------------------------------------------------------------------------------- train
+def _train_models(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Teacher and DLN keyword arguments of ``dynaloss train``: the library's defaults
+    (:data:`~dynaloss.settings.DEFAULT_TEACHER`, :data:`~dynaloss.settings.DEFAULT_DLN`) with the options
+    the command exposes."""
+    exposed = {"teacher": args.teacher, "steps": args.unroll, "student_lr": args.lr, "mode": args.mode}
+    return {**DEFAULT_TEACHER, **exposed}, {**DEFAULT_DLN, "init": args.init, "monotone": args.monotone}
+
+
 def _train_config(args: argparse.Namespace) -> dict[str, Any]:
     per_round = round_size(args.mode, args.unroll) if args.loss == "dln" else 1
     config = {k: v for k, v in vars(args).items() if k not in ("handler", "progress")}
-    config["steps"] = align_steps(args.steps, per_round)
+    config["total_steps"] = align_steps(args.total_steps, per_round)
     config["eval_every"] = align_steps(args.eval_every, per_round)
+    if args.loss == "dln":  # what the run builds, the defaults it did not override included
+        config["teacher_args"], config["dln_args"] = _train_models(args)
     return config
 
 
@@ -469,21 +540,18 @@ def _train_arm(
         every, write = max(1, args.checkpoint_every), rank == 0 and args.checkpoint_every > 0
         checkpoint = RunCheckpoint(out / CHECKPOINT, every, resume=args.resume, write=write, config=saved_config)
     progress = args.progress and rank == 0
-    common = _common_training(config, data, args.lr)
+    common = _common_training(config, data)
     if args.loss == "ce":
         result = train_ce(
             student, split, lr=args.lr, progress=progress, checkpoint=checkpoint, train_iter=train_iter, **common
         )
     else:
+        teacher_args, dln_args = _train_models(args)
         teacher, initial_dln = _make_teacher(
             data.num_classes,
             args.seed,
-            init=args.init,
-            monotone=not args.unconstrained,
-            teacher=args.teacher,
-            steps=args.unroll,
-            student_lr=args.lr,
-            mode=args.mode,
+            dln_args,
+            **teacher_args,
             process_group=dist.group.WORLD if world > 1 else None,
         )
         result = train_dln(

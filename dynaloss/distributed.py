@@ -24,7 +24,15 @@ __all__ = ["RankMean", "shard_batches", "unwrap_data_parallel"]
 
 
 class _MeanOverRanks(torch.autograd.Function):
-    """``all_reduce(x) / W`` with a backward that is the same operation, so it nests to any order."""
+    """``all_reduce(x) / W`` with a backward that is the same operation, so it nests to any order.
+
+    Why not ``torch.distributed.nn.functional.all_reduce(x) / W``: it nests just as well (its backward is
+    itself again; on two gloo ranks the first and second derivatives through the mean, a whole teacher round
+    and a third derivative came out bitwise equal to this function's), but torch 2.14 deprecates it: every
+    call issues a ``FutureWarning`` (a round calls it at every unrolled step) and it refuses to run under
+    ``torch.compile``. The replacement that warning names, ``torch.distributed._functional_collectives``, is
+    private API. This function is the same dozen lines without either problem.
+    """
 
     @staticmethod
     def forward(ctx: FunctionCtx, tensor: Tensor, group: Any, world_size: int) -> Tensor:  # type: ignore[override]
@@ -42,6 +50,9 @@ class _MeanOverRanks(torch.autograd.Function):
 
 class RankMean:
     """Averages across the ranks of a process group; what a distributed :class:`dynaloss.Teacher` uses.
+
+    The differentiable mean is ``_MeanOverRanks`` above, not torch's deprecated
+    ``torch.distributed.nn.functional.all_reduce`` (which nests as well; its docstring says why not).
 
     Args:
         process_group: an initialised ``torch.distributed`` group, or ``None`` for the default (world) group.

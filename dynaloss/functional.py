@@ -13,6 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dynaloss._deprecation import renamed_keywords
+from dynaloss.settings import FEATURES, REDUCTIONS
+
 __all__ = [
     "FEATURES",
     "LOG_PROB_SPAN",
@@ -23,7 +26,6 @@ __all__ = [
     "loss_range",
     "monotone_weights",
     "pairwise_dln_loss",
-    "pairwise_features",
     "pairwise_mean_loss",
     "pairwise_row_loss",
     "pin_loss_range",
@@ -31,10 +33,6 @@ __all__ = [
     "softmax_features",
 ]
 
-REDUCTIONS = ("none", "mean", "sum")
-
-# What a pair row is made of (:func:`pairwise_features`): per-class sigmoids (the paper's), or the softmax.
-FEATURES = ("sigmoid", "softmax")
 
 # The softmax rows' true-class feature is 1 + log p_y / LOG_PROB_SPAN, clamped to [0, 1]: cross-entropy
 # -log p_y is then linear in it up to LOG_PROB_SPAN nats (p_y >= 1.3e-14), which a bias-free LeakyReLU MLP
@@ -150,44 +148,6 @@ def _softmax_parts(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     return true_log_prob.clamp_min(-LOG_PROB_SPAN), torch.sigmoid(logits - logits.gather(1, target))
 
 
-def pairwise_features(logits: Tensor, target: Tensor, features: str = "sigmoid") -> Tensor:
-    """The 1-vs-1 rows of the pairwise DLN.
-
-    For every sample and every *wrong* class ``j`` one row ``[a_y, a_j, 1, 0]``: the true-class and the
-    wrong-class prediction and the pair's 1-vs-1 labels. The constant label features are what keep a
-    bias-free MLP from being positively homogeneous (whose minimum would sit at ``a = 0`` for every class).
-    Both predictions are in ``[0, 1]``, 1 the most confident:
-
-    - ``'sigmoid'``: ``a_y = sigmoid(z_y)``, ``a_j = sigmoid(z_j)`` (the paper's).
-    - ``'softmax'``: ``a_y = 1 - min(-log p_y, U) / U`` and ``a_j = sigmoid(z_j - z_y) = p_j / (p_y + p_j)``,
-      with ``p = softmax(z)`` and ``U =`` :data:`LOG_PROB_SPAN` (:func:`softmax_features`): cross-entropy
-      is ``U (1 - a_y)``.
-
-    Args:
-        logits: ``(M, C)`` with ``C >= 2``.
-        target: ``(M,)`` class indices in ``[0, C)``.
-        features: ``'sigmoid'`` | ``'softmax'`` (default: ``'sigmoid'``).
-
-    Returns:
-        ``(M, C - 1, 4)`` rows, the wrong classes in increasing order.
-    """
-    num_classes = logits.shape[-1]
-    target = target.long()
-    if features == "softmax":
-        deficit, probs = softmax_features(logits, target)
-        true_prob = 1 - deficit
-    else:
-        probs = torch.sigmoid(logits)
-        true_prob = probs.gather(1, target[:, None])
-    # The k-th wrong class is k when k < y and k + 1 otherwise: an index computed without a boolean mask,
-    # so no data-dependent shape and no host synchronisation.
-    ranks = torch.arange(num_classes - 1, device=logits.device)
-    wrong = ranks + (ranks >= target[:, None]).long()
-    wrong_prob = probs.gather(1, wrong)
-    ones = torch.ones_like(wrong_prob)
-    return torch.stack([true_prob.expand_as(wrong_prob), wrong_prob, ones, torch.zeros_like(ones)], -1)
-
-
 def pairwise_mean_loss(
     weights: Sequence[Tensor],
     logits: Tensor,
@@ -196,7 +156,17 @@ def pairwise_mean_loss(
     *,
     features: str = "sigmoid",
 ) -> Tensor:
-    """Mean of the MLP over each row's wrong-class pairs: :func:`pairwise_features` rows, without building them.
+    """Mean of the MLP over each sample's wrong-class pair rows, without building the rows.
+
+    For every sample and every *wrong* class ``j`` the row is ``[a_y, a_j, 1, 0]``: the true-class and the
+    wrong-class prediction and the pair's 1-vs-1 labels. The constant label features are what keep a
+    bias-free MLP from being positively homogeneous (whose minimum would sit at ``a = 0`` for every class).
+    Both predictions are in ``[0, 1]``, 1 the most confident:
+
+    - ``'sigmoid'``: ``a_y = sigmoid(z_y)``, ``a_j = sigmoid(z_j)`` (the paper's).
+    - ``'softmax'``: ``a_y = 1 - min(-log p_y, U) / U`` and ``a_j = sigmoid(z_j - z_y) = p_j / (p_y + p_j)``,
+      with ``p = softmax(z)`` and ``U =`` :data:`LOG_PROB_SPAN` (:func:`softmax_features`): cross-entropy
+      is ``U (1 - a_y)``.
 
     The first layer's product with a row ``[a_y, a_j, 1, 0]`` is ``a_y W[:, 0] + a_j W[:, 1] + W[:, 2]``,
     which broadcasting forms for every class at once. The true class's own pair is computed too and left
@@ -208,7 +178,7 @@ def pairwise_mean_loss(
         logits: ``(M, C)``.
         target: ``(M,)`` class indices in ``[0, C)``.
         negative_slope: LeakyReLU slope.
-        features: ``'sigmoid'`` | ``'softmax'``, see :func:`pairwise_features` (default: ``'sigmoid'``).
+        features: ``'sigmoid'`` | ``'softmax'``, as above (default: ``'sigmoid'``).
 
     Returns:
         ``(M,)``.
@@ -238,7 +208,7 @@ def pairwise_row_loss(
 ) -> Tensor:
     """DLN value of the pair (true-class prediction, wrong-class prediction), elementwise.
 
-    This is the surface of the paper's Figure 3. Inputs are a row's two predictions (:func:`pairwise_features`),
+    This is the surface of the paper's Figure 3. Inputs are a row's two predictions (:func:`pairwise_mean_loss`),
     in ``[0, 1]``, of any matching shape.
     """
     ones = torch.ones_like(true_prob)
@@ -279,12 +249,13 @@ def _subsample_pixels(valid: Tensor, max_pixels: int, generator: torch.Generator
     return index, scale
 
 
+@renamed_keywords(weight="sample_weight")
 def pairwise_dln_loss(
     weights: Sequence[Tensor],
     logits: Tensor,
     target: Tensor,
     *,
-    weight: Tensor | None = None,
+    sample_weight: Tensor | None = None,
     class_weight: Tensor | None = None,
     ignore_index: int = -100,
     reduction: str = "mean",
@@ -293,17 +264,20 @@ def pairwise_dln_loss(
     negative_slope: float = 0.01,
     features: str = "sigmoid",
     per_sample: Callable[[Tensor, Tensor], Tensor] | None = None,
+    pair_mean: str = "wrong",
 ) -> Tensor:
     """The pairwise (1-vs-1) Dynamic Loss Network on classification or per-pixel logits.
 
     The loss of one sample (or pixel) is the mean of the DLN over its ``C - 1`` wrong-class rows
-    (:func:`pairwise_features`). Inputs are assumed valid; :class:`dynaloss.PairwiseDLN` checks them.
+    (:func:`pairwise_mean_loss`), or with ``pair_mean='all'`` their sum over ``C``. Inputs are assumed
+    valid; :class:`dynaloss.PairwiseDLN` checks them.
 
     Args:
         weights: the DLN's layer matrices (see :func:`leaky_mlp`).
         logits: ``(B, C)`` or ``(B, C, d1, ...)``.
         target: ``(B,)`` or ``(B, d1, ...)`` class indices; ``ignore_index`` marks elements that don't count.
-        weight: per-sample (or per-pixel) weights of the target's shape, the paper's ``w`` (default: 1).
+        sample_weight: per-sample (or per-pixel) weights of the target's shape, the paper's ``w`` (default: 1;
+            ``weight=`` is its deprecated name, to become the class weights as in ``F.cross_entropy``).
         class_weight: ``(C,)`` class weights, as ``nn.CrossEntropyLoss(weight=...)``.
         ignore_index: target value that is left out (default: ``-100``).
         reduction: ``'none'`` | ``'mean'`` | ``'sum'`` (default: ``'mean'``).
@@ -315,6 +289,9 @@ def pairwise_dln_loss(
         per_sample: computes the per-sample loss from ``(M, C)`` logits and ``(M,)`` targets in place of
             :func:`pairwise_mean_loss` with ``weights`` (a fixed DLN's fast path,
             :func:`dynaloss.fast_pairwise.fast_pairwise_loss`); the reduction around it is the same.
+        pair_mean: ``'wrong'``: a sample's loss is the mean over its ``C - 1`` wrong-class rows; ``'all'``:
+            the mean over all ``C`` rows with the true class's row counted as 0, i.e. ``(C - 1) / C`` times
+            that (the authors' code) (default: ``'wrong'``).
 
     Returns:
         A scalar, or the target's shape with ``reduction='none'`` (0 where ignored).
@@ -327,7 +304,7 @@ def pairwise_dln_loss(
     flat_logits = logits.reshape(batch, -1, num_classes)  # (B, P, C), P = 1 for plain classification
     flat_target = target.reshape(batch, -1).long()
     valid = flat_target != ignore_index
-    flat_weight = None if weight is None else weight.reshape(batch, -1)
+    flat_weight = None if sample_weight is None else sample_weight.reshape(batch, -1)
     safe_target = flat_target.masked_fill(~valid, 0)
     class_w = valid.to(logits.dtype)
     if class_weight is not None:
@@ -348,6 +325,8 @@ def pairwise_dln_loss(
         per_element = pairwise_mean_loss(weights, flat_logits, safe_target, negative_slope, features=features)
     else:
         per_element = per_sample(flat_logits, safe_target)
+    if pair_mean == "all":
+        per_element = per_element * ((num_classes - 1) / num_classes)
     per_element = per_element.reshape(class_w.shape)
     element_weight = class_w if flat_weight is None else class_w * flat_weight
     if scale is not None:

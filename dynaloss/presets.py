@@ -1,4 +1,4 @@
-"""Named configurations of a DLN and its teacher: the library's default and the paper's."""
+"""Named configurations of a DLN and its teacher: the library's default, the paper's and the authors' code's."""
 
 from __future__ import annotations
 
@@ -7,51 +7,50 @@ from types import MappingProxyType
 from typing import Any
 
 from dynaloss.losses.pairwise import PairwiseDLN
+from dynaloss.settings import DEFAULT_DLN, DEFAULT_TEACHER
 from dynaloss.teacher import Teacher
+from dynaloss.teachers import make_teacher_model
 
 __all__ = ["PRESETS", "pairwise_teacher"]
-
-# "paper": L2T-DLN as published (random unconstrained Kaiming DLN, LSTM teacher, N = 25, no trust region).
-# "default": what the measurements in docs/results.md support (warm, monotone DLN of pinned range, anchored
-# teacher, N = 10).
-# "ce": the default's teacher with a DLN that starts as softmax cross-entropy exactly (softmax features), so
-# a student never starts from a worse loss than the one it had.
-_ANCHORED_TEACHER: Mapping[str, Any] = MappingProxyType(
-    {
-        "teacher": "lstm",
-        "steps": 10,
-        "student_lr": 0.1,
-        "dln_lr": 1e-3,
-        "teacher_lr": 1e-3,
-        "mode": "paper",
-        "anchor": 0.05,
-    }
-)
 
 
 def _frozen(preset: dict[str, Mapping[str, Any]]) -> Mapping[str, Mapping[str, Any]]:
     return MappingProxyType({part: MappingProxyType(dict(options)) for part, options in preset.items()})
 
 
-# read-only, all the way down: a preset is a name for one configuration, not a place to store another
+# The paper's and the authors' code's teachers have no trust region and no rollback: they are as published.
+_UNGUARDED = {"student_lr": 0.1, "dln_lr": 1e-3, "teacher_lr": 1e-3, "anchor": 0.0, "guard": None, "rollback": False}
+
+# Read-only, all the way down: a preset is a name for one configuration, not a place to store another.
+# Each has three parts: "dln" (PairwiseDLN's arguments), "teacher" (Teacher's) and "teacher_model" (the options of
+# the teacher model named by teacher["teacher"], e.g. LSTMTeacher's).
+# - "default": the recommended configuration, the same as Teacher()'s and PairwiseDLN()'s defaults
+#   (dynaloss.settings; docs/results.md has the measurements behind it).
+# - "ce": the default teacher with a DLN that starts as softmax cross-entropy exactly.
+# - "paper": L2T-DLN as published: random unconstrained Kaiming DLN, LSTM teacher, N = 25, stage III continuing
+#   from stage I ('paper' mode), no trust region, no rollback.
+# - "research": the authors' research code's round (1017137588qqcom/L2T-DLN): both stages from the same start
+#   on the same batches ('research' mode), N = 15, the pair mean over all C rows, log(|g| + 1e-8) in the
+#   LSTM's preprocessing and the update phi - gamma T; tests/test_research_reference.py checks one round
+#   against an independent reference of it to 1e-12 in float64 (docs/modes.md lists what differs).
 PRESETS: Mapping[str, Mapping[str, Mapping[str, Any]]] = MappingProxyType(
     {
+        "default": _frozen({"dln": DEFAULT_DLN, "teacher": DEFAULT_TEACHER, "teacher_model": {}}),
+        "ce": _frozen({"dln": {**DEFAULT_DLN, "init": "ce"}, "teacher": DEFAULT_TEACHER, "teacher_model": {}}),
         "paper": _frozen(
             {
                 "dln": {"init": "paper", "monotone": False},
-                "teacher": {
-                    "teacher": "lstm",
-                    "steps": 25,
-                    "student_lr": 0.1,
-                    "dln_lr": 1e-3,
-                    "teacher_lr": 1e-3,
-                    "mode": "paper",
-                    "anchor": 0.0,
-                },
+                "teacher": {"teacher": "lstm", "steps": 25, "mode": "paper", **_UNGUARDED},
+                "teacher_model": {},
             }
         ),
-        "default": _frozen({"dln": {"init": "warm", "monotone": True}, "teacher": _ANCHORED_TEACHER}),
-        "ce": _frozen({"dln": {"init": "ce", "monotone": True}, "teacher": _ANCHORED_TEACHER}),
+        "research": _frozen(
+            {
+                "dln": {"init": "paper", "monotone": False, "pair_mean": "all"},
+                "teacher": {"teacher": "lstm", "steps": 15, "mode": "research", **_UNGUARDED},
+                "teacher_model": {"preprocess_eps": 1e-8, "output_sign": -1},
+            }
+        ),
     }
 )
 
@@ -61,8 +60,10 @@ def pairwise_teacher(num_classes: int, preset: str = "default", **overrides: Any
 
     Args:
         num_classes: number of classes of the DLN.
-        preset: a key of :data:`PRESETS` (default: ``'default'``).
-        **overrides: Teacher arguments that replace the preset's (e.g. ``steps=5``, ``mode='lookahead'``).
+        preset: a key of :data:`PRESETS`: ``'default'``, ``'ce'``, ``'paper'`` or ``'research'`` (default:
+            ``'default'``).
+        **overrides: Teacher arguments that replace the preset's (e.g. ``steps=5``, ``optimizer=opt``). A
+            ``teacher=`` override replaces the preset's teacher model and its options.
 
     Examples::
 
@@ -72,4 +73,7 @@ def pairwise_teacher(num_classes: int, preset: str = "default", **overrides: Any
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
     config = PRESETS[preset]
-    return Teacher(PairwiseDLN(num_classes, **config["dln"]), **{**config["teacher"], **overrides})
+    options = {**config["teacher"], **overrides}
+    if "teacher" not in overrides:
+        options["teacher"] = make_teacher_model(options["teacher"], **config["teacher_model"])
+    return Teacher(PairwiseDLN(num_classes, **config["dln"]), **options)

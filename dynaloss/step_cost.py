@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from dynaloss.data import Dataset
 from dynaloss.losses.pairwise import PairwiseDLN
 from dynaloss.teacher import RoundRecord, Teacher
-from dynaloss.training import load_dataset, machine_info, make_split, make_student, seeded
+from dynaloss.training import _total_steps, load_dataset, machine_info, make_split, make_student, seeded
 
 __all__ = [
     "ARMS",
@@ -294,7 +294,7 @@ def _readme_loop(
     loss_fn: nn.Module,
     batches: Iterator[tuple[Tensor, Tensor]],
     *,
-    steps: int,
+    total_steps: int,
     every: int,
     teach: Callable[[], None] | None,
     device: torch.device,
@@ -305,7 +305,7 @@ def _readme_loop(
     """
     model.train()
     in_rounds = 0.0
-    for it in range(steps):
+    for it in range(total_steps):
         x, y = next(batches)
         loss = loss_fn(model(x), y)
         optimizer.zero_grad()
@@ -318,7 +318,7 @@ def _readme_loop(
             teach()
             _sync(device)
             in_rounds += time.perf_counter() - started
-        if (it + 1) % every == 0 or it + 1 == steps:
+        if (it + 1) % every == 0 or it + 1 == total_steps:
             yield in_rounds
             in_rounds = 0.0
 
@@ -336,7 +336,7 @@ def _arm_loop(
     model: nn.Module,
     *,
     data: Dataset,
-    steps: int,
+    total_steps: int,
     every: int,
     unroll: int,
     seed: int,
@@ -348,7 +348,7 @@ def _arm_loop(
     The taught arm appends its rounds' records to ``records``.
     """
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total_steps)
     split = make_split("mnist1d", data, val_ratio=E2E_VAL_RATIO, seed=seed)
     train_iter, val_iter = split.train_batches(), split.val_batches()
     loss_fn: nn.Module = nn.CrossEntropyLoss()
@@ -363,21 +363,30 @@ def _arm_loop(
 
         teach = teach_round
     return _readme_loop(
-        model, optimizer, scheduler, loss_fn, train_iter, steps=steps, every=every, teach=teach, device=device
+        model,
+        optimizer,
+        scheduler,
+        loss_fn,
+        train_iter,
+        total_steps=total_steps,
+        every=every,
+        teach=teach,
+        device=device,
     )
 
 
 def measure_end_to_end(
     *,
     device: torch.device,
-    steps: int = E2E_STEPS,
+    total_steps: int = E2E_STEPS,
     every: int = E2E_EVERY,
     unroll: int = E2E_UNROLL,
     seed: int = 0,
     data: Dataset | None = None,
     bar: tqdm | None = None,
+    steps: int | None = None,
 ) -> dict[str, Any]:
-    """Wall seconds of ``steps`` student steps with CE and with the README's recommended loop, taking turns.
+    """Wall seconds of ``total_steps`` student steps with CE and with the README's recommended loop, taking turns.
 
     The demo's task (MNIST-1D, the 1-D CNN, batches of 25, teacher validation batches of 100) and the README's
     recipe (:data:`E2E_RECIPE`) for both arms, from the same initial weights on the same train stream; the
@@ -385,25 +394,36 @@ def measure_end_to_end(
     steps=unroll, mode="lookahead")`` round runs at every ``every``-th iteration (the first included).
 
     Args:
+        total_steps: student steps of each arm (default: :data:`E2E_STEPS`).
         data: the data set (default: MNIST-1D, generated locally).
+        steps: deprecated name of ``total_steps``.
 
     Returns:
         ``ce_s``, ``taught_s`` and their ``ratio``; ``rounds``, ``rounds_skipped``, ``rounds_s`` (seconds in
         teacher rounds), ``rounds_share`` (of ``taught_s``), ``steps_ratio`` (the taught run outside its rounds
         over CE), with the configuration.
     """
+    if steps is not None:
+        total_steps = _total_steps(None, steps)
     data = load_dataset("mnist1d") if data is None else data
     data = Dataset(*(tensor.to(device) for tensor in data))
     student = make_student("mnist1d", data.num_classes, seed).to(device)
     records: list[RoundRecord] = []
     arm_loop = functools.partial(
-        _arm_loop, data=data, steps=steps, every=every, unroll=unroll, seed=seed, device=device, records=records
+        _arm_loop,
+        data=data,
+        total_steps=total_steps,
+        every=every,
+        unroll=unroll,
+        seed=seed,
+        device=device,
+        records=records,
     )
     loops = {arm: arm_loop(arm, copy.deepcopy(student)) for arm in ("ce", "taught")}
     _warm_up_optimizer()
     wall = {"ce": 0.0, "taught": 0.0}
     rounds_s = 0.0
-    for chunk in range(math.ceil(steps / every)):
+    for chunk in range(math.ceil(total_steps / every)):
         for arm in ("ce", "taught") if chunk % 2 == 0 else ("taught", "ce"):
             _sync(device)
             started = time.perf_counter()
@@ -417,7 +437,7 @@ def measure_end_to_end(
         "task": "MNIST-1D (4000 train, generated locally), MNIST1DCNN, train batch 25, val batch 100",
         "recipe": E2E_RECIPE,
         "loss": 'PairwiseDLN(C, init="ce") + Teacher(loss_fn, optimizer=optimizer, mode="lookahead")',
-        "steps": steps,
+        "steps": total_steps,
         "every": every,
         "unroll": unroll,
         "val_ratio": E2E_VAL_RATIO,
@@ -529,7 +549,7 @@ def run_step_cost(
         if e2e_steps is not None:
             bar.set_postfix_str("end to end")
             end_to_end = measure_end_to_end(
-                device=device, steps=e2e_steps, every=e2e_every, unroll=e2e_unroll, data=e2e_data, bar=bar
+                device=device, total_steps=e2e_steps, every=e2e_every, unroll=e2e_unroll, data=e2e_data, bar=bar
             )
     tables = [step_table(measured)] if measured else []
     if end_to_end is not None:

@@ -20,6 +20,7 @@ from dynaloss.batches import Batch, draw_batches
 from dynaloss.distributed import RankMean, unwrap_data_parallel
 from dynaloss.rollback import Rollback
 from dynaloss.round import RoundOutcome, compute_round
+from dynaloss.settings import DEFAULT_TEACHER, MODES, Mode, TeacherKind
 from dynaloss.teachers import TeacherModel, make_teacher_model
 from dynaloss.teachers.base import Memory
 from dynaloss.unroll import StudentState, ValLoss, default_val_loss, dln_parameters
@@ -27,7 +28,6 @@ from dynaloss.update_rules import OptimizerRule, check_optimizer, write_optimize
 
 __all__ = ["MODES", "RoundRecord", "Teacher"]
 
-MODES = ("paper", "lookahead", "research")
 AUTOCAST_DTYPES = (None, torch.bfloat16, torch.float16)
 
 logger = logging.getLogger(__name__)
@@ -167,7 +167,8 @@ class Teacher:
         loss_fn: the DLN the student trains with (e.g. :class:`dynaloss.PairwiseDLN`); updated in place.
         teacher: ``'lstm'`` (the paper's), ``'adam'``, ``'sgd'``, ``'rmsprop'`` or a
             :class:`dynaloss.teachers.TeacherModel` (default: ``'lstm'``).
-        steps: ``N``, student steps per stage (default: ``25``, the paper's for classification).
+        steps: ``N``, student steps per stage (not a total budget) (default: ``10``; the paper's is 25 for
+            classification, the authors' code's 15).
         optimizer: the ``torch.optim.SGD``, ``Adam`` or ``AdamW`` that trains the student. Every round then
             unrolls *its* update rule (momentum, Nesterov, weight decay, moments, AMSGrad) from its current
             state and each param group's current learning rate, so a scheduler is followed without syncing
@@ -178,25 +179,24 @@ class Teacher:
             (default: ``0.1``).
         dln_lr: ``gamma``, the scale of the teacher's update of the DLN (default: ``1e-3``).
         teacher_lr: Adam learning rate of the teacher model (default: ``1e-3``).
-        mode: what happens to the student (default: ``'paper'``):
-            ``'paper'``: stage III continues from stage I's end on new batches, and the student is
-            advanced by those ``2N`` SGD steps (BatchNorm statistics included);
+        mode: what happens to the student (default: ``'lookahead'``):
             ``'lookahead'``: the student is left bitwise untouched (train it with your own optimizer);
             stage III replays stage I's start and batches with the new DLN;
+            ``'paper'``: stage III continues from stage I's end on new batches, and the student is
+            advanced by those ``2N`` steps (BatchNorm statistics included);
             ``'research'``: as the authors' code, both stages start from the same weights on the same
-            batches, and the student keeps the second stage's ``N`` steps.
+            batches, and the student keeps the second stage's ``N`` steps (BatchNorm statistics included,
+            which the authors' code leaves unchanged; docs/modes.md lists every difference).
         val_loss: validation error ``f(outputs, targets)`` (default: cross-entropy, with the DLN's
             ``ignore_index``).
         anchor: the share of the DLN's distance to where teaching started that every round removes,
             ``phi' = phi + dln_lr * T(grad) - anchor * (phi - phi_start)``: a trust region that keeps the
             taught loss within ``dln_lr / anchor`` per coordinate of the (warm-started) loss it began as.
-            The paper has none (``0``), and its teacher then walks the DLN away at constant speed (default:
-            ``0.05``; see the README for the measurement).
+            ``0`` disables it, as in the paper (default: ``0.05``).
         guard: reject the DLN update when the validation error after stage III exceeds ``guard`` times
             the error after stage I: the DLN keeps its parameters, the student keeps only stage I's steps
             (``'paper'``/``'research'``), and the teacher model still learns from the failed proposal.
-            ``None`` disables it, as in the paper (default: ``None``: on MNIST-1D it did not stop the one
-            collapse we tested it on, see docs/results.md).
+            ``None`` disables it, as in the paper (default: ``None``).
         rollback: watch the validation error the rounds measure and, when its mean over a window of rounds
             rises well above the best such mean so far, return the DLN, the teacher model and its optimizer
             to their state at that best point, start its memory afresh and halve ``dln_lr``
@@ -246,17 +246,17 @@ class Teacher:
         self,
         loss_fn: nn.Module,
         *,
-        teacher: str | TeacherModel = "lstm",
-        steps: int = 25,
+        teacher: TeacherKind | TeacherModel = DEFAULT_TEACHER["teacher"],
+        steps: int = DEFAULT_TEACHER["steps"],
         optimizer: torch.optim.Optimizer | None = None,
-        student_lr: float = 0.1,
-        dln_lr: float = 1e-3,
-        teacher_lr: float = 1e-3,
-        mode: str = "paper",
+        student_lr: float = DEFAULT_TEACHER["student_lr"],
+        dln_lr: float = DEFAULT_TEACHER["dln_lr"],
+        teacher_lr: float = DEFAULT_TEACHER["teacher_lr"],
+        mode: Mode = DEFAULT_TEACHER["mode"],
         val_loss: ValLoss | None = None,
-        anchor: float = 0.05,
-        guard: float | None = None,
-        rollback: bool | Rollback = True,
+        anchor: float = DEFAULT_TEACHER["anchor"],
+        guard: float | None = DEFAULT_TEACHER["guard"],
+        rollback: bool | Rollback = DEFAULT_TEACHER["rollback"],
         checkpoint: bool = False,
         autocast_dtype: torch.dtype | None = None,
         process_group: Any = None,
@@ -378,12 +378,13 @@ class Teacher:
             # leave the handler before skipping: the traceback holds the round's frames and, with them, its tensors
             reason: str | None = f"out of memory ({str(error).splitlines()[0]}); the round was not committed"
         except (RuntimeError, IndexError) as error:
-            # torch reports batches that do not fit the student or the loss this way: features or target dtypes
-            # (RuntimeError), class indices out of range in val_loss's cross-entropy (IndexError)
-            raise ValueError(
-                f"the round failed on these batches (the student's forward, the DLN or val_loss raised): {error}; "
-                "nothing was changed"
-            ) from error
+            # torch reports batches that do not fit the student or the loss as RuntimeError (shapes, dtypes) or
+            # IndexError (class indices out of range): say so when the batches alone reproduce it; any other
+            # error (a device or collective failure, a bug) propagates as it is
+            problem = None if _not_about_batches(error) else _batch_problem(self, student, first, second, val)
+            if problem is None:
+                raise
+            raise ValueError(f"the round failed on these batches: {error} ({problem}); nothing was changed") from error
         else:
             reason = None
         if reason is not None:
@@ -563,7 +564,11 @@ class Teacher:
         self._busy = threading.Lock()
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything that learns or remembers: DLN, teacher model, its optimizer and memory, round count."""
+        """Everything that learns or remembers: DLN, teacher model, its optimizer and memory, round count.
+
+        As ``nn.Module.state_dict``, the DLN's and the teacher model's entries are the live tensors, which the next
+        round changes in place: ``copy.deepcopy`` it (or save it) to keep a snapshot.
+        """
         return {
             "loss_fn": self.loss_fn.state_dict(),
             "model": self.model.state_dict(),
@@ -676,3 +681,41 @@ def _write_student(student: nn.Module, state: StudentState) -> None:
         named_params[name].copy_(state.params[name])
     for name, buffer in student.named_buffers():
         buffer.copy_(state.buffers[name])
+
+
+def _not_about_batches(error: BaseException) -> bool:
+    """Errors that say the device or the process group failed, whatever the batches were."""
+    kinds = tuple(
+        kind
+        for kind in (getattr(torch, "AcceleratorError", None), getattr(torch.distributed, "DistError", None))
+        if isinstance(kind, type)
+    )
+    return isinstance(error, kinds) or str(error).startswith(("CUDA error", "NCCL error"))
+
+
+def _batch_problem(
+    teacher: Teacher, student: nn.Module, first: list[Batch], second: list[Batch], val: Batch
+) -> str | None:
+    """What the round's batches fail on without the round around them (the student's forward, the DLN or
+    ``val_loss``, named), or ``None`` when they pass: then the round's error was about something else.
+
+    Runs without gradients, on copies of the student's buffers so that BatchNorm statistics stay as they were.
+    """
+    state = {
+        **dict(student.named_parameters()),
+        **{name: buffer.clone() for name, buffer in student.named_buffers()},
+    }
+    labelled = [(batch, "a train batch", teacher.loss_fn) for batch in (*first, *second)]
+    with torch.no_grad():
+        for batch, label, loss in [*labelled, (val, "the val batch", teacher.val_loss)]:
+            try:
+                outputs = torch.func.functional_call(student, state, (batch.inputs,))
+            except (RuntimeError, IndexError, TypeError, ValueError) as error:
+                return f"the student's forward raised on {label}: {error}"
+            extra = () if batch.weight is None or loss is teacher.val_loss else (batch.weight,)
+            try:
+                loss(outputs, batch.targets, *extra)
+            except (RuntimeError, IndexError, TypeError, ValueError) as error:
+                what = "val_loss" if loss is teacher.val_loss else "the DLN"
+                return f"{what} raised on {label}: {error}"
+    return None

@@ -1,7 +1,8 @@
 """The training-loop pieces the ``dynaloss`` command shares: data and student by name, the CE and L2T-DLN arms.
 
 Both arms count *student SGD steps* and evaluate at the same step counts, so a comparison under one step
-budget is a matter of calling :func:`train_ce` and :func:`train_dln` with the same ``steps``.
+budget is a matter of calling :func:`train_ce` and :func:`train_dln` with the same ``total_steps`` (``steps``
+means N, the student steps of one teacher stage, in :class:`dynaloss.Teacher`).
 """
 
 from __future__ import annotations
@@ -11,15 +12,18 @@ import math
 import os
 import platform
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler
 from tqdm.auto import tqdm
 
 from dynaloss.checkpoint import RunCheckpoint
@@ -29,9 +33,12 @@ from dynaloss.teacher import Teacher
 
 __all__ = [
     "DATASETS",
+    "LR_FLOOR",
+    "LR_SCHEDULES",
     "MAX_FAILURES",
     "ArmResult",
     "Evaluate",
+    "LRSchedule",
     "align_steps",
     "cosine_schedule",
     "evaluate_accuracy",
@@ -164,14 +171,78 @@ def evaluate_accuracy(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int
     return correct / len(y)
 
 
-LRSchedule = Callable[[int], float]
+# ------------------------------------------------------------------------------------- learning-rate schedule
+# the student's SGD learning rate over a run: 'cosine' is torch's CosineAnnealingLR from the arm's rate down to
+# LR_FLOOR over the total student-step budget, 'constant' leaves the rate as it is
+LRSchedule = Literal["constant", "cosine"]
+LR_SCHEDULES: tuple[str, ...] = get_args(LRSchedule)
+# the cosine schedule ends here, not at 0, so that a teacher's unroll still moves the student in the last rounds
+LR_FLOOR = 1e-4
+
+STEPS_RENAMED = (
+    "steps= is deprecated, use total_steps= (the total student-step budget; steps means N per stage in Teacher)"
+)
 
 
-def cosine_schedule(lr: float, steps: int, floor: float = 1e-4) -> LRSchedule:
-    """``lr`` decaying to ``floor`` along a half cosine over ``steps`` student steps.
+def _total_steps(total_steps: int | None, steps: int | None) -> int:
+    """``total_steps``, or the value of the deprecated keyword ``steps=`` it replaces (with a warning).
 
-    The learning rate stays positive (``floor``) so that a teacher's unroll still moves the student at the end.
+    For the functions whose ``steps=`` was the total budget; the warning points at their caller.
     """
+    if steps is not None:
+        warnings.warn(STEPS_RENAMED, DeprecationWarning, stacklevel=3)
+        if total_steps is not None:
+            raise TypeError("pass total_steps= alone: steps= is its deprecated name")
+        return steps
+    if total_steps is None:
+        raise TypeError("missing the keyword argument total_steps= (the total student-step budget)")
+    return total_steps
+
+
+def _make_scheduler(
+    optimizer: Optimizer, lr_schedule: LRSchedule | Callable[[int], float], total_steps: int
+) -> LRScheduler | None:
+    """The scheduler of ``optimizer`` for ``lr_schedule`` over ``total_steps`` student steps (``None``: constant)."""
+    if callable(lr_schedule):
+        warnings.warn(
+            "lr_schedule= as a function of the step is deprecated: pass lr_schedule='cosine' or 'constant'",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        base = optimizer.param_groups[0]["lr"]
+        # LambdaLR scales the optimizer's starting rate: the function's rate divided by it
+        return LambdaLR(optimizer, lambda step: lr_schedule(step) / base)
+    if lr_schedule == "cosine":
+        return CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=LR_FLOOR)
+    if lr_schedule == "constant":
+        return None
+    raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+
+
+def _advance_scheduler(scheduler: LRScheduler | None, steps: int) -> None:
+    """Step ``scheduler`` once per student step taken."""
+    if scheduler is None or steps == 0:
+        return
+    with warnings.catch_warnings():
+        # in 'paper' and 'research' modes the teacher's unroll takes the student's steps, not the optimizer the
+        # scheduler holds, so torch's hint that optimizer.step() comes first does not apply
+        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step\\(\\)` before", UserWarning)
+        for _ in range(steps):
+            scheduler.step()
+
+
+def cosine_schedule(lr: float, steps: int, floor: float = LR_FLOOR) -> Callable[[int], float]:
+    """Deprecated: pass ``lr_schedule='cosine'`` to :func:`train_ce` / :func:`train_dln` (torch's
+    ``CosineAnnealingLR`` with ``eta_min=LR_FLOOR`` over ``total_steps``).
+
+    ``lr`` decaying to ``floor`` along a half cosine over ``steps`` student steps, as a function of the step.
+    """
+    warnings.warn(
+        "cosine_schedule is deprecated: pass lr_schedule='cosine' to train_ce / train_dln "
+        "(torch.optim.lr_scheduler.CosineAnnealingLR)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     return lambda step: floor + (lr - floor) * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
 
 
@@ -225,7 +296,7 @@ def _run(
     advance: Callable[[], int],
     student: nn.Module,
     *,
-    steps: int,
+    total_steps: int,
     eval_every: int,
     evaluate: Evaluate,
     progress: bool,
@@ -233,7 +304,7 @@ def _run(
     checkpoint: RunCheckpoint | None = None,
     parts: dict[str, Any] | None = None,
 ) -> ArmResult:
-    """Call ``advance`` (which returns the student steps it took) until ``steps``; evaluate along the way.
+    """Call ``advance`` (which returns the student steps it took) until ``total_steps``; evaluate along the way.
 
     With ``checkpoint``, ``parts`` (and the RNGs, ``result`` and the failure count) are restored from it when it
     resumes and saved to it after rounds that took steps.
@@ -250,14 +321,14 @@ def _run(
         result.steps.append(0)
         result.accuracy.append(evaluate(student))
     with tqdm(
-        total=steps,
+        total=total_steps,
         initial=result.student_steps,
         desc=result.name,
         unit="step",
         disable=not progress,
         dynamic_ncols=True,
     ) as bar:
-        while result.student_steps < steps:
+        while result.student_steps < total_steps:
             taken = advance()
             failures = 0 if taken else failures + 1
             if failures == max_failures:
@@ -266,7 +337,7 @@ def _run(
                 break
             result.student_steps += taken
             bar.update(taken)
-            if taken and (result.student_steps % eval_every == 0 or result.student_steps >= steps):
+            if taken and (result.student_steps % eval_every == 0 or result.student_steps >= total_steps):
                 result.steps.append(result.student_steps)
                 result.accuracy.append(evaluate(student))
                 bar.set_postfix(test_acc=f"{result.accuracy[-1]:.3f}")
@@ -286,7 +357,7 @@ def train_ce(
     student: nn.Module,
     split: EpochSplit,
     *,
-    steps: int,
+    total_steps: int | None = None,
     lr: float,
     evaluate: Evaluate,
     eval_every: int,
@@ -295,42 +366,55 @@ def train_ce(
     loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
     checkpoint: RunCheckpoint | None = None,
     train_iter: Iterator[Any] | None = None,
-    lr_schedule: LRSchedule | None = None,
+    lr_schedule: LRSchedule | Callable[[int], float] = "constant",
+    steps: int | None = None,
 ) -> ArmResult:
     """Plain SGD with a fixed loss (cross-entropy by default) on ``split``'s train batches (its val part is not used).
 
     Args:
         student: trained in place, on its own device.
         split: the data stream; one train batch per step.
-        steps: student SGD steps.
-        lr: SGD learning rate.
+        total_steps: student SGD steps (the budget; required).
+        lr: SGD learning rate (the schedule's start).
         evaluate: ``f(student) -> accuracy``, called at step 0, every ``eval_every`` steps and at the end.
         loss_fn: the loss, e.g. a warm-started DLN held fixed (default: cross-entropy).
         checkpoint: save the run every ``checkpoint.every`` steps, and resume from it (default: none).
         train_iter: the train batches (default: ``split.train_batches()``; a distributed run passes its shard).
-        lr_schedule: the learning rate as a function of the student steps taken so far, set before every
-            step (default: ``lr`` throughout; see :func:`cosine_schedule`).
+        lr_schedule: ``'constant'`` (default) or ``'cosine'``: torch's ``CosineAnnealingLR`` from ``lr`` to
+            :data:`LR_FLOOR` over ``total_steps``, stepped after every student step. A function of the steps
+            taken (what ``cosine_schedule`` returned) is deprecated.
+        steps: deprecated name of ``total_steps``.
     """
+    total_steps = _total_steps(total_steps, steps)
     device = next(student.parameters()).device
     optimizer = torch.optim.SGD(student.parameters(), lr=lr)
+    scheduler = _make_scheduler(optimizer, lr_schedule, total_steps)
     batches = split.train_batches() if train_iter is None else train_iter
     result = ArmResult(name)
     student.train()
 
     def advance() -> int:
-        if lr_schedule is not None:
-            for group in optimizer.param_groups:
-                group["lr"] = lr_schedule(result.student_steps)
         x, y = next(batches)
         loss = loss_fn(student(x.to(device)), y.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         return 1
 
-    parts = {"student": student, "optimizer": optimizer, "split": split}
-    common: dict[str, Any] = {"steps": steps, "eval_every": eval_every, "evaluate": evaluate, "progress": progress}
-    return _run(result, advance, student, checkpoint=checkpoint, parts=parts, **common)
+    parts = _parts(student=student, optimizer=optimizer, scheduler=scheduler, split=split)
+    return _run(
+        result,
+        advance,
+        student,
+        total_steps=total_steps,
+        eval_every=eval_every,
+        evaluate=evaluate,
+        progress=progress,
+        checkpoint=checkpoint,
+        parts=parts,
+    )
 
 
 def train_dln(
@@ -338,7 +422,7 @@ def train_dln(
     teacher: Teacher,
     split: EpochSplit,
     *,
-    steps: int,
+    total_steps: int | None = None,
     evaluate: Evaluate,
     eval_every: int,
     name: str = "L2T-DLN",
@@ -346,25 +430,33 @@ def train_dln(
     max_failures: int = MAX_FAILURES,
     checkpoint: RunCheckpoint | None = None,
     batches: tuple[Iterator[Any], Iterator[Any]] | None = None,
-    lr_schedule: LRSchedule | None = None,
+    lr_schedule: LRSchedule | Callable[[int], float] = "constant",
+    steps: int | None = None,
 ) -> ArmResult:
-    """L2T-DLN: ``teacher.step`` rounds until the student has taken ``steps`` SGD steps.
+    """L2T-DLN: ``teacher.step`` rounds until the student has taken ``total_steps`` SGD steps.
 
     In ``'paper'`` and ``'research'`` modes the teacher's unroll *is* the student's training (``2N`` and
     ``N`` steps a round). In ``'lookahead'`` mode the teacher leaves the student alone, so each round first
     takes ``N`` plain SGD steps (learning rate ``teacher.student_lr``) with the DLN as the loss, as a user's
-    own loop would, then calls ``teacher.step``. Pass ``steps`` and ``eval_every`` as multiples of
+    own loop would, then calls ``teacher.step``. Pass ``total_steps`` and ``eval_every`` as multiples of
     :func:`round_size` so the evaluations fall where another arm's do.
 
     Args:
+        total_steps: student SGD steps (the budget; required).
         max_failures: stop (``result.stopped``) after this many rounds in a row were skipped (default: ``20``).
         checkpoint: save the run every ``checkpoint.every`` committed rounds, and resume from it (default: none).
         batches: the ``(train, val)`` iterators (default: ``split``'s; a distributed run passes its shards).
-        lr_schedule: the student's learning rate as a function of the student steps taken so far, written
-            into ``teacher.student_lr`` (and the lookahead optimizer) before every round (default: constant).
+        lr_schedule: ``'constant'`` (default) or ``'cosine'``: torch's ``CosineAnnealingLR`` from
+            ``teacher.student_lr`` to :data:`LR_FLOOR` over ``total_steps``, on an SGD optimizer of the student.
+            It is stepped once per student step taken (``2N`` times after a ``'paper'`` round) and its rate is
+            written into ``teacher.student_lr`` before every round, so a round's steps share one rate. A
+            function of the steps taken (what ``cosine_schedule`` returned) is deprecated.
+        steps: deprecated name of ``total_steps`` (``teacher.steps`` is N).
     """
+    total_steps = _total_steps(total_steps, steps)
     train_iter, val_iter = (split.train_batches(), split.val_batches()) if batches is None else batches
     optimizer = torch.optim.SGD(student.parameters(), lr=teacher.student_lr)
+    scheduler = _make_scheduler(optimizer, lr_schedule, total_steps)
     device = next(student.parameters()).device
     result = ArmResult(name)
     student.train()
@@ -381,15 +473,30 @@ def train_dln(
         return teacher.steps
 
     def advance() -> int:
-        if lr_schedule is not None:
-            teacher.student_lr = lr_schedule(result.student_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = teacher.student_lr
+        if scheduler is not None:
+            teacher.student_lr = optimizer.param_groups[0]["lr"]
         taken = own_steps() if teacher.mode == "lookahead" else 0
         record = teacher.step(student, train_iter, val_iter)
         result.rounds.append(record.as_dict())
-        return taken + record.student_steps
+        taken += record.student_steps
+        _advance_scheduler(scheduler, taken)
+        return taken
 
-    parts = {"student": student, "teacher": teacher, "optimizer": optimizer, "split": split}
-    common: dict[str, Any] = {"steps": steps, "eval_every": eval_every, "evaluate": evaluate, "progress": progress}
-    return _run(result, advance, student, max_failures=max_failures, checkpoint=checkpoint, parts=parts, **common)
+    parts = _parts(student=student, teacher=teacher, optimizer=optimizer, scheduler=scheduler, split=split)
+    return _run(
+        result,
+        advance,
+        student,
+        total_steps=total_steps,
+        eval_every=eval_every,
+        evaluate=evaluate,
+        progress=progress,
+        max_failures=max_failures,
+        checkpoint=checkpoint,
+        parts=parts,
+    )
+
+
+def _parts(**parts: Any) -> dict[str, Any]:
+    """What a run's checkpoint saves and restores: the given parts that exist (a constant lr has no scheduler)."""
+    return {name: part for name, part in parts.items() if part is not None}

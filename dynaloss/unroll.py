@@ -17,6 +17,7 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from dynaloss._deprecation import renamed_keywords
 from dynaloss.batches import Batch, as_batch
 from dynaloss.stage_loss import StageLoss
 from dynaloss.update_rules import PlainSGD, SlotState, UpdateRule, optimizer_rule
@@ -220,13 +221,14 @@ def validation_error(student: nn.Module, state: StudentState, batch: Batch, val_
     return val_loss(functional_call(student, (state.params, buffers), (batch.inputs,)), batch.targets)
 
 
+@renamed_keywords(lr="student_lr")
 def hypergradient(
     student: nn.Module,
     loss_fn: nn.Module,
     train_batches: Sequence[object],
     val_batch: object,
     *,
-    lr: float | None = None,
+    student_lr: float | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     val_loss: ValLoss | None = None,
 ) -> dict[str, Tensor]:
@@ -241,7 +243,8 @@ def hypergradient(
         loss_fn: the DLN (any module whose learnable parameters define the loss).
         train_batches: ``(x, y)`` or ``(x, y, w)`` batches, one per step.
         val_batch: ``(x, y)``.
-        lr: the student's learning rate, for plain SGD steps (give this or ``optimizer``).
+        student_lr: the student's learning rate, for plain SGD steps (give this or ``optimizer``; ``lr=`` is
+            its deprecated name).
         optimizer: the student's ``torch.optim`` SGD, Adam or AdamW: the steps are its steps, from its
             current state and param groups (give this or ``lr``).
 
@@ -250,15 +253,15 @@ def hypergradient(
     """
     if not isinstance(student, nn.Module) or not isinstance(loss_fn, nn.Module):
         raise TypeError("student and loss_fn must be torch.nn.Module instances")
-    if (lr is None) == (optimizer is None):
-        raise ValueError("pass exactly one of lr (plain SGD steps) and optimizer (its own update rule)")
+    if (student_lr is None) == (optimizer is None):
+        raise ValueError("pass exactly one of student_lr (plain SGD steps) and optimizer (its own update rule)")
     if not train_batches:
         raise ValueError("train_batches is empty: the unroll needs at least one step")
     device = next(student.parameters()).device
     train = [as_batch(b, "train_batches", device) for b in train_batches]
     val = as_batch(val_batch, "val_batch", device)
     phi = dln_parameters(loss_fn)
-    start, rule = start_of_unroll(student, optimizer, lr)
+    start, rule = start_of_unroll(student, optimizer, student_lr)
     end = unroll(student, start, loss_fn, phi, train, rule=rule)
     error = validation_error(student, end, val, val_loss or default_val_loss(loss_fn))
     return dict(zip(phi, grads_or_zeros(error, list(phi.values()))))

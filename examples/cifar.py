@@ -3,7 +3,7 @@
 The data are read from a local copy of the python-pickle archive (nothing is downloaded):
 
     python examples/cifar.py --data-dir ~/data             # holds cifar-10-batches-py/
-    python examples/cifar.py --data-dir ~/data --num-classes 100 --steps 20000
+    python examples/cifar.py --data-dir ~/data --num-classes 100 --total-steps 20000
 
 A GPU is used when there is one. The student is trained by the teacher's rounds (paper mode: each round's
 2N unrolled SGD steps are the student's training).
@@ -38,7 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True, help="folder holding cifar-10-batches-py or cifar-100-python")
     parser.add_argument("--num-classes", type=int, choices=(10, 100), default=10)
-    parser.add_argument("--steps", type=int, default=10000, help="student SGD steps (default: 10000)")
+    parser.add_argument("--total-steps", type=int, default=10000, help="student SGD steps (default: 10000)")
     parser.add_argument("--unroll", type=int, default=25, help="N, the paper's 25 for classification")
     parser.add_argument("--eval-every", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
@@ -58,10 +58,10 @@ def main() -> None:
     teacher = dynaloss.Teacher(loss_fn, steps=args.unroll, student_lr=0.1, mode="paper")
 
     started, steps, next_eval = time.perf_counter(), 0, args.eval_every
-    while steps < args.steps:
+    while steps < args.total_steps:
         record = teacher.step(model, train_iter, val_iter)
         steps += record.student_steps
-        if steps >= next_eval or steps >= args.steps:
+        if steps >= next_eval or steps >= args.total_steps:
             next_eval += args.eval_every
             print(
                 f"step {steps:6d}  epoch {split.epoch:3d}  test accuracy {accuracy(model, x_test, y_test):.4f}  "

@@ -5,10 +5,19 @@ every K iterations. ``optimizer=optimizer`` makes every teacher round unroll *yo
 with momentum and weight decay, at the learning rate the scheduler has set), and ``mode="lookahead"`` means
 the round only looks ahead on functional copies: it never writes to your model or your optimizer.
 
-    OMP_NUM_THREADS=1 python examples/plain_loop.py        # MNIST-1D, generated locally; about a minute on one core
+What it runs: the 1-D CNN on MNIST-1D (generated locally), 8,000 iterations of batch 25 with
+``SGD(lr=0.05, momentum=0.9, weight_decay=5e-4)`` and ``CosineAnnealingLR``. The loss is a ``PairwiseDLN``
+that starts as cross-entropy (``init="ce"``); the model trains on three quarters of the training set. A round
+of the teacher (N = 10 look-ahead steps) runs every K = 100 iterations, 80 in all, and validates on the other quarter
+(re-split every epoch). It prints the test accuracy every 1,000 iterations and at the end.
 
-The teacher validates on a held-out quarter of the training set. ``benchmarks/user_loop.py --case repro``
-measures this loop against cross-entropy with the same recipe (docs/results.md).
+    OMP_NUM_THREADS=1 python examples/plain_loop.py        # --iterations, --teach-every, --unroll, --seed
+
+What it reaches, at commit 48a3282 on a 2-core AMD EPYC (no GPU, torch 2.14.1, one thread): a final test
+accuracy of 95.5 % with seed 0, and 95.0 % and 94.5 % with seeds 1 and 2. The loop takes 48 s with the machine
+otherwise idle, under a minute with start-up. Seeds differ by a point, so one run does not show whether teaching
+helps. ``benchmarks/user_loop.py --case repro`` measures this loop against cross-entropy with the same
+recipe, over seeds (docs/results.md, "The reproduction case").
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 python examples/pspnet_dln.py                    # synthetic shapes, tiny encoder, CPU
     python examples/pspnet_dln.py --voc /data/VOCdevkit/VOC2012 --encoder resnet50 --crop 320 \\
-        --steps 30000 --batch 8 --device cuda                          # the paper's layout on VOC
+        --total-steps 30000 --batch 8 --device cuda                    # the paper's layout on VOC
 
 Both arms start from the same weights and see the same batches; the table at the end compares mIoU.
 Encoders are randomly initialised unless --encoder-weights is given (which downloads them).
@@ -27,7 +27,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--encoder", default=None, help="smp encoder (default: tu-test_resnet synthetic, resnet50 VOC)")
     parser.add_argument("--encoder-weights", default=None, help="e.g. imagenet (downloads); default: random init")
     parser.add_argument("--crop", type=int, default=32, help="image side, a multiple of 8 (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--total-steps", type=int, default=300, help="SGD steps per arm (default: %(default)s)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--every", type=int, default=5, help="student steps between teacher rounds")
@@ -62,14 +62,14 @@ def main() -> None:
         trainer = PSPNetTrainer(
             model.to(args.device),
             train_set,
-            steps=args.steps,
+            total_steps=args.total_steps,
             loss=arm,
             batch_size=args.batch,
             lr=args.lr,
             teaching=TeachingConfig(every=args.every, steps=args.unroll),
             seed=args.seed,
         )
-        print(f"training {arm}: {args.steps} steps of {args.batch} images")
+        print(f"training {arm}: {args.total_steps} steps of {args.batch} images")
         records = trainer.fit(progress=True)
         trainer.save(args.out / f"{arm}.pt")
         metrics = trainer.evaluate(val_set)

@@ -9,8 +9,9 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from dynaloss import MODES, Teacher
+from dynaloss import Teacher
 from dynaloss._checks import check_positive_float, check_positive_int
+from dynaloss.settings import DEFAULT_TEACHER, MODES, Mode
 
 __all__ = ["TeachingConfig", "forever", "resplit"]
 
@@ -23,14 +24,15 @@ class TeachingConfig:
 
     Args:
         every: run a round after every ``every`` student batches (default: ``10``).
-        steps: ``N``, unrolled student optimizer steps per stage (default: ``2``, the paper's for detection
-            and segmentation).
+        steps: ``N``, unrolled student optimizer steps per stage (default: :class:`dynaloss.Teacher`'s, ``10``;
+            the paper used ``2`` for detection and segmentation, a fifth of the cost).
         student_lr: the student's SGD learning rate inside the unroll, used only when :meth:`make_teacher`
             is given no optimizer (the adapters give theirs, whose param groups' current learning rates the
-            unroll then follows) (default: ``0.01``).
-        mode: the :class:`dynaloss.Teacher` mode (default: ``'lookahead'``: the framework's own optimizer
-            keeps training the student and the round only teaches the DLN; ``'paper'`` also writes the
-            ``2N`` unrolled steps, and the optimizer's state after them, into the student).
+            unroll then follows) (default: :class:`dynaloss.Teacher`'s, ``0.1``).
+        mode: the :class:`dynaloss.Teacher` mode (default: :class:`dynaloss.Teacher`'s, ``'lookahead'``: the
+            framework's own optimizer keeps training the student and the round only teaches the DLN;
+            ``'paper'`` also writes the ``2N`` unrolled steps, and the optimizer's state after them, into the
+            student).
         train_batch: images per unrolled step (default: ``2``, the paper's).
         val_batch: images in the validation batch of a round (default: ``8``, the paper's).
         val_ratio: share of the training images held out for the teacher's validation batches, re-drawn
@@ -40,9 +42,9 @@ class TeachingConfig:
     """
 
     every: int = 10
-    steps: int = 2
-    student_lr: float = 0.01
-    mode: str = "lookahead"
+    steps: int = DEFAULT_TEACHER["steps"]
+    student_lr: float = DEFAULT_TEACHER["student_lr"]
+    mode: Mode = DEFAULT_TEACHER["mode"]
     train_batch: int = 2
     val_batch: int = 8
     val_ratio: float = 0.5

@@ -150,7 +150,7 @@ def make_batches(count: int, seed: int = 0, size: int = 6) -> list[tuple[torch.T
 
 
 def make_teacher(**kwargs: object) -> Teacher:
-    return Teacher(dln3(), **{"steps": 2, **kwargs})
+    return Teacher(dln3(), **{"steps": 2, "mode": "paper", **kwargs})
 
 
 def trained(teacher_kind: str = "lstm") -> tuple[nn.Module, Teacher]:
@@ -303,17 +303,17 @@ def test_val_batch_of_the_wrong_structure_raises():
 
 def test_hypergradient_with_no_train_batches_raises():
     with pytest.raises(ValueError, match="train_batches is empty"):
-        hypergradient(make_student(), dln3(), [], make_batches(1)[0], lr=0.1)
+        hypergradient(make_student(), dln3(), [], make_batches(1)[0], student_lr=0.1)
 
 
 def test_hypergradient_with_non_modules_raises():
     with pytest.raises(TypeError, match="student and loss_fn must be torch.nn.Module"):
-        hypergradient(make_student(), lambda z, y: z.sum(), make_batches(1), make_batches(1)[0], lr=0.1)
+        hypergradient(make_student(), lambda z, y: z.sum(), make_batches(1), make_batches(1)[0], student_lr=0.1)
 
 
 def test_hypergradient_with_a_bad_val_batch_raises():
     with pytest.raises(ValueError, match=r"val_batch yielded 6 inputs but targets of shape \(2,\)"):
-        hypergradient(make_student(), dln3(), make_batches(1), (X, Y[:2]), lr=0.1)
+        hypergradient(make_student(), dln3(), make_batches(1), (X, Y[:2]), student_lr=0.1)
 
 
 # ------------------------------------------------------------------------------------ non-finite rounds
@@ -364,3 +364,38 @@ def test_non_finite_round_is_skipped_and_changes_nothing(teacher_kind, mode, bat
 
     after = teacher.step(student, iter(make_batches(4, seed=7)), iter(make_batches(1, seed=8)))
     assert not after.skipped, after.reason  # a skipped round does not poison the next one
+
+
+def _failing_val_loss(message: str, *, only_in_the_round: bool):
+    """A val_loss that raises RuntimeError(message) (in the round only: when its input carries a graph)."""
+
+    def val_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if outputs.requires_grad or not only_in_the_round:
+            raise RuntimeError(message)
+        return nn.functional.cross_entropy(outputs, targets)
+
+    return val_loss
+
+
+@pytest.mark.parametrize(
+    ("message", "only_in_the_round"),
+    [("a bug inside the round", True), ("CUDA error: an illegal memory access was encountered", False)],
+)
+def test_errors_that_are_not_about_the_batches_propagate_as_they_are(message, only_in_the_round):
+    # a bug, a device or a collective failure is not "bad batches": it keeps its type and message
+    student, teacher = trained()
+    teacher.val_loss = _failing_val_loss(message, only_in_the_round=only_in_the_round)
+    before = snapshot(student, teacher)
+    with pytest.raises(RuntimeError, match=message) as raised:
+        teacher.step(student, iter(make_batches(4)), iter(make_batches(1, seed=1)))
+    assert raised.type is RuntimeError
+    assert_identical(before, snapshot(student, teacher))
+
+
+def test_a_batch_the_student_cannot_take_is_a_value_error_that_names_the_part():
+    student, teacher = trained()
+    before = snapshot(student, teacher)
+    wide = [(torch.randn(8, 7), torch.randint(3, (8,)))] * 4  # the student takes 4 features
+    with pytest.raises(ValueError, match="the student's forward raised on a train batch"):
+        teacher.step(student, iter(wide), iter(make_batches(1, seed=1)))
+    assert_identical(before, snapshot(student, teacher))

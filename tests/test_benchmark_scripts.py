@@ -2,15 +2,59 @@
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.util
 import json
+import re
 import runpy
 import sys
 from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+RESULTS = "benchmarks/results/"
+
+
+def cited_results(*pages: Path) -> set[str]:
+    """Every ``benchmarks/results/...`` path or pattern the pages name, with ``{a,b}`` expanded."""
+    found: set[str] = set()
+    for page in pages:
+        for cited in re.findall(r"benchmarks/results/[\w.*{},/-]+", page.read_text()):
+            cited = cited.rstrip(".,)")
+            braces = re.search(r"\{([^}]*)\}", cited)
+            options = braces.group(1).split(",") if braces else [""]
+            found |= {cited.replace(braces.group(0), o) if braces else cited for o in options}
+    return found
+
+
+def names(cited: str, path: str) -> bool:
+    """A page's citation names a file: the path itself, a glob, an ``--out`` prefix (OUT.json) or a folder."""
+    return path == cited or fnmatch.fnmatch(path, cited) or path.startswith((cited + ".", cited.rstrip("/") + "/"))
+
+
+def result_files() -> list[str]:
+    return sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / RESULTS).rglob("*") if p.is_file())
+
+
+def test_every_result_file_is_cited_by_the_page_that_shows_its_table() -> None:
+    # one current result per table: a file no page cites is a stale one (its story goes to docs/history.md)
+    cited = cited_results(ROOT / "README.md", ROOT / "docs" / "results.md", BENCHMARKS / "README.md")
+    uncited = [path for path in result_files() if not any(names(c, path) for c in cited)]
+    assert uncited == [], "cite each as its table's result in docs/results.md or README.md, or delete it"
+
+
+def test_every_result_the_readme_and_results_page_cite_exists() -> None:
+    files = result_files()
+    cited = cited_results(ROOT / "README.md", ROOT / "docs" / "results.md")
+    assert cited and [c for c in sorted(cited) if not any(names(c, path) for path in files)] == []
+
+
+def test_the_benchmark_protocol_names_every_script() -> None:
+    protocol = (BENCHMARKS / "README.md").read_text()
+    scripts = [p.name for p in BENCHMARKS.iterdir() if p.suffix in (".py", ".sh")]
+    assert scripts and [name for name in scripts if f"`{name}`" not in protocol] == []
 
 
 def test_round_breakdown_times_every_part_of_a_round(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -27,6 +71,7 @@ def test_round_breakdown_times_every_part_of_a_round(tmp_path: Path, monkeypatch
     assert "machine:" in table and all(name in table for name in parts)
 
 
+@pytest.mark.subprocess
 def test_user_loop_writes_every_cell_and_resumes_without_rerunning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

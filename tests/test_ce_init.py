@@ -172,7 +172,7 @@ def test_spare_units_reach_the_validation_gradient_at_full_size():
     student = make_student()
     dln = PairwiseDLN(CLASSES, init="ce", hidden=6, depth=2).double()
     batches, (val,) = make_batches(2, 8, seed=2), make_batches(1, 16, seed=3)
-    grads = dynaloss.hypergradient(student, dln, batches, val, lr=LR)
+    grads = dynaloss.hypergradient(student, dln, batches, val, student_lr=LR)
     last = grads[f"layers.{len(dln.layers) - 1}"][0]
     assert (last[1:].abs() > 1e-2 * last[0].abs()).sum() >= 3
 
@@ -203,7 +203,7 @@ def test_hypergradient_matches_finite_differences():
         for matrix in dln.layers:
             matrix.add_(torch.randn(matrix.shape, generator=g, dtype=torch.float64) * 0.05)
     batches, (val,) = make_batches(3, 8, seed=2), make_batches(1, 16, seed=3)
-    analytic = flat(dynaloss.hypergradient(student, dln, batches, val, lr=LR))
+    analytic = flat(dynaloss.hypergradient(student, dln, batches, val, student_lr=LR))
     numeric = finite_difference_gradient(student, dln, batches, val)
     assert analytic.norm() > 1e-4  # the check is not vacuous
     assert (analytic - numeric).norm() / numeric.norm() < 1e-6

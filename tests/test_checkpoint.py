@@ -16,8 +16,9 @@ import torch
 from dynaloss.checkpoint import RunCheckpoint, restore_rng_state, rng_state, save_atomic
 from dynaloss.cli import CHECKPOINT, main
 
-# 20 rounds of N = 2 with the LSTM teacher on digits, a checkpoint every 2 rounds
-TRAIN = ["train", "--data", "digits", "--unroll", "2", "--steps", "80", "--eval-every", "20", "--no-progress"]
+# the default teacher (lookahead, LSTM) on digits, with the default cosine schedule: 20 rounds of N = 2 own steps
+# and a teacher round each, a checkpoint every 2 rounds
+TRAIN = ["train", "--data", "digits", "--unroll", "2", "--total-steps", "40", "--eval-every", "10", "--no-progress"]
 
 
 def tensors_equal(a: object, b: object) -> bool:
@@ -44,6 +45,7 @@ def outcome(out: Path) -> dict[str, object]:
     }
 
 
+@pytest.mark.subprocess
 def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     assert main([*TRAIN, "--out", str(reference)]) == 0
@@ -59,8 +61,11 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> Non
     process.wait()
     assert still_running, "the run ended before it could be killed: give it more steps"
     assert not (killed / "metrics.json").exists()
-    saved_rounds = torch.load(killed / CHECKPOINT, weights_only=True)["rounds"]
+    saved = torch.load(killed / CHECKPOINT, weights_only=True)
+    saved_rounds = saved["rounds"]
     assert 0 < saved_rounds < 20
+    # the learning-rate scheduler is saved with the optimizer: it has taken one step per student step
+    assert saved["parts"]["scheduler"]["last_epoch"] == saved["run"]["result"]["student_steps"] == 2 * saved_rounds
 
     assert main([*argv, "--resume"]) == 0
     resumed, uninterrupted = outcome(killed), outcome(reference)
@@ -72,7 +77,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> Non
 
 
 def test_resume_with_other_settings_raises(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["train", "--data", "digits", "--loss", "ce", "--steps", "4", "--no-progress", "--out", str(tmp_path)]
+    argv = ["train", "--data", "digits", "--loss", "ce", "--total-steps", "4", "--no-progress", "--out", str(tmp_path)]
     assert main([*argv, "--checkpoint-every", "2"]) == 0
     with pytest.raises(SystemExit) as exit_info:
         main([*argv, "--resume", "--lr", "0.05"])

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dynaloss.cli import main
+from dynaloss.cli import main, parser_defaults
+from dynaloss.settings import DEFAULT_DLN, DEFAULT_TEACHER
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -16,10 +17,12 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def test_quick_demo_writes_both_arms_and_the_loss_surface(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--quick", "--out", str(tmp_path), "--no-progress", "--device", "cpu"]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
-    ce, dln = results["arms"]["ce"], results["arms"]["l2t_dln"]
-    assert ce["student_steps"] == dln["student_steps"] == results["config"]["steps"]
+    ce, dln, config = results["arms"]["ce"], results["arms"]["l2t_dln"], results["config"]
+    assert ce["student_steps"] == dln["student_steps"] == config["total_steps"]
     assert ce["steps"] == dln["steps"]  # evaluated at the same step counts
-    assert len(dln["rounds"]) == results["config"]["steps"] // (2 * results["config"]["unroll"])
+    assert config["teacher"] == {**DEFAULT_TEACHER, "steps": 5}  # the library's defaults, --quick's N
+    assert config["dln"] == {"class": "PairwiseDLN", **DEFAULT_DLN}
+    assert len(dln["rounds"]) == config["total_steps"] // config["unroll"]  # lookahead: a round every N steps
     assert 0.0 <= dln["final_accuracy"] <= 1.0 and ce["best_accuracy"] >= ce["final_accuracy"]
     for name in ("loss_surface.png", "accuracy.png"):
         assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
@@ -28,15 +31,37 @@ def test_quick_demo_writes_both_arms_and_the_loss_surface(tmp_path: Path, capsys
 
 
 def test_demo_rounds_the_budget_up_to_whole_rounds(tmp_path: Path) -> None:
-    main(["demo", "--steps", "25", "--unroll", "3", "--eval-every", "7", "--out", str(tmp_path), "--no-progress"])
+    argv = ["demo", "--total-steps", "25", "--unroll", "3", "--eval-every", "7", "--out", str(tmp_path)]
+    main([*argv, "--no-progress"])
     config = json.loads((tmp_path / "results.json").read_text())["config"]
-    assert config["steps"] == 30 and config["eval_every"] == 12
+    assert config["total_steps"] == 27 and config["eval_every"] == 9  # lookahead rounds take N = 3 steps
+
+
+@pytest.mark.parametrize("command", ["train", "demo"])
+def test_steps_is_a_hidden_deprecated_alias_of_total_steps(
+    tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [command, "--steps", "4", "--unroll", "2", "--eval-every", "4", "--out", str(tmp_path), "--no-progress"]
+    argv += ["--data", "digits"] if command == "train" else []
+    assert main(argv) == 0
+    assert "--steps is deprecated, use --total-steps" in capsys.readouterr().err
+    written = tmp_path / ("metrics.json" if command == "train" else "results.json")
+    assert json.loads(written.read_text())["config"]["total_steps"] == 4
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    shown = capsys.readouterr().out
+    assert "--total-steps" in shown and "--steps" not in shown
+
+
+@pytest.mark.parametrize("command", ["train", "demo"])
+def test_train_and_demo_defaults_are_the_librarys(command: str) -> None:
+    assert parser_defaults(command) == {**DEFAULT_TEACHER, **DEFAULT_DLN}
 
 
 @pytest.mark.parametrize(("mode", "rounds"), [("paper", 2), ("lookahead", 4), ("research", 4)])
 def test_train_on_digits_saves_metrics_student_and_teacher(tmp_path: Path, mode: str, rounds: int) -> None:
     argv = ["train", "--data", "digits", "--loss", "dln", "--mode", mode, "--teacher", "adam", "--unroll", "2"]
-    argv += ["--steps", "8", "--eval-every", "4", "--out", str(tmp_path), "--device", "cpu", "--no-progress"]
+    argv += ["--total-steps", "8", "--eval-every", "4", "--out", str(tmp_path), "--device", "cpu", "--no-progress"]
     assert main(argv) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["result"]["student_steps"] == 8 and metrics["result"]["steps"] == [0, 4, 8]
@@ -51,7 +76,7 @@ def test_train_on_digits_saves_metrics_student_and_teacher(tmp_path: Path, mode:
 
 @pytest.mark.parametrize("loss", ["ce", "dln"])
 def test_the_cosine_schedule_is_the_default_and_reaches_the_student(tmp_path: Path, loss: str) -> None:
-    argv = ["train", "--data", "digits", "--loss", loss, "--unroll", "2", "--steps", "8", "--no-progress"]
+    argv = ["train", "--data", "digits", "--loss", loss, "--unroll", "2", "--total-steps", "8", "--no-progress"]
     students = {}
     for schedule in ("default", "constant"):
         out = tmp_path / schedule
@@ -65,7 +90,7 @@ def test_the_cosine_schedule_is_the_default_and_reaches_the_student(tmp_path: Pa
 
 
 def test_train_with_cross_entropy(tmp_path: Path) -> None:
-    argv = ["train", "--data", "digits", "--loss", "ce", "--steps", "5", "--out", str(tmp_path), "--no-progress"]
+    argv = ["train", "--data", "digits", "--loss", "ce", "--total-steps", "5", "--out", str(tmp_path), "--no-progress"]
     assert main(argv) == 0
     assert json.loads((tmp_path / "metrics.json").read_text())["result"]["student_steps"] == 5
     assert not (tmp_path / "teacher.pt").exists()
@@ -86,6 +111,7 @@ def test_missing_cifar_directory_is_a_clear_error(tmp_path: Path, capsys: pytest
 def test_bad_arguments_and_missing_files_exit_with_status_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = [
         ["train", "--val-ratio", "1.5"],
+        ["demo", "--total-steps", "0"],
         ["demo", "--steps", "0"],
         ["train", "--seed", "-1"],
         ["demo", "--device", "gpu"],
@@ -103,7 +129,7 @@ def test_bad_arguments_and_missing_files_exit_with_status_2(tmp_path: Path, caps
 def test_train_builds_the_constrained_dln_unless_asked_for_the_papers(
     tmp_path: Path, flags: list[str], monotone: bool
 ) -> None:
-    argv = ["train", "--data", "digits", "--unroll", "2", "--steps", "4", "--eval-every", "4", *flags]
+    argv = ["train", "--data", "digits", "--unroll", "2", "--total-steps", "4", "--eval-every", "4", *flags]
     assert main([*argv, "--out", str(tmp_path), "--device", "cpu", "--no-progress"]) == 0
     state = torch.load(tmp_path / "teacher.pt", weights_only=True)
     assert state["loss_fn"]["_extra_state"]["monotone"] is monotone

@@ -9,8 +9,8 @@ import torch
 
 from dynaloss.cli import CHECKPOINT, main
 
-CE = ["train", "--data", "digits", "--loss", "ce", "--steps", "4", "--no-progress"]
-DLN = ["train", "--data", "digits", "--unroll", "2", "--steps", "8", "--no-progress"]
+CE = ["train", "--data", "digits", "--loss", "ce", "--total-steps", "4", "--no-progress"]
+DLN = ["train", "--data", "digits", "--unroll", "2", "--total-steps", "8", "--no-progress"]
 
 
 def fails_cleanly(argv: list[str], capsys: pytest.CaptureFixture[str], code: int, *phrases: str) -> str:

@@ -85,6 +85,7 @@ def union_round() -> dict[str, object]:
     return one_round()
 
 
+@pytest.mark.subprocess
 def test_sharded_round_equals_the_round_on_the_union(ranks: list[dict]) -> None:
     reference = union_round()
     assert float(reference["flat_grad"].norm()) > 1e-3  # type: ignore[attr-defined]  # not vacuous
@@ -93,6 +94,7 @@ def test_sharded_round_equals_the_round_on_the_union(ranks: list[dict]) -> None:
     assert max(differences) <= TOLERANCE
 
 
+@pytest.mark.subprocess
 def test_teacher_steps_on_ranks_equal_the_single_process_run(ranks: list[dict]) -> None:
     student, dln, model = make_teacher_parts()
     teacher = Teacher(dln, teacher=model, **TEACHER_ARGS)
@@ -121,6 +123,7 @@ def test_teacher_steps_on_ranks_equal_the_single_process_run(ranks: list[dict]) 
     assert max_difference(ranks[0]["student"], ranks[1]["student"]) == 0.0
 
 
+@pytest.mark.subprocess
 def test_rank_mean_is_differentiable_twice(ranks: list[dict]) -> None:
     # one process with every rank's input: the ranks' derivatives are those of the sum of their objectives
     x = torch.stack(
@@ -137,11 +140,13 @@ def test_rank_mean_is_differentiable_twice(ranks: list[dict]) -> None:
         assert result["double_backward"]["second"].abs().max() > 0.1
 
 
+@pytest.mark.subprocess
 def test_ranks_that_drift_apart_are_caught_on_every_rank(ranks: list[dict]) -> None:
     for rank in ranks:
         assert "ranks out of sync" in rank["desync_error"] and "DLN parameters" in rank["desync_error"]
 
 
+@pytest.mark.subprocess
 def test_an_iterator_ending_early_on_one_rank_raises_on_every_rank(ranks: list[dict]) -> None:
     assert "train_iter ended after 1 batches" in ranks[0]["short_iterator_error"]
     assert "another rank could not draw" in ranks[1]["short_iterator_error"]
@@ -176,6 +181,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_train_command_runs_under_torchrun(tmp_path: Path) -> None:
     """``dynaloss train`` on two gloo ranks: rank 0 writes the files, the run ends normally (about 15 s)."""
@@ -192,7 +198,7 @@ def test_train_command_runs_under_torchrun(tmp_path: Path) -> None:
         "--data",
         "digits",
     ]
-    command += ["--unroll", "2", "--steps", "40", "--eval-every", "20", "--device", "cpu", "--no-progress"]
+    command += ["--unroll", "2", "--total-steps", "40", "--eval-every", "20", "--device", "cpu", "--no-progress"]
     command += ["--checkpoint-every", "2", "--out", str(tmp_path)]
     finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 0, finished.stdout + finished.stderr

@@ -144,7 +144,7 @@ def test_reductions_weights_and_ignore_index_match_the_exact_path(reduction, fea
     logits, target = domain_logits(5, count=40, seed=5)
     target[::7] = -1
     sample_weight = torch.rand(40, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
-    for kwargs in ({}, {"weight": sample_weight}):
+    for kwargs in ({}, {"sample_weight": sample_weight}):
         value, grad = value_and_grad(fast, logits, target, **kwargs)
         ref_value, ref_grad = value_and_grad(exact, logits, target, **kwargs)
         torch.testing.assert_close(value, ref_value, rtol=BAR, atol=1e-9)
@@ -158,7 +158,7 @@ def test_per_sample_weights_get_their_gradient_on_the_fast_path():
     grads = []
     for dln in (fast, exact):
         weight = torch.rand(16, dtype=torch.float64, generator=torch.Generator().manual_seed(8)).requires_grad_()
-        (grad,) = torch.autograd.grad(dln(logits, target, weight=weight), weight)
+        (grad,) = torch.autograd.grad(dln(logits, target, sample_weight=weight), weight)
         grads.append(grad)
     torch.testing.assert_close(grads[0], grads[1], rtol=BAR, atol=1e-12)
 
@@ -270,7 +270,7 @@ def test_hypergradient_matches_finite_differences_of_the_function_the_student_tr
     student = make_student()
     dln = taught(PairwiseDLN(3, init="ce", hidden=6, depth=2).double(), seed=17, size=0.2)
     batches, (val,) = make_batches(2, 8, seed=2), make_batches(1, 16, seed=3)
-    analytic = flat(dynaloss.hypergradient(student, dln, batches, val, lr=LR))
+    analytic = flat(dynaloss.hypergradient(student, dln, batches, val, student_lr=LR))
     numeric, eps = [], 1e-5
     for param in dln.parameters():
         for i in range(param.numel()):

@@ -76,7 +76,7 @@ def flat(grads: dict[str, torch.Tensor]) -> torch.Tensor:
 def test_hypergradient_matches_finite_differences(steps: int) -> None:
     student, dln = make_student(), make_dln()
     batches, (val,) = make_batches(steps, 8, seed=2), make_batches(1, 16, seed=3)
-    analytic = flat(dynaloss.hypergradient(student, dln, batches, val, lr=LR))
+    analytic = flat(dynaloss.hypergradient(student, dln, batches, val, student_lr=LR))
     numeric = finite_difference_gradient(student, dln, batches, val)
     assert analytic.norm() > 1e-4  # the check is not vacuous
     assert (analytic - numeric).norm() / numeric.norm() < 1e-6
@@ -85,7 +85,7 @@ def test_hypergradient_matches_finite_differences(steps: int) -> None:
 def test_hypergradient_matches_finite_differences_through_batchnorm() -> None:
     student, dln = make_student(batchnorm=True), make_dln()
     batches, (val,) = make_batches(2, 8, seed=4), make_batches(1, 16, seed=5)
-    analytic = flat(dynaloss.hypergradient(student, dln, batches, val, lr=LR))
+    analytic = flat(dynaloss.hypergradient(student, dln, batches, val, student_lr=LR))
     numeric = finite_difference_gradient(student, dln, batches, val)
     assert (analytic - numeric).norm() / numeric.norm() < 1e-6
 
@@ -150,7 +150,7 @@ def reference_hypergradient(student, dln, batches, val, lr):
 def test_hypergradient_matches_reference_unroll(monotone: bool) -> None:
     student, dln = make_student(seed=7), make_dln(seed=8, monotone=monotone)
     batches, (val,) = make_batches(4, 6, seed=9), make_batches(1, 10, seed=10)
-    ours = flat(dynaloss.hypergradient(student, dln, batches, val, lr=LR))
+    ours = flat(dynaloss.hypergradient(student, dln, batches, val, student_lr=LR))
     reference = reference_hypergradient(student, dln, batches, val, LR)
     torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-13)
 
@@ -159,15 +159,15 @@ def test_sample_weights_scale_the_step_like_the_learning_rate() -> None:
     student, dln = make_student(), make_dln()
     batches, (val,) = make_batches(2, 8, seed=11), make_batches(1, 16, seed=12)
     weighted = [(x, y, torch.full((x.shape[0],), 2.0, dtype=torch.float64)) for x, y in batches]
-    with_weights = flat(dynaloss.hypergradient(student, dln, weighted, val, lr=LR))
-    with_lr = flat(dynaloss.hypergradient(student, dln, batches, val, lr=2 * LR))
+    with_weights = flat(dynaloss.hypergradient(student, dln, weighted, val, student_lr=LR))
+    with_lr = flat(dynaloss.hypergradient(student, dln, batches, val, student_lr=2 * LR))
     torch.testing.assert_close(with_weights, with_lr, rtol=1e-10, atol=1e-13)
 
 
 def test_hypergradient_leaves_student_and_dln_untouched() -> None:
     student, dln = make_student(batchnorm=True), make_dln()
     before_student, before_dln = copy.deepcopy(student.state_dict()), copy.deepcopy(dln.state_dict())
-    dynaloss.hypergradient(student, dln, make_batches(3, 8, seed=13), make_batches(1, 8, seed=14)[0], lr=LR)
+    dynaloss.hypergradient(student, dln, make_batches(3, 8, seed=13), make_batches(1, 8, seed=14)[0], student_lr=LR)
     for key, value in student.state_dict().items():
         assert torch.equal(value, before_student[key]), key
     for key, value in dln.state_dict().items():
@@ -180,6 +180,6 @@ def test_frozen_parameters_are_used_but_not_stepped() -> None:
     student, dln = make_student(), make_dln()
     student[0].weight.requires_grad_(False)
     batches, (val,) = make_batches(2, 8, seed=15), make_batches(1, 16, seed=16)
-    analytic = flat(dynaloss.hypergradient(student, dln, batches, val, lr=LR))
+    analytic = flat(dynaloss.hypergradient(student, dln, batches, val, student_lr=LR))
     numeric = finite_difference_gradient(student, dln, batches, val)  # torch.optim.SGD skips frozen params too
     assert (analytic - numeric).norm() / numeric.norm() < 1e-6

@@ -97,7 +97,7 @@ def test_teacher_round_changes_the_dln_with_finite_hypergradients():
         objective,
         [batch_of(data, [0, 1]), batch_of(data, [2, 3])],
         batch_of(data, list(range(4, 12))),
-        lr=0.01,
+        student_lr=0.01,
         val_loss=val_loss,
     )
     flat = torch.cat([g.flatten() for g in grads.values()])
@@ -116,7 +116,9 @@ def test_teacher_round_changes_the_dln_with_finite_hypergradients():
 
 # ---------------------------------------------------------------------------------------------- the loop
 def test_short_training_runs_teaches_and_evaluates():
-    trainer = PSPNetTrainer(tiny_pspnet(), shapes(), steps=6, teaching=TeachingConfig(every=3), batch_size=4, lr=0.05)
+    trainer = PSPNetTrainer(
+        tiny_pspnet(), shapes(), total_steps=6, teaching=TeachingConfig(every=3, steps=2), batch_size=4, lr=0.05
+    )
     assert trainer.teacher.student_optimizer is trainer.optimizer  # the rounds unroll the trainer's own SGD
     dln_before = [p.detach().clone() for p in trainer.objective.parameters()]
     records = trainer.fit()
@@ -131,7 +133,7 @@ def test_paper_rounds_step_the_trainers_sgd_and_its_momentum():
     """A 'paper' round unrolls the trainer's SGD (momentum 0.9, weight decay, the poly lr of the moment) and
     writes its momentum buffers back along with the student (their values are the core tests' business)."""
     trainer = PSPNetTrainer(
-        tiny_pspnet(), shapes(), steps=4, teaching=TeachingConfig(every=2, steps=1, mode="paper"), batch_size=4
+        tiny_pspnet(), shapes(), total_steps=4, teaching=TeachingConfig(every=2, steps=1, mode="paper"), batch_size=4
     )
     trainer.fit(until=2)  # two real steps: momentum buffers exist, the lr has decayed
     assert trainer.optimizer.param_groups[0]["lr"] < 0.01
@@ -142,14 +144,16 @@ def test_paper_rounds_step_the_trainers_sgd_and_its_momentum():
 
 
 def test_cross_entropy_arm_has_no_teacher():
-    trainer = PSPNetTrainer(tiny_pspnet(), shapes(), steps=2, loss="ce", batch_size=4)
+    trainer = PSPNetTrainer(tiny_pspnet(), shapes(), total_steps=2, loss="ce", batch_size=4)
     assert trainer.teacher is None and trainer.fit() == []
     assert trainer.step == 2
 
 
 def test_resume_continues_exactly(tmp_path):
     def fresh() -> PSPNetTrainer:
-        return PSPNetTrainer(tiny_pspnet(), shapes(), steps=4, teaching=TeachingConfig(every=2), batch_size=4, lr=0.05)
+        return PSPNetTrainer(
+            tiny_pspnet(), shapes(), total_steps=4, teaching=TeachingConfig(every=2, steps=2), batch_size=4, lr=0.05
+        )
 
     straight = fresh()
     torch.manual_seed(1)
@@ -164,12 +168,38 @@ def test_resume_continues_exactly(tmp_path):
     second.fit()
 
     assert second.step == 4 and second.teacher.rounds == straight.teacher.rounds == 2
+    assert second.scheduler.state_dict() == straight.scheduler.state_dict()  # PolynomialLR resumed where it was
+    assert second.optimizer.param_groups[0]["lr"] == straight.optimizer.param_groups[0]["lr"]
     for (name, a), b in zip(straight.model.state_dict().items(), second.model.state_dict().values()):
         assert torch.equal(a, b), name
     for a, b in zip(straight.objective.parameters(), second.objective.parameters()):
         assert torch.equal(a, b)
     timeless = lambda records: [{k: v for k, v in r.items() if k != "seconds"} for r in records]  # noqa: E731
     assert timeless(second.records) == timeless(straight.records)
+
+
+def test_the_poly_schedule_is_torchs_polynomial_lr_with_the_old_closed_form_rates():
+    total = 6
+    trainer = PSPNetTrainer(tiny_pspnet(), shapes(), total_steps=total, loss="ce", batch_size=4, lr=0.05)
+    assert isinstance(trainer.scheduler, torch.optim.lr_scheduler.PolynomialLR)
+    rates = [trainer.optimizer.param_groups[0]["lr"]]
+    for step in range(1, total + 1):
+        trainer.fit(until=step)
+        rates.append(trainer.optimizer.param_groups[0]["lr"])
+    # what the trainer's LambdaLR computed before: lr * (1 - min(s, T) / T) ** 0.9, in closed form
+    closed_form = [0.05 * (1 - min(s, total) / total) ** 0.9 for s in range(total + 1)]
+    assert rates == pytest.approx(closed_form, rel=1e-12, abs=1e-15)
+    assert rates[-1] == 0.0
+
+
+def test_steps_is_a_deprecated_alias_of_total_steps():
+    with pytest.warns(DeprecationWarning, match="steps= is deprecated, use total_steps="):
+        trainer = PSPNetTrainer(tiny_pspnet(), shapes(), steps=2, loss="ce", batch_size=4)
+    assert trainer.total_steps == 2 and trainer.fit() == [] and trainer.step == 2
+    with pytest.warns(DeprecationWarning, match="PSPNetTrainer.steps is deprecated, use total_steps"):
+        assert trainer.steps == 2
+    with pytest.raises(TypeError, match="missing the keyword argument total_steps"):
+        PSPNetTrainer(tiny_pspnet(), shapes(), loss="ce")
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -182,6 +212,61 @@ def test_mean_iou_on_a_hand_built_case():
     assert per_class.tolist() == pytest.approx([0.5, 2 / 3, 1.0])
     assert miou == pytest.approx((0.5 + 2 / 3 + 1.0) / 3)
     assert mean_iou(confusion_matrix(torch.zeros(2, 2), torch.zeros(2, 2), 3))[1][1:].isnan().all()
+
+
+def independent_miou(predictions, targets, num_classes, ignore_index=255):
+    """Data-set mIoU written out pixel by pixel in Python: per class, |pred & true| / |pred | true| over the
+    counted pixels of every image; classes absent from both are left out of the mean."""
+    inter, union = [0] * num_classes, [0] * num_classes
+    for prediction, target in zip(predictions, targets):
+        for p, t in zip(prediction.flatten().tolist(), target.flatten().tolist()):
+            if t == ignore_index:
+                continue
+            for c in range(num_classes):
+                inter[c] += p == c and t == c
+                union[c] += p == c or t == c
+    present = [inter[c] / union[c] for c in range(num_classes) if union[c]]
+    return sum(present) / len(present), [inter[c] / union[c] if union[c] else None for c in range(num_classes)]
+
+
+def test_mean_iou_over_batches_equals_an_independent_computation():
+    generator = torch.Generator().manual_seed(0)
+    num_classes = 5  # class 4 appears in neither prediction nor target: it is left out
+    predictions = [torch.randint(4, (3, 7, 9), generator=generator) for _ in range(3)]
+    targets = [torch.randint(4, (3, 7, 9), generator=generator) for _ in range(3)]
+    for target in targets:
+        target[torch.rand(target.shape, generator=generator) < 0.2] = 255
+    confusion = sum(confusion_matrix(p, t, num_classes) for p, t in zip(predictions, targets))
+    miou, per_class = mean_iou(confusion)
+    expected_miou, expected = independent_miou(predictions, targets, num_classes)
+    assert miou == pytest.approx(expected_miou, rel=1e-12)
+    assert per_class[:4].tolist() == pytest.approx(expected[:4], rel=1e-12) and per_class[4].isnan()
+
+
+def test_confusion_matrix_refuses_classes_that_smp_get_stats_drops():
+    prediction, target = torch.tensor([[0, 1, 2, 3]]), torch.tensor([[0, 7, 2, 255]])
+    with pytest.raises(ValueError, match=r"target holds classes outside \[0, 4\)"):
+        confusion_matrix(prediction, target, 4)
+    # why the counting is ours: smp's get_stats drops the 7 without a word (its false negatives miss that pixel)
+    tp, fp, fn, _ = smp.metrics.get_stats(prediction, target, "multiclass", ignore_index=255, num_classes=4)
+    assert int(tp.sum() + fn.sum()) == 2  # of the 3 counted pixels
+
+
+def test_evaluate_equals_an_independent_computation_on_the_models_predictions():
+    trainer = PSPNetTrainer(tiny_pspnet(), shapes(), total_steps=1, loss="ce", batch_size=4)
+    val = shapes(6, seed=5)
+    metrics = trainer.evaluate(val, batch_size=4)
+    with torch.no_grad():
+        trainer.model.eval()
+        predictions = [trainer.model(batch_of(val, [i])[0]).main.argmax(1) for i in range(len(val))]
+        trainer.model.train()
+    targets = [batch_of(val, [i])[1] for i in range(len(val))]
+    expected_miou, expected = independent_miou(predictions, targets, NUM_CLASSES)
+    assert metrics["miou"] == pytest.approx(expected_miou, rel=1e-12)
+    assert [None if v != v else v for v in metrics["per_class_iou"]] == pytest.approx(expected, rel=1e-12)
+    counted = [(p == t)[t != 255] for p, t in zip(predictions, targets)]
+    accuracy = sum(int(c.sum()) for c in counted) / sum(c.numel() for c in counted)
+    assert metrics["pixel_accuracy"] == pytest.approx(accuracy, rel=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------- bad input
@@ -210,13 +295,13 @@ def test_bad_input_raises_naming_the_value(tmp_path):
     with pytest.raises(ValueError, match="is not a VOC 2012 directory"):
         VOCSegmentation(tmp_path / "VOC2012")
     with pytest.raises(ValueError, match="loss must be one of"):
-        PSPNetTrainer(model, shapes(), steps=2, loss="dice")
+        PSPNetTrainer(model, shapes(), total_steps=2, loss="dice")
     with pytest.raises(TypeError, match="model must be a PSPNetAux"):
-        PSPNetTrainer(model.pspnet, shapes(), steps=2)  # type: ignore[arg-type]
+        PSPNetTrainer(model.pspnet, shapes(), total_steps=2)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"until must be in \[0, 2\]"):
-        PSPNetTrainer(model, shapes(), steps=2, loss="ce").fit(until=3)
+        PSPNetTrainer(model, shapes(), total_steps=2, loss="ce").fit(until=3)
     with pytest.raises(ValueError, match="does not exist"):
-        PSPNetTrainer(model, shapes(), steps=2, loss="ce").load(tmp_path / "missing.pt")
+        PSPNetTrainer(model, shapes(), total_steps=2, loss="ce").load(tmp_path / "missing.pt")
 
 
 def test_voc_directory_is_read_and_cropped(tmp_path):
@@ -240,11 +325,11 @@ def test_a_run_too_short_for_a_round_or_for_a_validation_batch_warns(caplog):
     import logging
 
     with caplog.at_level(logging.WARNING):
-        PSPNetTrainer(tiny_pspnet(), shapes(), steps=2, teaching=TeachingConfig(every=3), batch_size=4)
+        PSPNetTrainer(tiny_pspnet(), shapes(), total_steps=2, teaching=TeachingConfig(every=3, steps=2), batch_size=4)
     assert "no teacher round will run" in caplog.text and "every=" in caplog.text
     caplog.clear()
     trainer = PSPNetTrainer(
-        tiny_pspnet(), shapes(), steps=3, teaching=TeachingConfig(every=3, val_batch=64), batch_size=4
+        tiny_pspnet(), shapes(), total_steps=3, teaching=TeachingConfig(every=3, steps=2, val_batch=64), batch_size=4
     )
     with caplog.at_level(logging.WARNING):
         trainer.fit()

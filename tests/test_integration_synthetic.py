@@ -51,7 +51,7 @@ def test_resplit_is_a_disjoint_cover_that_changes_with_the_seed():
 def test_make_teacher_unrolls_the_given_optimizer_or_sgd_at_student_lr():
     student = torch.nn.Linear(3, 1)
     optimizer = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9, nesterov=True)
-    config = TeachingConfig(student_lr=0.05, teacher={"teacher": "adam"})
+    config = TeachingConfig(steps=2, student_lr=0.05, teacher={"teacher": "adam"})
     teacher = config.make_teacher(MultiPartDLN(2, [1.0, 2.0]), torch.nn.functional.mse_loss, optimizer=optimizer)
     assert teacher.student_optimizer is optimizer and teacher.mode == "lookahead" and teacher.steps == 2
     plain = config.make_teacher(MultiPartDLN(2, [1.0, 2.0]), torch.nn.functional.mse_loss)

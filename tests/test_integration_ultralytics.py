@@ -153,7 +153,7 @@ def test_teacher_round_changes_the_dln_with_finite_hypergradients():
         criterion.objective,
         [round_batch(1), round_batch(2)],
         round_batch(3, 4),
-        lr=0.01,
+        student_lr=0.01,
         val_loss=criterion.validation_error,
     )
     assert torch.isfinite(grads["dln.log_weight"]).all() and grads["dln.log_weight"].abs().sum() > 0
@@ -201,7 +201,7 @@ def train_overrides(dataset: dict[str, Path], name: str, **extra: object) -> dic
 
 
 def test_trainer_trains_teaches_saves_and_resumes(dataset):
-    teaching = TeachingConfig(every=3, val_batch=4)  # 12 images, batch 4: one round per epoch
+    teaching = TeachingConfig(every=3, steps=2, val_batch=4)  # 12 images, batch 4: one round per epoch
     trainer = DLNDetectionTrainer(overrides=train_overrides(dataset, "full"), teaching=teaching)
     first_checkpoint = dataset["root"] / "after_epoch_1.pt"
 
@@ -266,7 +266,7 @@ def test_trainer_unrolls_ultralytics_sgd_and_moves_the_gains_relatively(dataset)
     """
     dln_lr = 1e-2
     teacher = {"teacher": "adam", "dln_lr": dln_lr, "anchor": 0.0}
-    teaching = TeachingConfig(every=1, val_batch=4, mode="paper", teacher=teacher)  # 3 batches, 3 rounds
+    teaching = TeachingConfig(every=1, steps=2, val_batch=4, mode="paper", teacher=teacher)  # 3 batches, 3 rounds
     overrides = train_overrides(dataset, "sgd", epochs=1, optimizer="SGD")
     trainer = DLNDetectionTrainer(overrides=overrides, teaching=teaching)
     state_sizes = []  # runs after the trainer's own callback, so after each round
@@ -344,6 +344,7 @@ def test_model_without_args_raises_value_error():
 
 
 # ---------------------------------------------------------------------------------------------- offline
+@pytest.mark.subprocess
 def test_importing_the_adapter_does_not_probe_the_network(tmp_path):
     """ultralytics resolves DNS names at import unless YOLO_OFFLINE is set first; the adapter sets it."""
     guard = (
@@ -368,7 +369,8 @@ def test_an_epoch_without_a_teacher_round_warns_with_what_to_change(dataset, mon
 
     warnings: list[str] = []
     monkeypatch.setattr(trainer_module.LOGGER, "warning", lambda message, *a, **k: warnings.append(str(message)))
-    teaching = TeachingConfig(every=10, val_batch=16)  # 3 batches an epoch; 6 held-out images for a batch of 16
+    # 3 batches an epoch; 6 held-out images for a batch of 16
+    teaching = TeachingConfig(every=10, steps=2, val_batch=16)
     trainer = DLNDetectionTrainer(overrides=train_overrides(dataset, "silent", epochs=1), teaching=teaching)
     trainer.train()
     assert trainer.teacher.rounds == 0

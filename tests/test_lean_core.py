@@ -5,6 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.subprocess  # every test runs a fresh interpreter
+
 HARNESS = ("matplotlib", "sklearn", "mnist1d")
 
 

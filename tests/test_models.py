@@ -74,7 +74,7 @@ def test_a_paper_round_advances_the_mnist1d_student() -> None:
     torch.manual_seed(0)
     student = MNIST1DCNN()
     before = [p.detach().clone() for p in student.parameters()]
-    teacher = dynaloss.Teacher(dynaloss.PairwiseDLN(10), steps=2, student_lr=0.1)
+    teacher = dynaloss.Teacher(dynaloss.PairwiseDLN(10), steps=2, student_lr=0.1, mode="paper")
     batches = iter([(torch.randn(4, 1, 40), torch.randint(10, (4,)))] * 4)
     record = teacher.step(student, batches, iter([(torch.randn(6, 1, 40), torch.randint(10, (6,)))]))
     assert not record.skipped and record.student_steps == 4

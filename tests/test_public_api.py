@@ -69,6 +69,7 @@ def test_top_level_exports_are_the_documented_ones():
     assert isinstance(dynaloss.__version__, str)
 
 
+@pytest.mark.subprocess
 def test_import_does_not_touch_optional_frameworks():
     # A meta-path finder records every attempt, so the test also bites when the packages are not installed.
     script = textwrap.dedent(

@@ -11,7 +11,7 @@ from torch import nn
 
 from dynaloss.cli import main
 from dynaloss.data import Dataset
-from dynaloss.step_cost import ARMS, Row, run_step_cost
+from dynaloss.step_cost import ARMS, Row, measure_end_to_end, run_step_cost
 
 CPU = torch.device("cpu")
 # tiny stand-ins for the real rows: a classifier and a per-pixel net with ignored pixels and a pixel budget
@@ -99,3 +99,10 @@ def test_bench_refuses_an_option_of_the_other_measurement(
     with pytest.raises(SystemExit) as stopped:
         main(["bench", *argv])
     assert stopped.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_measure_end_to_end_takes_total_steps_and_steps_as_its_deprecated_name() -> None:
+    with pytest.warns(DeprecationWarning, match="steps= is deprecated, use total_steps="):
+        old = measure_end_to_end(device=CPU, steps=2, every=2, unroll=1, data=_tiny_mnist1d_like())
+    new = measure_end_to_end(device=CPU, total_steps=2, every=2, unroll=1, data=_tiny_mnist1d_like())
+    assert old["steps"] == new["steps"] == 2 and old["rounds"] == new["rounds"] == 1

@@ -129,7 +129,7 @@ def test_the_momentum_unroll_differs_from_plain_sgd() -> None:
     warm_up(student, optimizer, 3)
     batches, (val,) = make_batches(3, 8, seed=8), make_batches(1, 16, seed=9)
     with_momentum = dynaloss.hypergradient(student, dln, batches, val, optimizer=optimizer)
-    plain = dynaloss.hypergradient(student, dln, batches, val, lr=0.1)
+    plain = dynaloss.hypergradient(student, dln, batches, val, student_lr=0.1)
     a = torch.cat([g.flatten() for g in with_momentum.values()])
     b = torch.cat([g.flatten() for g in plain.values()])
     assert (a - b).norm() > 0.1 * b.norm()

@@ -11,13 +11,14 @@ from torch import Tensor, nn
 
 from dynaloss import functional as DF
 from dynaloss._checks import check_finite, check_positive_int, check_tensor
+from dynaloss._deprecation import renamed_keywords
 from dynaloss._state import ValidatedLoad
 from dynaloss.fast_pairwise import PairSurface, fast_pairwise_loss
+from dynaloss.losses.warmstart import cross_entropy_weights, one_vs_all_weights
+from dynaloss.settings import INITS, PAIR_MEANS, Features, Init, PairMean, Reduction
 from dynaloss.stage_loss import StageLossFn
 
 __all__ = ["INITS", "PairwiseDLN"]
-
-INITS = ("warm", "paper", "ce")
 
 # The features each init builds its loss on ('paper' is random, so either); None picks the first.
 _INIT_FEATURES = {"warm": ("sigmoid",), "ce": ("softmax",), "paper": DF.FEATURES}
@@ -82,11 +83,16 @@ class PairwiseDLN(ValidatedLoad):
             exact MLP; so does a call with parameters other than the module's own), and a second derivative
             (``create_graph=True``) raises. ``False`` always computes the exact MLP, differentiable in
             everything (default: ``True``).
+        pair_mean: ``'wrong'``: a sample's loss is the mean over its ``C - 1`` wrong classes (the formula
+            above); ``'all'``: the mean over all ``C`` rows, the true class's row counting 0, i.e.
+            ``(C - 1) / C`` times that, as the authors' code computes it (the paper does not say; the
+            ``"research"`` preset uses it) (default: ``'wrong'``).
 
     Shape:
         - input: ``(B, C)`` or ``(B, C, d1, ...)`` logits.
         - target: ``(B,)`` or ``(B, d1, ...)`` class indices.
-        - weight (forward): optional per-sample (per-pixel) weights of the target's shape.
+        - sample_weight (forward): optional per-sample (per-pixel) weights of the target's shape (the
+          paper's ``w``; ``weight=`` is its deprecated name: ``weight`` is the class weights, as in torch).
         - output: scalar, or the target's shape with ``reduction='none'``.
 
     Examples::
@@ -102,9 +108,9 @@ class PairwiseDLN(ValidatedLoad):
         self,
         num_classes: int,
         *,
-        init: str | None = None,
-        features: str | None = None,
-        reduction: str = "mean",
+        init: Init | None = None,
+        features: Features | None = None,
+        reduction: Reduction = "mean",
         weight: Tensor | None = None,
         ignore_index: int = -100,
         max_pixels: int | None = None,
@@ -112,10 +118,11 @@ class PairwiseDLN(ValidatedLoad):
         depth: int = 4,
         monotone: bool = True,
         fast: bool = True,
+        pair_mean: PairMean = "wrong",
     ) -> None:
         super().__init__()
         self.num_classes = check_positive_int(num_classes, "num_classes", minimum=2)
-        init, features = _resolve_init_features(init, features)
+        self.init, self.features = _resolve_init_features(init, features)
         self.reduction = DF.check_reduction(reduction)
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
             raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
@@ -141,18 +148,17 @@ class PairwiseDLN(ValidatedLoad):
         if not isinstance(fast, bool):
             raise TypeError(f"fast must be a bool, got {type(fast).__name__}")
         self.fast = fast
+        if pair_mean not in PAIR_MEANS:
+            raise ValueError(f"pair_mean must be one of {PAIR_MEANS}, got {pair_mean!r}")
+        self.pair_mean = pair_mean
         # the fast path's table and what it was built from: (target_range, the raw layers), table
         self._surface: tuple[tuple[float | None, list[Tensor]], PairSurface] | None = None
-        self.init = init
-        self.features = features
         self.target_range: float | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Re-initialise the MLP as ``init`` says."""
         if self.init in ("warm", "ce"):
-            from dynaloss.losses.warmstart import cross_entropy_weights, one_vs_all_weights
-
             hidden, depth = self.layers[0].shape[0], len(self.layers) - 1
             if self.init == "warm":
                 built = one_vs_all_weights(self.num_classes, hidden, depth)
@@ -173,6 +179,7 @@ class PairwiseDLN(ValidatedLoad):
         return (
             f"num_classes={self.num_classes}, init={self.init!r}, features={self.features!r}, "
             f"monotone={self.monotone}, reduction={self.reduction!r}, fast={self.fast}"
+            + ("" if self.pair_mean == "wrong" else f", pair_mean={self.pair_mean!r}")
         )
 
     def mlp_weights(self, layers: Sequence[Tensor] | None = None) -> list[Tensor]:
@@ -198,6 +205,8 @@ class PairwiseDLN(ValidatedLoad):
         }
         if self.features != "sigmoid":
             state["features"] = self.features
+        if self.pair_mean != "wrong":
+            state["pair_mean"] = self.pair_mean
         return state
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
@@ -217,6 +226,11 @@ class PairwiseDLN(ValidatedLoad):
             raise ValueError(
                 f"the state is of a DLN with features={features!r}, this one has features={self.features!r}"
             )
+        pair_mean = state.get("pair_mean", "wrong")
+        if pair_mean != self.pair_mean:
+            raise ValueError(
+                f"the state is of a DLN with pair_mean={pair_mean!r}, this one has pair_mean={self.pair_mean!r}"
+            )
         target_range = state.get("target_range")
         if self.monotone and not isinstance(target_range, (int, float)):
             raise ValueError(
@@ -224,7 +238,10 @@ class PairwiseDLN(ValidatedLoad):
             )
         self.target_range = None if target_range is None else float(target_range)
 
-    def forward(self, input: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+    @renamed_keywords(weight="sample_weight")
+    def forward(self, input: Tensor, target: Tensor, sample_weight: Tensor | None = None) -> Tensor:
+        """The loss of ``input`` logits for ``target`` classes, each sample (pixel) weighted by ``sample_weight``."""
+        weight = sample_weight
         ignored = self._check(input, target, weight)
         layers = list(self.layers)
         # The module's own parameters (or none that need a gradient): nobody differentiates through the DLN.
@@ -233,7 +250,8 @@ class PairwiseDLN(ValidatedLoad):
             return self.loss_with(self.mlp_weights(), input, target, weight)
         surface = self._surface_for(layers)
         if input.dim() == 2 and weight is None and self.weight is None and not ignored and self.reduction == "mean":
-            return fast_pairwise_loss(surface, input, target, mean=True)  # plain classification: no reshaping
+            loss = fast_pairwise_loss(surface, input, target, mean=True)  # plain classification: no reshaping
+            return loss if self.pair_mean == "wrong" else loss * ((self.num_classes - 1) / self.num_classes)
         return self.loss_with([], input, target, weight, per_sample=functools.partial(fast_pairwise_loss, surface))
 
     def _surface_for(self, layers: list[Tensor]) -> PairSurface:
@@ -271,13 +289,14 @@ class PairwiseDLN(ValidatedLoad):
             weights,
             input,
             target,
-            weight=weight,
+            sample_weight=weight,
             class_weight=self.weight,
             ignore_index=self.ignore_index,
             reduction=self.reduction,
             max_pixels=self.max_pixels,
             features=self.features,
             per_sample=per_sample,
+            pair_mean=self.pair_mean,
         )
 
     def stage_loss(self, params: Mapping[str, Tensor], targets: Sequence[Tensor]) -> StageLossFn | None:

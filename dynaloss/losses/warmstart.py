@@ -1,117 +1,36 @@
-"""Warm start: a pairwise DLN that is a known loss before teaching begins.
+"""Warm start: the matrices of a pairwise DLN that is a known loss before teaching begins.
 
-The paper starts from a random DLN, which in most seeds is anti-aligned with cross-entropy: the student
-first learns the wrong thing until the teacher turns the DLN around. Starting from a DLN that already is a
-good loss gives the teacher something that teaches, to refine from there.
+- :func:`one_vs_all_weights` (``init='warm'``, sigmoid rows): the one-vs-all binary cross-entropy
+  ``-log s_y - sum_j log(1 - s_j)``, whose logit gradients ``(s_y - 1, s_j)`` match softmax cross-entropy's in
+  size. The DLN averages its ``C - 1`` pair rows, so each row is ``-log s_y - (C - 1) log(1 - s_j)``
+  (:func:`one_vs_all_pair_ce`). The MLP is *built*, not fitted: both terms are interpolated exactly at knots
+  spread evenly in logit space.
+- :func:`cross_entropy_weights` (``init='ce'``, softmax rows): softmax cross-entropy itself, exactly (not at
+  knots), since the rows' true-class feature is linear in ``-log p_y``.
 
-The loss it starts as is the one-vs-all binary cross-entropy ``-log s_y - sum_j log(1 - s_j)``, whose
-logit gradients ``(s_y - 1, s_j)`` match softmax cross-entropy's in size. The DLN averages its ``C - 1``
-pair rows, so each row is ``-log s_y - (C - 1) log(1 - s_j)`` (:func:`one_vs_all_pair_ce`); fitting the
-plain 1-vs-1 BCE instead would divide every wrong-class gradient by ``C - 1``.
-
-:func:`one_vs_all_weights` *builds* that DLN rather than fitting it. A regression of the loss's values
-(:func:`fit_pairwise_dln`) cannot get its slopes right where they matter: ``-log s_y`` is steep where the
-true class is badly predicted, and a fit that misses the steepness gives the student a true-class gradient
-that vanishes as ``s_y -> 0``, so it learns to push every sigmoid to 0 and stays at chance. The
-construction interpolates both terms exactly at knots spread evenly in logit space.
-
-On ``features='softmax'`` rows the DLN can start as softmax cross-entropy itself (:func:`cross_entropy_weights`):
-exactly, not at knots, since the rows' true-class feature is linear in ``-log p_y``. (Interpolating ``-log p_y``
-in ``p_y`` would not do: a piecewise-linear interpolant's slope between knots ``a < b`` is off by up to
-``b / a``, and the 40 knots of the first layer leave the logit gradient 12 % wrong over ``p_y in [1e-4, 1]``
-at best; 1 % takes some 460.)
+docs/design-notes.md says why the DLN is built rather than fitted, and why softmax rows.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from dynaloss import functional as DF
 
-if TYPE_CHECKING:
-    from dynaloss.losses.pairwise import PairwiseDLN
-
 __all__ = [
-    "binary_pair_ce",
     "cross_entropy_weights",
-    "fit_pairwise_dln",
     "one_vs_all_pair_ce",
     "one_vs_all_weights",
 ]
-
-# Probabilities are drawn from this interval, where the targets are finite.
-_PROB_MARGIN = 0.01
-
-
-def binary_pair_ce(true_prob: Tensor, wrong_prob: Tensor) -> Tensor:
-    """1-vs-1 binary cross-entropy ``-log s_y - log(1 - s_j)`` of a (true, wrong) prediction pair."""
-    return -torch.log(true_prob) - torch.log1p(-wrong_prob)
 
 
 def one_vs_all_pair_ce(num_classes: int) -> Callable[[Tensor, Tensor], Tensor]:
     """The pair loss whose mean over the ``C - 1`` wrong classes is the one-vs-all binary cross-entropy."""
     return lambda true_prob, wrong_prob: -torch.log(true_prob) - (num_classes - 1) * torch.log1p(-wrong_prob)
-
-
-def fit_pairwise_dln(
-    dln: PairwiseDLN,
-    target_loss: Callable[[Tensor, Tensor], Tensor],
-    *,
-    steps: int = 300,
-    samples: int = 1024,
-    lr: float = 1e-2,
-    seed: int = 0,
-) -> float:
-    """Fit the DLN's MLP, in place, to ``target_loss(true_prob, wrong_prob)``.
-
-    A least-squares regression of the loss value over prediction pairs drawn uniformly from
-    ``[0.01, 0.99]^2`` (Adam, cosine schedule, about 0.3 s on one CPU core). The target is fitted divided by
-    its largest value and the last layer scaled back, which the bias-free MLP allows exactly (it is
-    positively homogeneous in its last layer), so targets of any size are fitted equally well. It is
-    deterministic: its own generator, seeded by ``seed``, draws the data and the starting weights.
-
-    Returns:
-        The final mean squared error of the fit, relative to the target's largest value squared.
-    """
-    layers = [p for name, p in dln.named_parameters() if name.startswith("layers.")]
-    generator = torch.Generator().manual_seed(seed)
-    fit_params = [(torch.randn(m.shape, generator=generator) * _start_scale(dln, m)).requires_grad_() for m in layers]
-    probs = torch.rand(samples, 2, generator=generator) * (1 - 2 * _PROB_MARGIN) + _PROB_MARGIN
-    target = target_loss(probs[:, 0], probs[:, 1])
-    scale = float(target.abs().max())
-    target = target / scale
-    optimizer = torch.optim.Adam(fit_params, lr=lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    with torch.enable_grad():
-        for _ in range(steps):
-            fitted_loss = DF.pairwise_row_loss(dln.mlp_weights(fit_params), probs[:, 0], probs[:, 1])
-            loss = F.mse_loss(fitted_loss, target)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-    with torch.no_grad():
-        for matrix, fitted in zip(layers, fit_params):
-            matrix.copy_(fitted)
-        layers[-1].mul_(scale)
-    return float(loss.detach())
-
-
-def _start_scale(dln: PairwiseDLN, matrix: Tensor) -> float:
-    """Standard deviation of the fit's random starting weights for ``matrix`` (``(out, in)``).
-
-    Kaiming (fan_out) for the unconstrained MLP. Under the monotone constraint every later weight is
-    ``|w|``: all positive, so activations would grow ~``sqrt(in)``-fold per layer; ``1.25 / in`` makes the
-    mean ``|w|`` about ``1 / in`` and keeps them of order one.
-    """
-    out_features, in_features = matrix.shape
-    return 1.25 / in_features if dln.monotone else (2.0 / out_features) ** 0.5
 
 
 # Knots of the construction lie at sigmoid(z) for z evenly spaced in [-_SPAN, _SPAN].

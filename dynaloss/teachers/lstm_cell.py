@@ -1,15 +1,13 @@
-"""An LSTM cell over thousands of rows with a hand-written backward: the LSTM teacher's inner loop.
+"""``lstm_cell``: ``nn.LSTMCell``'s step over many rows at once, with a hand-written first-order backward.
 
-The teacher applies its cells to every DLN coordinate (~5,000 rows), once per round, and stage III
-differentiates them once. On a CPU these cells cost as much as the whole unroll of a small student, and much
-of that was not the matrix products but ~40 small elementwise kernels and their autograd nodes, with torch's
-tanh several times slower than its sigmoid. Here one product of ``[x, h]`` with the stacked weights gives all
-four gates, one sigmoid over the whole gate tensor serves all of them (``tanh(z) = 2 sigmoid(2z) - 1``, the
-cell gate's columns doubled first), and the backward is written out: one product for both weight matrices and
-no gradient for the memory unless asked (the teacher's memory is detached), which ``nn.LSTMCell``'s autograd
-computes anyway. A second derivative (``create_graph=True``) recomputes the cell with ordinary autograd
-operations and differentiates those. Values and gradients are compared with ``nn.LSTMCell``'s and checked by
-``gradcheck`` and ``gradgradcheck`` in float64.
+``lstm_cell(x, h, c, cell)`` returns ``cell(x, (h, c))``: the new hidden state and memory of one LSTM step
+for every row, with ``cell``'s weights and the gates in ``nn.LSTMCell``'s order (input, forget, cell, output).
+Values and gradients (with respect to ``x``, ``h``, ``c`` and the cell's four tensors) equal
+``nn.LSTMCell``'s up to float rounding. Gradients for ``h`` and ``c`` are computed only when they require
+grad. The function is twice differentiable: under ``create_graph=True`` the backward recomputes the cell
+with ordinary autograd operations, so second derivatives are those of ``nn.LSTMCell``'s formula.
+The LSTM teacher applies it to every DLN coordinate. Why it is written this way, and what it saves:
+docs/design-notes.md, "LSTM cell".
 """
 
 from __future__ import annotations

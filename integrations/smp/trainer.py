@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,10 @@ __all__ = ["LOSSES", "PSPNetTrainer"]
 
 LOSSES = ("dln", "ce")
 SegmentationSet = Dataset[tuple[Tensor, Tensor]]
+POLY_POWER = 0.9  # PSPNet's poly learning-rate schedule: lr * (1 - step / total_steps) ** 0.9
+STEPS_RENAMED = (
+    "steps= is deprecated, use total_steps= (the total student-step budget; steps means N per stage in Teacher)"
+)
 
 
 class PSPNetTrainer:
@@ -44,7 +49,7 @@ class PSPNetTrainer:
     Args:
         model: the student.
         train_set: ``(image (3, H, W) float, mask (H, W) int64)`` samples.
-        steps: total SGD steps; the poly schedule ends there.
+        total_steps: total SGD steps; the poly schedule ends there (required).
         loss: ``'dln'`` or ``'ce'`` (default: ``'dln'``).
         teaching: teacher schedule and batch sizes (default: :class:`TeachingConfig`'s).
         batch_size: the student's batch (default: ``8``).
@@ -53,6 +58,7 @@ class PSPNetTrainer:
         ignore_index: mask value that does not count (default: ``255``).
         max_pixels: pixels per image the DLN evaluates (default: ``4096``; see :class:`PSPNetDLNLoss`).
         seed: seed of every data stream (default: ``0``).
+        steps: deprecated name of ``total_steps`` (``teaching.steps`` is N, the steps of one teacher stage).
     """
 
     def __init__(
@@ -60,7 +66,7 @@ class PSPNetTrainer:
         model: PSPNetAux,
         train_set: SegmentationSet,
         *,
-        steps: int,
+        total_steps: int | None = None,
         loss: str = "dln",
         teaching: TeachingConfig | None = None,
         batch_size: int = 8,
@@ -70,7 +76,15 @@ class PSPNetTrainer:
         ignore_index: int = VOC_IGNORE_INDEX,
         max_pixels: int | None = 4096,
         seed: int = 0,
+        steps: int | None = None,
     ) -> None:
+        if steps is not None:
+            warnings.warn(STEPS_RENAMED, DeprecationWarning, stacklevel=2)
+            if total_steps is not None:
+                raise TypeError("pass total_steps= alone: steps= is its deprecated name")
+            total_steps = steps
+        if total_steps is None:
+            raise TypeError("PSPNetTrainer() missing the keyword argument total_steps= (the total SGD steps)")
         if not isinstance(model, PSPNetAux):
             raise TypeError(f"model must be a PSPNetAux, got {type(model).__name__}")
         if loss not in LOSSES:
@@ -78,7 +92,7 @@ class PSPNetTrainer:
         if len(train_set) < 2:  # type: ignore[arg-type]
             raise ValueError(f"train_set holds {len(train_set)} samples; training needs at least 2")  # type: ignore[arg-type]
         self.model, self.train_set, self.loss_name = model, train_set, loss
-        self.steps = check_positive_int(steps, "steps")
+        self.total_steps = check_positive_int(total_steps, "total_steps")
         self.teaching = teaching or TeachingConfig()
         self.seed = seed
         self.device = next(model.parameters()).device
@@ -95,20 +109,21 @@ class PSPNetTrainer:
             momentum=momentum,
             weight_decay=weight_decay,
         )
-        # the poly schedule in closed form: torch's PolynomialLR is the same schedule (power 0.9, 0 from `steps`
-        # on) but computes it as a running product of ratios, which drifts from these values in the last bits
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: (1 - min(s, steps) / steps) ** 0.9)
+        # the poly schedule, stepped after every SGD step; 0 from total_steps on
+        self.scheduler = torch.optim.lr_scheduler.PolynomialLR(
+            self.optimizer, total_iters=self.total_steps, power=POLY_POWER
+        )
         # the unroll follows this SGD: its momentum buffers, weight decay and the scheduled lr of the moment
         self.teacher: Teacher | None = (
             self.teaching.make_teacher(self.objective, self.val_loss, optimizer=self.optimizer)
             if loss == "dln"
             else None
         )
-        if self.teacher is not None and self.steps < self.teaching.every:
+        if self.teacher is not None and self.total_steps < self.teaching.every:
             logger.warning(
                 "no teacher round will run: the training takes %d steps and a round runs every %d; lower "
                 "TeachingConfig(every=...) so that the DLN is taught",
-                self.steps,
+                self.total_steps,
                 self.teaching.every,
             )
         self.batches = IndexBatches(
@@ -121,20 +136,33 @@ class PSPNetTrainer:
 
     # ------------------------------------------------------------------------------------------ training
     @property
+    def steps(self) -> int:
+        """Deprecated: :attr:`total_steps` (``teaching.steps`` is N, the steps of one teacher stage)."""
+        warnings.warn(
+            "PSPNetTrainer.steps is deprecated, use total_steps (the total SGD steps; steps means N per stage in "
+            "Teacher)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.total_steps
+
+    @property
     def epoch(self) -> int:
         """Passes over the training set started so far (0-based)."""
         return self.batches.position // self.batches.per_pass
 
     def fit(self, until: int | None = None, *, progress: bool = False) -> list[dict[str, Any]]:
-        """Train up to step ``until`` (default: ``steps``); returns the records of this call's teacher rounds.
+        """Train up to step ``until`` (default: ``total_steps``); returns the records of this call's teacher rounds.
 
         Args:
-            until: the step to stop at, at most ``steps``; call again (or after :meth:`load`) to continue.
+            until: the step to stop at, at most ``total_steps``; call again (or after :meth:`load`) to continue.
             progress: show a progress bar with the loss and the teacher's rounds.
         """
-        until = self.steps if until is None else until
-        if not self.step <= until <= self.steps:
-            raise ValueError(f"until must be in [{self.step}, {self.steps}] (current step, total steps), got {until}")
+        until = self.total_steps if until is None else until
+        if not self.step <= until <= self.total_steps:
+            raise ValueError(
+                f"until must be in [{self.step}, {self.total_steps}] (current step, total steps), got {until}"
+            )
         start = len(self.records)
         self.model.train()
         bar = _progress(until - self.step, progress)
@@ -227,7 +255,7 @@ class PSPNetTrainer:
             "rng": torch.get_rng_state(),
             "config": {
                 "loss": self.loss_name,
-                "steps": self.steps,
+                "total_steps": self.total_steps,
                 "seed": self.seed,
                 "teaching": self.teaching.as_dict(),
             },
@@ -235,10 +263,12 @@ class PSPNetTrainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         config = state["config"]
-        if (config["loss"], config["steps"], config["seed"]) != (self.loss_name, self.steps, self.seed):
+        total_steps = config["total_steps"] if "total_steps" in config else config["steps"]  # older files: "steps"
+        if (config["loss"], total_steps, config["seed"]) != (self.loss_name, self.total_steps, self.seed):
             raise ValueError(
-                f"checkpoint was trained with loss={config['loss']!r}, steps={config['steps']}, seed={config['seed']}; "
-                f"this trainer has loss={self.loss_name!r}, steps={self.steps}, seed={self.seed}"
+                f"checkpoint was trained with loss={config['loss']!r}, total_steps={total_steps}, "
+                f"seed={config['seed']}; this trainer has loss={self.loss_name!r}, total_steps={self.total_steps}, "
+                f"seed={self.seed}"
             )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])

@@ -1,0 +1,66 @@
+"""The library's vocabulary and its recommended configuration, in one place.
+
+Every entry point reads its defaults from here (``Teacher()``, the ``"default"`` preset, ``dynaloss train``, the
+adapters' ``TeachingConfig`` and the Lightning callback), and ``tests/test_defaults.py`` pins each field, so
+they cannot drift apart again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, Literal, get_args
+
+__all__ = [
+    "DEFAULT_DLN",
+    "DEFAULT_TEACHER",
+    "FEATURES",
+    "INITS",
+    "MODES",
+    "PAIR_MEANS",
+    "REDUCTIONS",
+    "TEACHER_KINDS",
+    "Features",
+    "Init",
+    "Mode",
+    "PairMean",
+    "Reduction",
+    "TeacherKind",
+]
+
+Mode = Literal["lookahead", "paper", "research"]
+TeacherKind = Literal["lstm", "adam", "sgd", "rmsprop"]
+Init = Literal["warm", "ce", "paper"]
+Features = Literal["sigmoid", "softmax"]
+Reduction = Literal["none", "mean", "sum"]
+# how a sample's pair losses are averaged: over its C - 1 wrong classes, or over all C rows with the true
+# class's row contributing 0 (the authors' code)
+PairMean = Literal["wrong", "all"]
+
+MODES: tuple[str, ...] = get_args(Mode)
+TEACHER_KINDS: tuple[str, ...] = get_args(TeacherKind)
+INITS: tuple[str, ...] = get_args(Init)
+FEATURES: tuple[str, ...] = get_args(Features)
+REDUCTIONS: tuple[str, ...] = get_args(Reduction)
+PAIR_MEANS: tuple[str, ...] = get_args(PairMean)
+
+# The recommended teacher: what docs/results.md's measurements support for a drop-in into a user's loop.
+# 'lookahead' leaves the user's model and optimizer untouched (their optimizer trains, the round teaches the
+# DLN); N = 10 steps per stage; an anchor (trust region) of 0.05 around the DLN teaching started from; rollback
+# of persistent rises on. student_lr is the unroll's SGD rate only when no optimizer= is given.
+DEFAULT_TEACHER: Mapping[str, Any] = MappingProxyType(
+    {
+        "teacher": "lstm",
+        "steps": 10,
+        "student_lr": 0.1,
+        "dln_lr": 1e-3,
+        "teacher_lr": 1e-3,
+        "mode": "lookahead",
+        "anchor": 0.05,
+        "guard": None,
+        "rollback": True,
+    }
+)
+
+# The recommended DLN: warm-started as one-vs-all binary cross-entropy, sign-constrained (monotone).
+DEFAULT_DLN: Mapping[str, Any] = MappingProxyType({"init": "warm", "monotone": True})
