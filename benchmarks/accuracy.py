@@ -62,9 +62,7 @@ class Job:
 def run_job(job: Job) -> dict[str, Any]:
     """Train one arm on one seed; returns its accuracy curve and timing."""
     torch.set_num_threads(1)
-    from dynaloss.losses import PairwiseDLN
-    from dynaloss.teacher import Teacher
-    from dynaloss.training import (
+    from dynaloss.harness.training import (
         evaluate_accuracy,
         load_dataset,
         make_split,
@@ -73,6 +71,8 @@ def run_job(job: Job) -> dict[str, Any]:
         train_ce,
         train_dln,
     )
+    from dynaloss.losses import PairwiseDLN
+    from dynaloss.teacher import Teacher
 
     spec = ARMS[job.arm]
     data = load_dataset(job.dataset)
@@ -198,7 +198,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from dynaloss.training import machine_info
+    from dynaloss.harness.training import machine_info
 
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     print("machine:", json.dumps(machine_info("cpu")))

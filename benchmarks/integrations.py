@@ -27,8 +27,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from dynaloss import Teacher  # noqa: E402
+from dynaloss.harness.synthetic import SyntheticShapes, draw_squares, write_detection_dataset  # noqa: E402
 from dynaloss.integrations.smp import PSPNetAux, PSPNetCELoss, PSPNetDLNLoss, PSPNetTrainer  # noqa: E402
-from dynaloss.integrations.synthetic import SyntheticShapes, draw_squares, write_detection_dataset  # noqa: E402
 from dynaloss.integrations.teaching import TeachingConfig  # noqa: E402
 from dynaloss.integrations.ultralytics import DLNDetectionLoss, pad_targets, scaled_config, train_yolo  # noqa: E402
 

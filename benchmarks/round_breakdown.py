@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dynaloss.batches import as_batch
+from dynaloss.harness.models import MNIST1DCNN
+from dynaloss.harness.training import machine_info
 from dynaloss.losses.pairwise import PairwiseDLN
-from dynaloss.models import MNIST1DCNN
 from dynaloss.teachers.lstm import LSTMTeacher
-from dynaloss.training import machine_info
 from dynaloss.unroll import default_val_loss, dln_parameters, student_state, unroll, validation_error
 from dynaloss.update_rules import PlainSGD
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from dynaloss.cli import main
+from dynaloss.harness.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main(["bench", *sys.argv[1:]]))

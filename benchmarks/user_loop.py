@@ -15,7 +15,7 @@ protocol; ``sgdm``: momentum 0.9, weight decay 5e-4, cosine; ``adamw``: weight d
 - ``dln-fixed``: the preset's DLN held fixed, trained on the teacher-train part (3/4);
 - ``dln-taught``: the drop-in above, a teacher round every K iterations (K = 100; ``dln-taught-K50`` etc. for
   other K), training on 3/4 of the training set and validating the teacher on the other 1/4 (re-split
-  every epoch, :class:`dynaloss.data.EpochSplit`);
+  every epoch, :class:`dynaloss.harness.data.EpochSplit`);
 - ``paper`` (``sgd`` recipe only): ``mode="paper"``: teacher rounds alone train the student, 2N optimizer steps
   a round;
 - ``ce-time``: compute-matched CE: CE with the same training time as the same seed's ``dln-taught`` run (at the
@@ -138,7 +138,7 @@ def taught_arm(k: int) -> str:
 # ------------------------------------------------------------------------------------------ data, model
 @functools.cache
 def _dataset(name: str) -> Any:
-    from dynaloss.training import load_dataset
+    from dynaloss.harness.training import load_dataset
 
     return load_dataset(name)
 
@@ -150,7 +150,7 @@ def cell_data(data: str, student: str, holdout: float, seed: int) -> Any:
     The CNN reads any input as a sequence, so digits' 8x8 images become length-64 sequences for it. The
     held-out part is drawn by ``seed`` and replaces the test set, which the tune phase never sees.
     """
-    from dynaloss.data import Dataset
+    from dynaloss.harness.data import Dataset
 
     full = _dataset(data)
     x_train, y_train, x_test, y_test = full
@@ -166,8 +166,8 @@ def cell_data(data: str, student: str, holdout: float, seed: int) -> Any:
 
 def build_student(name: str, data: Any, seed: int) -> nn.Module:
     """The student ``name`` sized for ``data``, its initial weights drawn from ``seed`` (the same for every arm)."""
-    from dynaloss.models import MNIST1DCNN, DigitsMLP, ResMLP
-    from dynaloss.training import seeded
+    from dynaloss.harness.models import MNIST1DCNN, DigitsMLP, ResMLP
+    from dynaloss.harness.training import seeded
 
     features, classes = data.x_train[0].numel(), data.num_classes
     builders: dict[str, Callable[[], nn.Module]] = {
@@ -194,7 +194,7 @@ def make_recipe(recipe: str, model: nn.Module, lr: float, steps: int) -> tuple[t
 
 def make_stream(job: Job, data: Any, *, hold_out_val: bool) -> Any:
     """The epoch-wise data stream: CE (``hold_out_val=False``) trains on every example, the DLN arms on 3/4."""
-    from dynaloss.training import make_split
+    from dynaloss.harness.training import make_split
 
     if not hold_out_val:  # EpochSplit needs a val part: one example, a different one every epoch
         return make_split(
@@ -272,7 +272,7 @@ def paper_loop(
 
     Returns the optimizer steps taken: ``steps`` rounded up to whole rounds, fewer if the teacher gave up.
     """
-    from dynaloss.training import align_steps
+    from dynaloss.harness.training import align_steps
 
     train_iter, val_iter = split.train_batches(), split.val_batches()
     steps = align_steps(steps, 2 * teacher.steps)
@@ -311,7 +311,7 @@ def run_job(job: Job) -> dict[str, Any]:
     """Train one arm of one cell on one seed; returns the accuracy curve, time and teacher rounds."""
     torch.set_num_threads(1)
     import dynaloss
-    from dynaloss.training import evaluate_accuracy, seeded
+    from dynaloss.harness.training import evaluate_accuracy, seeded
 
     data = cell_data(job.data, job.student, job.holdout, job.seed)
     model = build_student(job.student, data, job.seed)
@@ -723,7 +723,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(1)
     import dynaloss
-    from dynaloss.training import machine_info
+    from dynaloss.harness.training import machine_info
 
     if args.preset not in dynaloss.PRESETS:
         raise SystemExit(f"--preset must be one of {sorted(dynaloss.PRESETS)}, got {args.preset!r}")

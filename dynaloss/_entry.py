@@ -10,7 +10,7 @@ DEMO_EXTRA = ("tqdm", "matplotlib", "sklearn", "mnist1d")
 
 def main() -> int:
     try:
-        from dynaloss.cli import main as cli_main
+        from dynaloss.harness.cli import main as cli_main
     except ModuleNotFoundError as error:
         if error.name is None or error.name.split(".")[0] not in DEMO_EXTRA:
             raise

@@ -56,11 +56,12 @@ def check_features(features: object) -> str:
     return features  # type: ignore[return-value]
 
 
-def leaky_mlp(weights: Sequence[Tensor], rows: Tensor, negative_slope: float = 0.01) -> Tensor:
+@renamed_keywords(weights="layers")
+def leaky_mlp(layers: Sequence[Tensor], rows: Tensor, negative_slope: float = 0.01) -> Tensor:
     """Bias-free MLP with LeakyReLU between layers.
 
     Args:
-        weights: layer matrices ``(out, in)``, first to last; the last has ``out = 1``.
+        layers: layer matrices ``(out, in)``, first to last; the last has ``out = 1``.
         rows: ``(..., in)`` inputs.
         negative_slope: LeakyReLU slope (default: ``0.01``, PyTorch's).
 
@@ -68,9 +69,9 @@ def leaky_mlp(weights: Sequence[Tensor], rows: Tensor, negative_slope: float = 0
         ``(...)``: the network's scalar output per row.
     """
     hidden = rows
-    for matrix in weights[:-1]:
+    for matrix in layers[:-1]:
         hidden = F.leaky_relu(hidden @ matrix.T, negative_slope)
-    return (hidden @ weights[-1].T).squeeze(-1)
+    return (hidden @ layers[-1].T).squeeze(-1)
 
 
 def monotone_weights(raw: Sequence[Tensor]) -> list[Tensor]:
@@ -94,26 +95,28 @@ def monotone_weights(raw: Sequence[Tensor]) -> list[Tensor]:
     return [signed, *(matrix.abs() for matrix in raw[1:])]
 
 
-def loss_range(weights: Sequence[Tensor]) -> Tensor:
+@renamed_keywords(weights="layers")
+def loss_range(layers: Sequence[Tensor]) -> Tensor:
     """The pair loss at its worst corner minus at its best: ``f(s_y=0, s_j=1) - f(s_y=1, s_j=0)``.
 
     For a monotone DLN (:func:`monotone_weights`) these corners are the loss's largest and smallest values
     over the whole square, so this is its range.
     """
-    corners = weights[0].new_tensor([[0.0, 1.0], [1.0, 0.0]])
-    worst, best = pairwise_row_loss(weights, corners[:, 0], corners[:, 1])
+    corners = layers[0].new_tensor([[0.0, 1.0], [1.0, 0.0]])
+    worst, best = pairwise_row_loss(layers, corners[:, 0], corners[:, 1])
     return worst - best
 
 
-def pin_loss_range(weights: Sequence[Tensor], target_range: float) -> list[Tensor]:
-    """``weights`` with the last layer rescaled so that :func:`loss_range` is ``target_range``.
+@renamed_keywords(weights="layers")
+def pin_loss_range(layers: Sequence[Tensor], target_range: float) -> list[Tensor]:
+    """``layers`` with the last layer rescaled so that :func:`loss_range` is ``target_range``.
 
     The MLP is linear in its last layer, so this is the same loss divided by its range: a loss whose size
     no parameter can change, only its shape. A teacher then cannot buy a shorter-horizon gain by turning
     the student's effective learning rate up (which it otherwise does, until the student diverges).
     """
-    current = loss_range(weights).clamp_min(torch.finfo(weights[-1].dtype).tiny)
-    return [*weights[:-1], weights[-1] * (target_range / current)]
+    current = loss_range(layers).clamp_min(torch.finfo(layers[-1].dtype).tiny)
+    return [*layers[:-1], layers[-1] * (target_range / current)]
 
 
 def softmax_features(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
@@ -148,8 +151,9 @@ def _softmax_parts(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     return true_log_prob.clamp_min(-LOG_PROB_SPAN), torch.sigmoid(logits - logits.gather(1, target))
 
 
+@renamed_keywords(weights="layers")
 def pairwise_mean_loss(
-    weights: Sequence[Tensor],
+    layers: Sequence[Tensor],
     logits: Tensor,
     target: Tensor,
     negative_slope: float = 0.01,
@@ -174,7 +178,7 @@ def pairwise_mean_loss(
     batched kernels instead of a dozen small ones, which is what a teacher's unroll pays for every step).
 
     Args:
-        weights: the MLP's matrices (see :func:`leaky_mlp`).
+        layers: the MLP's matrices (see :func:`leaky_mlp`).
         logits: ``(M, C)``.
         target: ``(M,)`` class indices in ``[0, C)``.
         negative_slope: LeakyReLU slope.
@@ -184,7 +188,7 @@ def pairwise_mean_loss(
         ``(M,)``.
     """
     num_classes = logits.shape[-1]
-    first = weights[0]
+    first = layers[0]
     if features == "softmax":
         # in the weights' dtype before the softmax: half-precision log-probabilities would be coarse
         true_log_prob, probs = _softmax_parts(logits.to(first.dtype), target)
@@ -196,15 +200,16 @@ def pairwise_mean_loss(
         true_term = true_prob * first[:, 0] + first[:, 2]
     hidden = true_term[:, None, :] + probs[..., None] * first[:, 1]
     hidden = F.leaky_relu(hidden, negative_slope)
-    for matrix in weights[1:-1]:
+    for matrix in layers[1:-1]:
         hidden = F.leaky_relu(hidden @ matrix.T, negative_slope)
-    pair_loss = (hidden @ weights[-1].T).squeeze(-1)  # (M, C)
+    pair_loss = (hidden @ layers[-1].T).squeeze(-1)  # (M, C)
     wrong = torch.ones_like(pair_loss).scatter_(1, target[:, None].long(), 0.0)
     return (pair_loss * wrong).sum(-1) / (num_classes - 1)
 
 
+@renamed_keywords(weights="layers")
 def pairwise_row_loss(
-    weights: Sequence[Tensor], true_prob: Tensor, wrong_prob: Tensor, negative_slope: float = 0.01
+    layers: Sequence[Tensor], true_prob: Tensor, wrong_prob: Tensor, negative_slope: float = 0.01
 ) -> Tensor:
     """DLN value of the pair (true-class prediction, wrong-class prediction), elementwise.
 
@@ -213,7 +218,7 @@ def pairwise_row_loss(
     """
     ones = torch.ones_like(true_prob)
     rows = torch.stack([true_prob, wrong_prob, ones, torch.zeros_like(ones)], -1)
-    return leaky_mlp(weights, rows.to(weights[0].dtype), negative_slope)
+    return leaky_mlp(layers, rows.to(layers[0].dtype), negative_slope)
 
 
 def reduce_loss(per_element: Tensor, element_weight: Tensor, normaliser: Tensor, reduction: str) -> Tensor:
@@ -249,9 +254,9 @@ def _subsample_pixels(valid: Tensor, max_pixels: int, generator: torch.Generator
     return index, scale
 
 
-@renamed_keywords(weight="sample_weight")
+@renamed_keywords(weight="sample_weight", weights="layers")
 def pairwise_dln_loss(
-    weights: Sequence[Tensor],
+    layers: Sequence[Tensor],
     logits: Tensor,
     target: Tensor,
     *,
@@ -273,7 +278,7 @@ def pairwise_dln_loss(
     valid; :class:`dynaloss.PairwiseDLN` checks them.
 
     Args:
-        weights: the DLN's layer matrices (see :func:`leaky_mlp`).
+        layers: the DLN's layer matrices (see :func:`leaky_mlp`).
         logits: ``(B, C)`` or ``(B, C, d1, ...)``.
         target: ``(B,)`` or ``(B, d1, ...)`` class indices; ``ignore_index`` marks elements that don't count.
         sample_weight: per-sample (or per-pixel) weights of the target's shape, the paper's ``w`` (default: 1;
@@ -287,7 +292,7 @@ def pairwise_dln_loss(
         negative_slope: LeakyReLU slope.
         features: ``'sigmoid'`` | ``'softmax'``, what the rows are made of (default: ``'sigmoid'``).
         per_sample: computes the per-sample loss from ``(M, C)`` logits and ``(M,)`` targets in place of
-            :func:`pairwise_mean_loss` with ``weights`` (a fixed DLN's fast path,
+            :func:`pairwise_mean_loss` with ``layers`` (a fixed DLN's fast path,
             :func:`dynaloss.fast_pairwise.fast_pairwise_loss`); the reduction around it is the same.
         pair_mean: ``'wrong'``: a sample's loss is the mean over its ``C - 1`` wrong-class rows; ``'all'``:
             the mean over all ``C`` rows with the true class's row counted as 0, i.e. ``(C - 1) / C`` times
@@ -322,7 +327,7 @@ def pairwise_dln_loss(
 
     flat_logits, safe_target = flat_logits.reshape(-1, num_classes), safe_target.reshape(-1)
     if per_sample is None:
-        per_element = pairwise_mean_loss(weights, flat_logits, safe_target, negative_slope, features=features)
+        per_element = pairwise_mean_loss(layers, flat_logits, safe_target, negative_slope, features=features)
     else:
         per_element = per_sample(flat_logits, safe_target)
     if pair_mean == "all":

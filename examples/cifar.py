@@ -18,8 +18,8 @@ import time
 import torch
 
 import dynaloss
-from dynaloss.data import EpochSplit, augment_cifar, load_cifar
-from dynaloss.models import ResNet8
+from dynaloss.harness.data import EpochSplit, augment_cifar, load_cifar
+from dynaloss.harness.models import ResNet8
 
 
 @torch.no_grad()

@@ -28,8 +28,8 @@ import time
 import torch
 
 import dynaloss
-from dynaloss.data import EpochSplit, load_mnist1d
-from dynaloss.models import MNIST1DCNN
+from dynaloss.harness.data import EpochSplit, load_mnist1d
+from dynaloss.harness.models import MNIST1DCNN
 
 
 @torch.no_grad()

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
+from dynaloss.harness.synthetic import SyntheticShapes
 from dynaloss.integrations.smp import LOSSES, VOC_CLASSES, PSPNetAux, PSPNetTrainer, VOCSegmentation
-from dynaloss.integrations.synthetic import SyntheticShapes
 from dynaloss.integrations.teaching import TeachingConfig
 
 

@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from dynaloss.integrations.synthetic import write_detection_dataset
+from dynaloss.harness.synthetic import write_detection_dataset
 from dynaloss.integrations.teaching import TeachingConfig
 from dynaloss.integrations.ultralytics import ARMS, train_yolo, write_scaled_config
 

@@ -10,7 +10,7 @@ from test_hypergradient import CLASSES, LR, finite_difference_gradient, flat, ma
 import dynaloss
 from dynaloss import PairwiseDLN
 from dynaloss import functional as DF
-from dynaloss.plot import dln_weights
+from dynaloss.harness.plot import dln_weights
 from dynaloss.stage_loss import StageLoss
 
 # The bounds the docstring states: |error| <= RTOL * |cross-entropy| + ATOL, for values and gradient norms;

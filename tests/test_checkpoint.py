@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dynaloss.checkpoint import RunCheckpoint, restore_rng_state, rng_state, save_atomic
-from dynaloss.cli import CHECKPOINT, main
+from dynaloss.harness.checkpoint import RunCheckpoint, restore_rng_state, rng_state, save_atomic
+from dynaloss.harness.cli import CHECKPOINT, main
 
 # the default teacher (lookahead, LSTM) on digits, with the default cosine schedule: 20 rounds of N = 2 own steps
 # and a teacher round each, a checkpoint every 2 rounds
@@ -52,7 +52,9 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> Non
 
     argv = [*TRAIN, "--out", str(killed), "--checkpoint-every", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "dynaloss.cli", *argv], env=env, stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dynaloss.harness.cli", *argv], env=env, stdout=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     while not (killed / CHECKPOINT).exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dynaloss.cli import main, parser_defaults
+from dynaloss.harness.cli import main, parser_defaults
 from dynaloss.settings import DEFAULT_DLN, DEFAULT_TEACHER
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

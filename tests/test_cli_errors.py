@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dynaloss.cli import CHECKPOINT, main
+from dynaloss.harness.cli import CHECKPOINT, main
 
 CE = ["train", "--data", "digits", "--loss", "ce", "--total-steps", "4", "--no-progress"]
 DLN = ["train", "--data", "digits", "--unroll", "2", "--total-steps", "8", "--no-progress"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from dynaloss.data import EpochSplit, augment_cifar, load_cifar, load_digits, load_mnist1d
+from dynaloss.harness.data import EpochSplit, augment_cifar, load_cifar, load_digits, load_mnist1d
 
 
 def indexed_split(n: int = 100, **kwargs: object) -> EpochSplit:
@@ -187,7 +187,7 @@ def test_mismatched_inputs_raise() -> None:
 
 
 def test_make_split_can_leave_a_single_val_sample_for_a_ce_on_everything_baseline() -> None:
-    from dynaloss.training import load_dataset, make_split
+    from dynaloss.harness.training import load_dataset, make_split
 
     data = load_dataset("digits")
     split = make_split("digits", data, val_ratio=1 / len(data.y_train), seed=0, val_batch_size=1)

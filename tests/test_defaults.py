@@ -64,7 +64,7 @@ def test_the_default_preset_is_it() -> None:
 @pytest.mark.parametrize("command", ["train", "demo"])
 def test_the_command_line_defaults_are_it(command: str) -> None:
     pytest.importorskip("tqdm")  # the command is the harness: it needs the demo extra
-    from dynaloss.cli import parser_defaults
+    from dynaloss.harness.cli import parser_defaults
 
     assert parser_defaults(command) == {**PINNED_TEACHER, **PINNED_DLN}
 
@@ -103,6 +103,9 @@ def test_the_per_sample_weight_keyword_is_sample_weight_and_weight_still_works_w
     with pytest.warns(DeprecationWarning, match="use sample_weight="):
         functional_old = pairwise_dln_loss(layers, logits, target, weight=sample_weight)
     torch.testing.assert_close(functional_old, new, rtol=0, atol=0)
+    with pytest.warns(DeprecationWarning, match="weights= is deprecated.*use layers="):
+        functional_layers = pairwise_dln_loss(weights=layers, logits=logits, target=target)
+    torch.testing.assert_close(functional_layers, dln(logits, target), rtol=0, atol=0)
     with pytest.raises(TypeError, match="got both weight= .deprecated. and sample_weight="):
         dln(logits, target, weight=sample_weight, sample_weight=sample_weight)
 

@@ -193,7 +193,7 @@ def test_train_command_runs_under_torchrun(tmp_path: Path) -> None:
         "--master-port",
         str(free_port()),
         "-m",
-        "dynaloss.cli",
+        "dynaloss.harness.cli",
         "train",
         "--data",
         "digits",

@@ -12,11 +12,11 @@ import pytest
 import torch
 from test_bad_input import assert_identical, dln3, make_batches, make_student, snapshot, trained
 
-import dynaloss.cli
+import dynaloss.harness.cli
 from dynaloss import PairwiseDLN, Teacher
-from dynaloss.checkpoint import RunCheckpoint
-from dynaloss.data import EpochSplit, load_digits
-from dynaloss.training import train_dln
+from dynaloss.harness.checkpoint import RunCheckpoint
+from dynaloss.harness.data import EpochSplit, load_digits
+from dynaloss.harness.training import train_dln
 
 
 class RunsOutOfMemory(PairwiseDLN):
@@ -99,13 +99,13 @@ def test_cli_exits_with_an_error_when_every_round_fails(
 ) -> None:
     data = load_digits()
     poisoned = data._replace(x_train=torch.full_like(data.x_train, math.nan))
-    monkeypatch.setattr(dynaloss.cli, "load_dataset", lambda name, data_dir=None: poisoned)
+    monkeypatch.setattr(dynaloss.harness.cli, "load_dataset", lambda name, data_dir=None: poisoned)
     # paper mode: the rounds alone touch the data (in lookahead mode the run's own steps meet the NaN inputs first,
     # and the DLN refuses them: a ValueError, exit status 2)
     argv = ["train", "--data", "digits", "--mode", "paper", "--unroll", "1", "--total-steps", "20"]
     argv += ["--max-failures", "2", "--no-progress"]
     with pytest.raises(SystemExit) as exit_info:
-        dynaloss.cli.main([*argv, "--out", str(tmp_path)])
+        dynaloss.harness.cli.main([*argv, "--out", str(tmp_path)])
     assert exit_info.value.code == 1
     assert "training stopped: 2 teacher rounds in a row were skipped" in capsys.readouterr().err
     assert (tmp_path / "metrics.json").is_file()

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 smp = pytest.importorskip("segmentation_models_pytorch", exc_type=ImportError)
 
 from dynaloss import Teacher, hypergradient  # noqa: E402
+from dynaloss.harness.synthetic import SyntheticShapes  # noqa: E402
 from dynaloss.integrations.smp import (  # noqa: E402
     PSPNetAux,
     PSPNetCELoss,
@@ -18,7 +19,6 @@ from dynaloss.integrations.smp import (  # noqa: E402
     confusion_matrix,
     mean_iou,
 )
-from dynaloss.integrations.synthetic import SyntheticShapes  # noqa: E402
 from dynaloss.integrations.teaching import TeachingConfig  # noqa: E402
 
 NUM_CLASSES = 4

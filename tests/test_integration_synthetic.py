@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dynaloss import MultiPartDLN
-from dynaloss.integrations.synthetic import PALETTE, SyntheticShapes, write_detection_dataset
+from dynaloss.harness.synthetic import PALETTE, SyntheticShapes, write_detection_dataset
 from dynaloss.integrations.teaching import TeachingConfig, resplit
 
 

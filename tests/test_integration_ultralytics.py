@@ -21,7 +21,7 @@ from ultralytics.utils import DEFAULT_CFG  # noqa: E402
 from ultralytics.utils.loss import v8DetectionLoss  # noqa: E402
 
 from dynaloss import Teacher, hypergradient  # noqa: E402
-from dynaloss.integrations.synthetic import write_detection_dataset  # noqa: E402
+from dynaloss.harness.synthetic import write_detection_dataset  # noqa: E402
 from dynaloss.integrations.teaching import TeachingConfig  # noqa: E402
 from dynaloss.integrations.ultralytics import (  # noqa: E402
     CHECKPOINT_KEY,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import dynaloss
-from dynaloss.models import MNIST1DCNN, DigitsMLP, ResMLP, ResNet8
+from dynaloss.harness.models import MNIST1DCNN, DigitsMLP, ResMLP, ResNet8
 
 
 @pytest.mark.parametrize(

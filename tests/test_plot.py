@@ -9,7 +9,7 @@ import torch
 
 import dynaloss
 from dynaloss import functional as DF
-from dynaloss.plot import dln_weights, loss_surface, plot_curves, plot_loss_surface
+from dynaloss.harness.plot import dln_weights, loss_surface, plot_curves, plot_loss_surface
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from dynaloss.cli import main
-from dynaloss.data import Dataset
-from dynaloss.step_cost import ARMS, Row, measure_end_to_end, run_step_cost
+from dynaloss.harness.cli import main
+from dynaloss.harness.data import Dataset
+from dynaloss.harness.step_cost import ARMS, Row, measure_end_to_end, run_step_cost
 
 CPU = torch.device("cpu")
 # tiny stand-ins for the real rows: a classifier and a per-pixel net with ignored pixels and a pixel budget

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import dynaloss
-from dynaloss.training import LR_FLOOR, load_dataset, make_split, make_student, train_ce, train_dln
+from dynaloss.harness.training import LR_FLOOR, load_dataset, make_split, make_student, train_ce, train_dln
 
 STEPS_RENAMED = "steps= is deprecated, use total_steps="
 
@@ -115,7 +115,7 @@ def test_steps_is_a_deprecated_alias_of_total_steps(arm: str) -> None:
 
 def test_cosine_schedule_is_deprecated_and_still_drives_a_run(sgd_rates: list[float]) -> None:
     with pytest.warns(DeprecationWarning, match="cosine_schedule is deprecated"):
-        schedule = dynaloss.training.cosine_schedule(0.1, 8)
+        schedule = dynaloss.harness.training.cosine_schedule(0.1, 8)
     assert schedule(0) == pytest.approx(0.1) and schedule(8) == pytest.approx(LR_FLOOR) == schedule(500)
     data, split = digits()
     with pytest.warns(DeprecationWarning, match="lr_schedule= as a function of the step is deprecated"):

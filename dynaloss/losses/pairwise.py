@@ -270,9 +270,10 @@ class PairwiseDLN(ValidatedLoad):
         # the table is a cache, rebuilt on demand: copies and pickles leave it behind
         return {**super().__getstate__(), "_surface": None}
 
+    @renamed_keywords(weights="layers")
     def loss_with(
         self,
-        weights: Sequence[Tensor],
+        layers: Sequence[Tensor],
         input: Tensor,
         target: Tensor,
         weight: Tensor | None = None,
@@ -286,7 +287,7 @@ class PairwiseDLN(ValidatedLoad):
         :func:`dynaloss.functional.pairwise_dln_loss`) in their place.
         """
         return DF.pairwise_dln_loss(
-            weights,
+            layers,
             input,
             target,
             sample_weight=weight,

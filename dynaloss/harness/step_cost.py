@@ -9,7 +9,7 @@ Two measurements (``dynaloss bench --step-cost``, ``benchmarks/step_cost.py``):
 - **end to end**: the README's recommended loop (a DLN starting as CE, a lookahead teacher round every K
   iterations) against the same loop with cross-entropy, at equal student steps on the demo's task.
 
-Every arm is timed alternately in one process, as in :mod:`dynaloss.bench`: a busy machine slows all arms
+Every arm is timed alternately in one process, as in :mod:`dynaloss.harness.bench`: a busy machine slows all arms
 alike, so their ratios stay meaningful where absolute milliseconds do not.
 """
 
@@ -31,10 +31,10 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from dynaloss.data import Dataset
+from dynaloss.harness.data import Dataset
+from dynaloss.harness.training import _total_steps, load_dataset, machine_info, make_split, make_student, seeded
 from dynaloss.losses.pairwise import PairwiseDLN
 from dynaloss.teacher import RoundRecord, Teacher
-from dynaloss.training import _total_steps, load_dataset, machine_info, make_split, make_student, seeded
 
 __all__ = [
     "ARMS",

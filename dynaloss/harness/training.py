@@ -26,9 +26,9 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler
 from tqdm.auto import tqdm
 
-from dynaloss.checkpoint import RunCheckpoint
-from dynaloss.data import Dataset, EpochSplit, augment_cifar, load_cifar, load_digits, load_mnist1d
-from dynaloss.models import MNIST1DCNN, DigitsMLP, ResNet8
+from dynaloss.harness.checkpoint import RunCheckpoint
+from dynaloss.harness.data import Dataset, EpochSplit, augment_cifar, load_cifar, load_digits, load_mnist1d
+from dynaloss.harness.models import MNIST1DCNN, DigitsMLP, ResNet8
 from dynaloss.teacher import Teacher
 
 __all__ = [
@@ -98,7 +98,7 @@ def machine_info(device: torch.device | str) -> dict[str, str | int]:
 
 # ------------------------------------------------------------------------------------------- data, students
 def load_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:
-    """One of :data:`DATASETS`; CIFAR needs ``data_dir`` (see :func:`dynaloss.data.load_cifar`)."""
+    """One of :data:`DATASETS`; CIFAR needs ``data_dir`` (see :func:`dynaloss.harness.data.load_cifar`)."""
     if name == "mnist1d":
         return load_mnist1d()
     if name == "digits":

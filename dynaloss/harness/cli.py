@@ -21,17 +21,14 @@ import torch.distributed as dist
 
 from dynaloss._checks import NonFiniteError
 from dynaloss._state import check_finite_state
-from dynaloss.bench import STUDENTS, run_benchmark
-from dynaloss.checkpoint import RunCheckpoint, load_saved
-from dynaloss.data import Dataset
 from dynaloss.distributed import shard_batches, unwrap_data_parallel
-from dynaloss.losses import PairwiseDLN
-from dynaloss.plot import SURFACE_KINDS, plot_curves, plot_loss_surface
-from dynaloss.settings import DEFAULT_DLN, DEFAULT_TEACHER, INITS, MODES, TEACHER_KINDS
-from dynaloss.step_cost import E2E_STEPS, STEP_REPEATS, run_step_cost
-from dynaloss.step_cost import ROWS as STEP_ROWS
-from dynaloss.teacher import Teacher
-from dynaloss.training import (
+from dynaloss.harness.bench import STUDENTS, run_benchmark
+from dynaloss.harness.checkpoint import RunCheckpoint, load_saved
+from dynaloss.harness.data import Dataset
+from dynaloss.harness.plot import SURFACE_KINDS, plot_curves, plot_loss_surface
+from dynaloss.harness.step_cost import E2E_STEPS, STEP_REPEATS, run_step_cost
+from dynaloss.harness.step_cost import ROWS as STEP_ROWS
+from dynaloss.harness.training import (
     DATASETS,
     LR_FLOOR,
     LR_SCHEDULES,
@@ -49,6 +46,9 @@ from dynaloss.training import (
     train_ce,
     train_dln,
 )
+from dynaloss.losses import PairwiseDLN
+from dynaloss.settings import DEFAULT_DLN, DEFAULT_TEACHER, INITS, MODES, TEACHER_KINDS
+from dynaloss.teacher import Teacher
 
 __all__ = ["DEMO_DEFAULTS", "DEMO_QUICK", "TrainingStopped", "build_parser", "main", "parser_defaults"]
 
@@ -232,7 +232,7 @@ def _add_bench(commands: Any) -> None:
         "--step-cost",
         action="store_true",
         help="measure instead what a student's training step costs with PairwiseDLN vs CE, and the README's "
-        "loop vs CE end to end (dynaloss.step_cost)",
+        "loop vs CE end to end (dynaloss.harness.step_cost)",
     )
     rounds = bench.add_argument_group("teacher rounds (without --step-cost)")
     rounds.add_argument("--student", choices=sorted(STUDENTS), help="(default: resnet8 on a GPU, mnist1d-cnn on a CPU)")
@@ -282,8 +282,8 @@ def _check_bench_options(args: argparse.Namespace) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> None:
-    """``dynaloss bench``: :func:`dynaloss.bench.run_benchmark` with the device's default configuration, or
-    with ``--step-cost`` :func:`dynaloss.step_cost.run_step_cost` (one torch thread unless ``--threads``)."""
+    """``dynaloss bench``: :func:`dynaloss.harness.bench.run_benchmark` with the device's default configuration, or
+    with ``--step-cost`` :func:`dynaloss.harness.step_cost.run_step_cost` (one torch thread unless ``--threads``)."""
     _check_bench_options(args)
     if args.step_cost:
         torch.set_num_threads(args.threads or 1)

@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dynaloss.harness.models import MNIST1DCNN, ResNet8
+from dynaloss.harness.training import machine_info
 from dynaloss.losses.pairwise import PairwiseDLN
-from dynaloss.models import MNIST1DCNN, ResNet8
 from dynaloss.teacher import Teacher
-from dynaloss.training import machine_info
 
 __all__ = ["STUDENTS", "bench_round", "markdown_table", "run_benchmark"]
 

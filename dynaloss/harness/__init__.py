@@ -1,0 +1,7 @@
+"""The experiment harness behind ``dynaloss demo``, ``train``, ``plot`` and ``bench``: data sets, students, training
+arms with checkpoints, figures and the cost benchmarks. It needs the ``demo`` extra (tqdm, matplotlib,
+scikit-learn, mnist1d); the library (:mod:`dynaloss`) does not import it.
+
+``synthetic`` holds the adapters' offline data (coloured squares as detection and segmentation sets), which the
+integration examples, benchmarks and tests train on.
+"""
