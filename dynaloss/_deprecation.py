@@ -15,7 +15,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 def renamed_keywords(**renames: str) -> Callable[[F], F]:
     """Accept each ``old=`` keyword of ``renames`` (``old="new"``) as ``new=``, warning that ``old`` is deprecated.
 
-    Passing both names is a ``TypeError``, as a repeated keyword would be.
+    Passing both names warns and raises ``TypeError``, as a repeated keyword would.
     """
 
     def decorate(function: F) -> F:
@@ -24,14 +24,16 @@ def renamed_keywords(**renames: str) -> Callable[[F], F]:
             for old, new in renames.items():
                 if old not in kwargs:
                     continue
-                if new in kwargs:
-                    raise TypeError(f"{function.__qualname__}() got both {old}= (deprecated) and {new}=")
                 warnings.warn(
-                    f"{function.__qualname__}(): {old}= is deprecated and will be removed in the next release; "
-                    f"use {new}=",
+                    f"{function.__qualname__}(): {old}= is deprecated, use {new}= ({old}= will be removed in the "
+                    "next release)",
                     DeprecationWarning,
                     stacklevel=2,
                 )
+                if new in kwargs:
+                    raise TypeError(
+                        f"{function.__qualname__}() got both {old}= (deprecated) and {new}=: pass {new}= alone"
+                    )
                 kwargs[new] = kwargs.pop(old)
             return function(*args, **kwargs)
 

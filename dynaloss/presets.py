@@ -18,8 +18,8 @@ def _frozen(preset: dict[str, Mapping[str, Any]]) -> Mapping[str, Mapping[str, A
     return MappingProxyType({part: MappingProxyType(dict(options)) for part, options in preset.items()})
 
 
-# The paper's and the authors' code's teachers have no trust region and no rollback: they are as published.
-_UNGUARDED = {"student_lr": 0.1, "dln_lr": 1e-3, "teacher_lr": 1e-3, "anchor": 0.0, "guard": None, "rollback": False}
+# What the paper and the authors' code share besides N and the mode: their rates, no trust region, no rollback.
+_AS_PUBLISHED = {"student_lr": 0.1, "dln_lr": 1e-3, "teacher_lr": 1e-3, "anchor": 0.0, "guard": None, "rollback": False}
 
 # Read-only, all the way down: a preset is a name for one configuration, not a place to store another.
 # Each has three parts: "dln" (PairwiseDLN's arguments), "teacher" (Teacher's) and "teacher_model" (the options of
@@ -40,14 +40,14 @@ PRESETS: Mapping[str, Mapping[str, Mapping[str, Any]]] = MappingProxyType(
         "paper": _frozen(
             {
                 "dln": {"init": "paper", "monotone": False},
-                "teacher": {"teacher": "lstm", "steps": 25, "mode": "paper", **_UNGUARDED},
+                "teacher": {"teacher": "lstm", "steps": 25, "mode": "paper", **_AS_PUBLISHED},
                 "teacher_model": {},
             }
         ),
         "research": _frozen(
             {
                 "dln": {"init": "paper", "monotone": False, "pair_mean": "all"},
-                "teacher": {"teacher": "lstm", "steps": 15, "mode": "research", **_UNGUARDED},
+                "teacher": {"teacher": "lstm", "steps": 15, "mode": "research", **_AS_PUBLISHED},
                 "teacher_model": {"preprocess_eps": 1e-8, "output_sign": -1},
             }
         ),

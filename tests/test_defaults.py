@@ -106,7 +106,10 @@ def test_the_per_sample_weight_keyword_is_sample_weight_and_weight_still_works_w
     with pytest.warns(DeprecationWarning, match="weights= is deprecated.*use layers="):
         functional_layers = pairwise_dln_loss(weights=layers, logits=logits, target=target)
     torch.testing.assert_close(functional_layers, dln(logits, target), rtol=0, atol=0)
-    with pytest.raises(TypeError, match="got both weight= .deprecated. and sample_weight="):
+    with (
+        pytest.raises(TypeError, match="got both weight= .deprecated. and sample_weight="),
+        pytest.warns(DeprecationWarning),
+    ):
         dln(logits, target, weight=sample_weight, sample_weight=sample_weight)
 
 

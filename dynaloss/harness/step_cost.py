@@ -31,8 +31,9 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from dynaloss._deprecation import renamed_keywords
 from dynaloss.harness.data import Dataset
-from dynaloss.harness.training import _total_steps, load_dataset, machine_info, make_split, make_student, seeded
+from dynaloss.harness.training import load_dataset, machine_info, make_split, make_student, seeded
 from dynaloss.losses.pairwise import PairwiseDLN
 from dynaloss.teacher import RoundRecord, Teacher
 
@@ -375,6 +376,7 @@ def _arm_loop(
     )
 
 
+@renamed_keywords(steps="total_steps")
 def measure_end_to_end(
     *,
     device: torch.device,
@@ -384,7 +386,6 @@ def measure_end_to_end(
     seed: int = 0,
     data: Dataset | None = None,
     bar: tqdm | None = None,
-    steps: int | None = None,
 ) -> dict[str, Any]:
     """Wall seconds of ``total_steps`` student steps with CE and with the README's recommended loop, taking turns.
 
@@ -403,8 +404,6 @@ def measure_end_to_end(
         teacher rounds), ``rounds_share`` (of ``taught_s``), ``steps_ratio`` (the taught run outside its rounds
         over CE), with the configuration.
     """
-    if steps is not None:
-        total_steps = _total_steps(None, steps)
     data = load_dataset("mnist1d") if data is None else data
     data = Dataset(*(tensor.to(device) for tensor in data))
     student = make_student("mnist1d", data.num_classes, seed).to(device)

@@ -26,6 +26,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler
 from tqdm.auto import tqdm
 
+from dynaloss._deprecation import renamed_keywords
 from dynaloss.harness.checkpoint import RunCheckpoint
 from dynaloss.harness.data import Dataset, EpochSplit, augment_cifar, load_cifar, load_digits, load_mnist1d
 from dynaloss.harness.models import MNIST1DCNN, DigitsMLP, ResNet8
@@ -179,21 +180,8 @@ LR_SCHEDULES: tuple[str, ...] = get_args(LRSchedule)
 # the cosine schedule ends here, not at 0, so that a teacher's unroll still moves the student in the last rounds
 LR_FLOOR = 1e-4
 
-STEPS_RENAMED = (
-    "steps= is deprecated, use total_steps= (the total student-step budget; steps means N per stage in Teacher)"
-)
 
-
-def _total_steps(total_steps: int | None, steps: int | None) -> int:
-    """``total_steps``, or the value of the deprecated keyword ``steps=`` it replaces (with a warning).
-
-    For the functions whose ``steps=`` was the total budget; the warning points at their caller.
-    """
-    if steps is not None:
-        warnings.warn(STEPS_RENAMED, DeprecationWarning, stacklevel=3)
-        if total_steps is not None:
-            raise TypeError("pass total_steps= alone: steps= is its deprecated name")
-        return steps
+def _require_total_steps(total_steps: int | None) -> int:
     if total_steps is None:
         raise TypeError("missing the keyword argument total_steps= (the total student-step budget)")
     return total_steps
@@ -353,6 +341,7 @@ def _run(
 _RESUMED_FIELDS = ("steps", "accuracy", "seconds", "student_steps", "rounds", "stopped")
 
 
+@renamed_keywords(steps="total_steps")
 def train_ce(
     student: nn.Module,
     split: EpochSplit,
@@ -367,7 +356,6 @@ def train_ce(
     checkpoint: RunCheckpoint | None = None,
     train_iter: Iterator[Any] | None = None,
     lr_schedule: LRSchedule | Callable[[int], float] = "constant",
-    steps: int | None = None,
 ) -> ArmResult:
     """Plain SGD with a fixed loss (cross-entropy by default) on ``split``'s train batches (its val part is not used).
 
@@ -383,9 +371,9 @@ def train_ce(
         lr_schedule: ``'constant'`` (default) or ``'cosine'``: torch's ``CosineAnnealingLR`` from ``lr`` to
             :data:`LR_FLOOR` over ``total_steps``, stepped after every student step. A function of the steps
             taken (what ``cosine_schedule`` returned) is deprecated.
-        steps: deprecated name of ``total_steps``.
+        steps: deprecated name of ``total_steps`` (a warning).
     """
-    total_steps = _total_steps(total_steps, steps)
+    total_steps = _require_total_steps(total_steps)
     device = next(student.parameters()).device
     optimizer = torch.optim.SGD(student.parameters(), lr=lr)
     scheduler = _make_scheduler(optimizer, lr_schedule, total_steps)
@@ -417,6 +405,7 @@ def train_ce(
     )
 
 
+@renamed_keywords(steps="total_steps")
 def train_dln(
     student: nn.Module,
     teacher: Teacher,
@@ -431,7 +420,6 @@ def train_dln(
     checkpoint: RunCheckpoint | None = None,
     batches: tuple[Iterator[Any], Iterator[Any]] | None = None,
     lr_schedule: LRSchedule | Callable[[int], float] = "constant",
-    steps: int | None = None,
 ) -> ArmResult:
     """L2T-DLN: ``teacher.step`` rounds until the student has taken ``total_steps`` SGD steps.
 
@@ -453,7 +441,7 @@ def train_dln(
             function of the steps taken (what ``cosine_schedule`` returned) is deprecated.
         steps: deprecated name of ``total_steps`` (``teacher.steps`` is N).
     """
-    total_steps = _total_steps(total_steps, steps)
+    total_steps = _require_total_steps(total_steps)
     train_iter, val_iter = (split.train_batches(), split.val_batches()) if batches is None else batches
     optimizer = torch.optim.SGD(student.parameters(), lr=teacher.student_lr)
     scheduler = _make_scheduler(optimizer, lr_schedule, total_steps)

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from dynaloss import RoundRecord, Teacher
 from dynaloss._checks import check_positive_float, check_positive_int
+from dynaloss._deprecation import renamed_keywords
 from dynaloss.integrations.smp.metrics import confusion_matrix, mean_iou
 from dynaloss.integrations.smp.model import PSPNetAux
 from dynaloss.integrations.smp.objective import VOC_IGNORE_INDEX, PSPNetCELoss, PSPNetDLNLoss
@@ -27,9 +28,6 @@ __all__ = ["LOSSES", "PSPNetTrainer"]
 LOSSES = ("dln", "ce")
 SegmentationSet = Dataset[tuple[Tensor, Tensor]]
 POLY_POWER = 0.9  # PSPNet's poly learning-rate schedule: lr * (1 - step / total_steps) ** 0.9
-STEPS_RENAMED = (
-    "steps= is deprecated, use total_steps= (the total student-step budget; steps means N per stage in Teacher)"
-)
 
 
 class PSPNetTrainer:
@@ -61,6 +59,7 @@ class PSPNetTrainer:
         steps: deprecated name of ``total_steps`` (``teaching.steps`` is N, the steps of one teacher stage).
     """
 
+    @renamed_keywords(steps="total_steps")
     def __init__(
         self,
         model: PSPNetAux,
@@ -76,13 +75,7 @@ class PSPNetTrainer:
         ignore_index: int = VOC_IGNORE_INDEX,
         max_pixels: int | None = 4096,
         seed: int = 0,
-        steps: int | None = None,
     ) -> None:
-        if steps is not None:
-            warnings.warn(STEPS_RENAMED, DeprecationWarning, stacklevel=2)
-            if total_steps is not None:
-                raise TypeError("pass total_steps= alone: steps= is its deprecated name")
-            total_steps = steps
         if total_steps is None:
             raise TypeError("PSPNetTrainer() missing the keyword argument total_steps= (the total SGD steps)")
         if not isinstance(model, PSPNetAux):
