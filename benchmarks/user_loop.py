@@ -92,8 +92,15 @@ TRAIN_BATCH, VAL_BATCH = 25, 100
 
 
 # ------------------------------------------------------------------------------------------------ jobs
+class JsonKeyed:
+    """A frozen dataclass of a job's configuration whose JSON is its key in :class:`Store` (robust.py's too)."""
+
+    def key(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
 @dataclass(frozen=True)
-class Job:
+class Job(JsonKeyed):
     """One training run: every field that changes its result, so that the JSONL key identifies it.
 
     ``phase`` is ``"tune"`` (train on 80 % of the training set, score on the held-out 20 %) or ``"test"``
@@ -113,9 +120,6 @@ class Job:
     val_ratio: float  # the DLN arms' teacher-validation share
     eval_every: int
     holdout: float  # the share of the training set the tune phase scores on (0 in the test phase)
-
-    def key(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
 
 
 def arm_kind(arm: str) -> str:
@@ -356,6 +360,15 @@ def run_job(job: Job) -> dict[str, Any]:
         taken = paper_loop(model, teacher, scheduler, split, **common)
     else:
         raise ValueError(f"unknown arm {job.arm!r}")
+    return run_result(trace, taken, started, cpu)
+
+
+def run_result(trace: Trace, taken: int, started: float, cpu: float) -> dict[str, Any]:
+    """What every run reports, from ``trace`` and the wall and CPU clocks read when training started.
+
+    ``train_cpu_seconds`` is what ``ce-time`` matches: training, not evaluation; the CPU time of a one-thread
+    worker is its wall time on an idle core, while wall time on shared cores grows with whatever else runs there.
+    """
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu
     round_seconds = [r["seconds"] for r in trace.rounds]
     return {
@@ -366,8 +379,6 @@ def run_job(job: Job) -> dict[str, Any]:
         "student_steps": taken,
         "seconds": seconds,
         "train_seconds": seconds - trace.eval_seconds,
-        # what ce-time matches: training, not evaluation; CPU time of the one-thread worker is its wall time on
-        # an idle core, while wall time on shared cores grows with whatever else runs there
         "train_cpu_seconds": cpu_seconds - trace.eval_cpu_seconds,
         "rounds": len(trace.rounds),
         "skipped_rounds": sum(bool(r["skipped"]) for r in trace.rounds),
@@ -392,13 +403,13 @@ class Store:
                     continue
                 self.results[entry["key"]] = entry
 
-    def __contains__(self, job: Job) -> bool:
+    def __contains__(self, job: JsonKeyed) -> bool:
         return job.key() in self.results
 
-    def get(self, job: Job) -> dict[str, Any]:
+    def get(self, job: JsonKeyed) -> dict[str, Any]:
         return self.results[job.key()]
 
-    def add(self, job: Job, result: dict[str, Any]) -> None:
+    def add(self, job: JsonKeyed, result: dict[str, Any]) -> None:
         entry = {"key": job.key(), "job": asdict(job), "result": result}
         self.results[entry["key"]] = entry
         with self.path.open("a") as handle:
@@ -406,22 +417,32 @@ class Store:
             handle.flush()
 
 
-def _init_worker() -> None:
+def init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def run_phase(jobs: list[Job], store: Store, pool: ProcessPoolExecutor | None, desc: str) -> None:
-    """Run the jobs not in ``store`` (in ``pool``, or here without one), storing each as soon as it ends."""
+def run_phase(
+    jobs: list[Any],
+    store: Store,
+    pool: ProcessPoolExecutor | None,
+    desc: str,
+    run: Callable[[Any], dict[str, Any]] | None = None,
+) -> None:
+    """Run the jobs not in ``store`` (in ``pool``, or here without one), storing each as soon as it ends.
+
+    ``run`` trains one job (default: :func:`run_job`); in a pool it must be a module-level function.
+    """
+    run = run_job if run is None else run
     pending = list(dict.fromkeys(job for job in jobs if job not in store))
     if not pending:
         return
     with tqdm(total=len(pending), desc=desc, unit="job", dynamic_ncols=True) as bar:
         if pool is None:
             for job in pending:
-                store.add(job, run_job(job))
+                store.add(job, run(job))
                 bar.update()
             return
-        running: dict[Future[dict[str, Any]], Job] = {pool.submit(run_job, job): job for job in pending}
+        running: dict[Future[dict[str, Any]], Any] = {pool.submit(run, job): job for job in pending}
         while running:
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
@@ -533,15 +554,19 @@ def ce_time_jobs(args: argparse.Namespace, picks: dict[tuple[str, ...], dict[str
         for seed in args.seed_list:
             ce = store.get(make_job(args, cell, "ce", ce_lr, seed, "test"))["result"]
             dln = store.get(make_job(args, cell, taught, picks[(*cell, taught)]["lr"], seed, "test"))["result"]
-            ratio = dln["train_cpu_seconds"] / ce["train_cpu_seconds"]
-            steps = max(args.steps, round(args.steps * ratio))
+            steps = matched_steps(args.steps, dln, ce)
             job = make_job(args, cell, "ce-time", ce_lr, seed, "test")
             jobs.append(replace(job, steps=steps, eval_every=min(args.eval_every, steps)))
     return jobs
 
 
+def matched_steps(steps: int, costly: dict[str, Any], ce: dict[str, Any]) -> int:
+    """CE's steps for the training CPU time the ``costly`` run took: ``steps`` scaled by the two runs' ratio."""
+    return max(steps, round(steps * costly["train_cpu_seconds"] / ce["train_cpu_seconds"]))
+
+
 # ------------------------------------------------------------------------------------------- reporting
-def _fmt(values: list[float]) -> str:
+def fmt_mean_std(values: list[float]) -> str:
     mean, std = statistics.mean(values), statistics.pstdev(values)
     return f"{100 * mean:.2f} ± {100 * std:.2f}"
 
@@ -604,7 +629,7 @@ def grid_averages(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return averages
 
 
-def _points(value: float | None) -> str:
+def fmt_points(value: float | None) -> str:
     return "" if value is None else f"{100 * value:+.2f}"
 
 
@@ -625,8 +650,8 @@ def markdown(
             if r[key]
         )
         lines.append(
-            f"| {r['student']} | {r['data']} | {r['recipe']} | {r['arm']} | {lr} | {_fmt(r['finals'])}{notes} | "
-            f"{_points(r['delta_vs_ce'])} | {_points(r['worst_seed_delta_vs_ce'])} | {per_seed} | "
+            f"| {r['student']} | {r['data']} | {r['recipe']} | {r['arm']} | {lr} | {fmt_mean_std(r['finals'])}"
+            f"{notes} | {fmt_points(r['delta_vs_ce'])} | {fmt_points(r['worst_seed_delta_vs_ce'])} | {per_seed} | "
             f"{r['steps']:.0f} | {r['seconds']:.1f} |"
         )
     lines += [
@@ -639,8 +664,8 @@ def markdown(
     for a in averages:
         ahead = "" if a["cells_ahead_of_ce"] is None else f"{a['cells_ahead_of_ce']} / {a['cells']}"
         lines.append(
-            f"| {a['arm']} | {a['cells']} | {100 * a['mean']:.2f} | {_points(a['delta_vs_ce'])} | {ahead} | "
-            f"{_points(a['worst_seed_delta_vs_ce'])} |"
+            f"| {a['arm']} | {a['cells']} | {100 * a['mean']:.2f} | {fmt_points(a['delta_vs_ce'])} | {ahead} | "
+            f"{fmt_points(a['worst_seed_delta_vs_ce'])} |"
         )
     if curves:
         lines += ["", *curve_table(runs)]
@@ -719,26 +744,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    torch.set_num_threads(1)
-    import dynaloss
+def open_results(args: argparse.Namespace, **extra: Any) -> tuple[dict[str, Any], dict[str, Any], Store]:
+    """Print the machine and the configuration (``args`` and ``extra``); open the store in ``args.out``."""
     from dynaloss.harness.training import machine_info
 
-    if args.preset not in dynaloss.PRESETS:
-        raise SystemExit(f"--preset must be one of {sorted(dynaloss.PRESETS)}, got {args.preset!r}")
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    config["recipe_lr_grids"] = {r: list(RECIPES[r]["lrs"]) for r in args.recipes}
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()} | extra
     machine = machine_info("cpu")
     print("machine:", json.dumps(machine))
     print("config: ", json.dumps(config))
     args.out.mkdir(parents=True, exist_ok=True)
-    store = Store(args.out / "runs.jsonl")
+    return machine, config, Store(args.out / "runs.jsonl")
+
+
+def write_results(out: Path, name: str, report: dict[str, Any], table: str, note: str = "") -> None:
+    """``out/name.json``: the report; ``out/name.md``: its machine and configuration, ``note`` and the table."""
+    (out / f"{name}.json").write_text(json.dumps(report, indent=1))
+    header = f"machine: `{json.dumps(report['machine'])}`\n\nconfig: `{json.dumps(report['config'])}`\n\n"
+    (out / f"{name}.md").write_text(header + (f"{note}\n\n" if note else "") + table + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    import dynaloss
+
+    if args.preset not in dynaloss.PRESETS:
+        raise SystemExit(f"--preset must be one of {sorted(dynaloss.PRESETS)}, got {args.preset!r}")
+    machine, config, store = open_results(args, recipe_lr_grids={r: list(RECIPES[r]["lrs"]) for r in args.recipes})
     started = time.perf_counter()
 
     # One pool for every phase: a fresh process pays ~4 s once (data, and torch.optim's first step imports
     # torch._dynamo), which new workers per phase would pay again. Workers start only when a job is submitted.
-    with ProcessPoolExecutor(max_workers=args.jobs, initializer=_init_worker) as pool:
+    with ProcessPoolExecutor(max_workers=args.jobs, initializer=init_worker) as pool:
         runner = pool if args.jobs > 1 else None
         run_phase(tune_jobs(args), store, runner, "tune lr")
         picks = pick_lrs(args, store)  # the tune phase must be complete: each cell's rates come from it
@@ -775,9 +812,7 @@ def main(argv: list[str] | None = None) -> int:
         "tune_runs": [store.get(job) for job in tune_jobs(args)],
         "wall_seconds": wall,
     }
-    (args.out / "user_loop.json").write_text(json.dumps(report, indent=1))
-    header = f"machine: `{json.dumps(machine)}`\n\nconfig: `{json.dumps(config)}`\n\n{lr_note(args)}\n\n"
-    (args.out / "user_loop.md").write_text(header + table + "\n")
+    write_results(args.out, "user_loop", report, table, lr_note(args))
     return 0
 
 

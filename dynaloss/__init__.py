@@ -1,14 +1,16 @@
 """dynaloss: learnable training losses that a teacher adapts while your model trains (L2T-DLN)."""
 
-from dynaloss.losses import MultiPartDLN, PairwiseDLN
+from dynaloss.losses import ClassAwareDLN, MultiPartDLN, PairwiseDLN
 from dynaloss.presets import PRESETS, pairwise_teacher
-from dynaloss.teacher import MODES, RoundRecord, Teacher
+from dynaloss.streams import forever
+from dynaloss.teacher import MODES, RoundRecord, Teacher, teaching_defaults
 from dynaloss.teachers import LSTMTeacher, OptimizerTeacher, TeacherModel
 from dynaloss.unroll import hypergradient
 
 __all__ = [
     "MODES",
     "PRESETS",
+    "ClassAwareDLN",
     "LSTMTeacher",
     "MultiPartDLN",
     "OptimizerTeacher",
@@ -16,8 +18,10 @@ __all__ = [
     "RoundRecord",
     "Teacher",
     "TeacherModel",
+    "forever",
     "hypergradient",
     "pairwise_teacher",
+    "teaching_defaults",
 ]
 
 __version__ = "0.1.0"

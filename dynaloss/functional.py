@@ -40,6 +40,12 @@ __all__ = [
 # some 32 below the others); a wider span would cover more of that but leave the typical losses (under ~10
 # nats) less of [0, 1].
 LOG_PROB_SPAN = 32.0
+# loss_range reads the pair loss this far inside the corners of the unit square. The built DLNs (init 'warm'
+# and 'ce') put a unit's kink exactly on a corner (a LeakyReLU at 0), so the range, and with it every loss a
+# pinned DLN computes, would have a kink in the DLN's parameters at its start: one-sided derivatives that
+# differ by a factor of 3 and a first hypergradient that is an arbitrary subgradient. Inside, every unit of
+# those starts is strictly on one side of its kink.
+_CORNER_INSET = 1e-3
 
 
 def check_reduction(reduction: object) -> str:
@@ -97,12 +103,14 @@ def monotone_weights(raw: Sequence[Tensor]) -> list[Tensor]:
 
 @renamed_keywords(weights="layers")
 def loss_range(layers: Sequence[Tensor]) -> Tensor:
-    """The pair loss at its worst corner minus at its best: ``f(s_y=0, s_j=1) - f(s_y=1, s_j=0)``.
+    """The pair loss near its worst corner minus near its best: ``f(e, 1 - e) - f(1 - e, e)``, ``e = 1e-3``.
 
-    For a monotone DLN (:func:`monotone_weights`) these corners are the loss's largest and smallest values
-    over the whole square, so this is its range.
+    For a monotone DLN (:func:`monotone_weights`) these points hold the loss's largest and smallest values
+    over the square ``[e, 1 - e]^2``, so this is its range there. The inset keeps the range differentiable in
+    the parameters of the built starts, whose units have their kinks on the corners themselves.
     """
-    corners = layers[0].new_tensor([[0.0, 1.0], [1.0, 0.0]])
+    inner = 1.0 - _CORNER_INSET
+    corners = layers[0].new_tensor([[_CORNER_INSET, inner], [inner, _CORNER_INSET]])
     worst, best = pairwise_row_loss(layers, corners[:, 0], corners[:, 1])
     return worst - best
 

@@ -32,13 +32,14 @@ class RoundOutcome:
 
     Attributes:
         error_before: validation error after stage I.
-        error_after: validation error after stage III.
+        error_after: validation error after stage III (``None``: stage III was not run).
         flat_grad: the DLN's hypergradient, flattened in ``named_parameters`` order.
         new_phi: the updated DLN parameters by name.
         update: ``new_phi - phi``, flattened.
         memory: the teacher model's memory after this round.
         teacher_grads: gradient of ``error_after`` w.r.t. each learnable teacher-model parameter.
-        student: the student's state at the end of stage III, its optimizer's state included.
+        student: the student's state at the end of stage III (of stage I when stage III was not run), its
+            optimizer's state included.
         stage_one: the student's state at the end of stage I (detached), what a guarded round keeps.
         rule: the update rule the student's steps followed (what writes the optimizer's state back).
         inputs_finite: device flags, whether the DLN's inputs stayed finite in stage I and in stage III (``True``
@@ -46,7 +47,7 @@ class RoundOutcome:
     """
 
     error_before: Tensor
-    error_after: Tensor
+    error_after: Tensor | None
     flat_grad: Tensor
     new_phi: dict[str, Tensor]
     update: Tensor
@@ -72,7 +73,7 @@ class RoundOutcome:
             ],
             "the DLN's input contains NaN or Inf values (the student's outputs in stage III)": self.inputs_finite[1:],
             "DLN update is not finite": [self.update],
-            "validation error after stage III is not finite": [self.error_after],
+            "validation error after stage III is not finite": [] if self.error_after is None else [self.error_after],
             "teacher model gradient is not finite": list(self.teacher_grads),
             "student parameters is not finite": list(self.student.params.values()),
             "the student optimizer's state is not finite": self.student.optim.tensors(),
@@ -108,6 +109,7 @@ def compute_round(
     checkpoint: bool = False,
     autocast_dtype: torch.dtype | None = None,
     sync: RankMean | None = None,
+    run_stage_three: bool = True,
 ) -> RoundOutcome:
     """Stages I-III of L2T-DLN from the student's current weights, without writing anything.
 
@@ -127,6 +129,9 @@ def compute_round(
         sync: data-parallel ranks to average over: every unrolled step uses the ranks' mean gradient, and the
             hypergradient, the teacher's gradients and the validation errors are the ranks' means, so every
             rank computes the same update (default: ``None``, one process).
+        run_stage_three: run stage III. ``False`` is for a round whose stage III has no reader: a teacher model with
+            nothing to learn, no guard, and a student that keeps none of its steps (lookahead); the outcome's
+            ``error_after`` is then ``None`` and its ``student`` stage I's end (default: ``True``).
 
     Returns:
         The :class:`RoundOutcome`; ``teacher_grads`` is empty when ``model`` has nothing to learn.
@@ -165,6 +170,32 @@ def compute_round(
     new_phi = dict(zip(phi, _unflatten(new_flat_phi, list(phi.values()))))
 
     learnable = model.learnable
+    if not run_stage_three:
+        if learnable:
+            raise ValueError("run_stage_three=False: a learnable teacher model learns from stage III")
+        stage_one_state = StudentState(
+            {n: p.detach() for n, p in stage_one.params.items()},
+            stage_one.buffers,
+            start.trainable,
+            stage_one.optim.detached(),
+        )
+        return RoundOutcome(
+            error_before=error_before.detach(),
+            error_after=None,
+            flat_grad=flat_grad,
+            new_phi={n: p.detach() for n, p in new_phi.items()},
+            update=(new_flat_phi - flat_phi).detach(),
+            memory=tuple(m.detach() for m in new_memory),
+            teacher_grads=(),
+            student=stage_one_state,
+            stage_one=stage_one_state,
+            rule=rule,
+            inputs_finite=[
+                error_before.new_ones((), dtype=torch.bool)
+                if stage_one.inputs_finite is None
+                else stage_one.inputs_finite
+            ],
+        )
     stage_three_start = stage_one.detached() if continue_stage_one else start.detached()
     stage_three = unroll(
         student, stage_three_start, loss_fn, new_phi, second, rule=rule, create_graph=learnable, **unroll_options

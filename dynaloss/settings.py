@@ -14,12 +14,14 @@ from typing import Any, Literal, get_args
 __all__ = [
     "DEFAULT_DLN",
     "DEFAULT_TEACHER",
+    "CLASS_AWARE_TEACHING",
     "FEATURES",
     "INITS",
     "MODES",
     "PAIR_MEANS",
     "REDUCTIONS",
     "TEACHER_KINDS",
+    "TEACH_EVERY",
     "Features",
     "Init",
     "Mode",
@@ -62,5 +64,18 @@ DEFAULT_TEACHER: Mapping[str, Any] = MappingProxyType(
     }
 )
 
-# The recommended DLN: warm-started as one-vs-all binary cross-entropy, sign-constrained (monotone).
+# What ClassAwareDLN's parameters (2C logit offsets and GCE exponents, in logit units) want instead, and what a
+# Teacher takes for them unless told otherwise (a loss module's ``teaching_defaults``): a plain Adam step of
+# 0.05 per round on each (the LSTM's bounded output at 1e-3 would need thousands of rounds to move an offset by
+# log(100)), no trust region (logit adjustment under a long tail sits some log(ratio) from the start), no
+# rollback (every parameter value is a proper loss; a rising validation error under label noise is the student
+# memorising wrong labels, which is what the loss is being taught to stop, not a loss to undo).
+CLASS_AWARE_TEACHING: Mapping[str, Any] = MappingProxyType(
+    {"teacher": "adam", "dln_lr": 0.05, "anchor": 0.0, "rollback": False}
+)
+
+# The recommended PairwiseDLN: warm-started as one-vs-all binary cross-entropy, sign-constrained (monotone).
 DEFAULT_DLN: Mapping[str, Any] = MappingProxyType({"init": "warm", "monotone": True})
+
+# The recommended cadence: a teacher round every TEACH_EVERY of the user's optimizer steps.
+TEACH_EVERY: int = 20

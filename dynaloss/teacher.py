@@ -26,7 +26,7 @@ from dynaloss.teachers.base import Memory
 from dynaloss.unroll import StudentState, ValLoss, default_val_loss, dln_parameters
 from dynaloss.update_rules import OptimizerRule, check_optimizer, write_optimizer_state
 
-__all__ = ["MODES", "RoundRecord", "Teacher"]
+__all__ = ["MODES", "RoundRecord", "Teacher", "teaching_defaults"]
 
 AUTOCAST_DTYPES = (None, torch.bfloat16, torch.float16)
 
@@ -40,7 +40,9 @@ class RoundRecord:
     Attributes:
         round: index of the round (0-based), counting committed and skipped rounds.
         val_error_before: validation error after stage I (N steps with the old DLN).
-        val_error_after: validation error after stage III (N steps with the updated DLN).
+        val_error_after: validation error after stage III (N steps with the updated DLN); NaN where the round
+            had no use for stage III and skipped it (an optimizer teacher, e.g. ``'adam'``, in ``'lookahead'`` mode
+            without a guard: nothing learns from it or keeps it).
         hypergradient_norm: L2 norm of the DLN's hypergradient.
         update_norm: L2 norm of the DLN's change this round.
         student_steps: SGD steps written into the student (``2N`` paper, ``N`` research, 0 lookahead).
@@ -66,6 +68,24 @@ class RoundRecord:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _value(error: Tensor | None) -> float:
+    """A validation error as a float; NaN where the round did not measure it."""
+    return math.nan if error is None else float(error)
+
+
+def teaching_defaults(loss_fn: nn.Module) -> dict[str, Any]:
+    """The :class:`Teacher` settings a loss is taught with by default: :data:`dynaloss.settings.DEFAULT_TEACHER`,
+    with the loss's own ``teaching_defaults`` (a mapping, e.g. :data:`dynaloss.settings.CLASS_AWARE_TEACHING`)
+    over it: how far a round should move a parameter depends on what the parameter is."""
+    own = getattr(loss_fn, "teaching_defaults", {})
+    if not isinstance(own, Mapping) or not set(own) <= set(DEFAULT_TEACHER):
+        raise TypeError(
+            f"{type(loss_fn).__name__}.teaching_defaults must be a mapping of Teacher settings "
+            f"({', '.join(DEFAULT_TEACHER)}), got {own!r}"
+        )
+    return {**DEFAULT_TEACHER, **own}
 
 
 class _Checked:
@@ -166,7 +186,8 @@ class Teacher:
     Args:
         loss_fn: the DLN the student trains with (e.g. :class:`dynaloss.PairwiseDLN`); updated in place.
         teacher: ``'lstm'`` (the paper's), ``'adam'``, ``'sgd'``, ``'rmsprop'`` or a
-            :class:`dynaloss.teachers.TeacherModel` (default: ``'lstm'``).
+            :class:`dynaloss.teachers.TeacherModel` (default: the loss's :func:`teaching_defaults`: ``'lstm'``,
+            ``'adam'`` for a :class:`dynaloss.ClassAwareDLN`).
         steps: ``N``, student steps per stage (not a total budget) (default: ``10``; the paper's is 25 for
             classification, the authors' code's 15).
         optimizer: the ``torch.optim.SGD``, ``Adam`` or ``AdamW`` that trains the student. Every round then
@@ -177,7 +198,8 @@ class Teacher:
             Any other optimizer raises ``TypeError`` (default: ``None``).
         student_lr: ``eta``, the student's SGD learning rate in the unroll when there is no ``optimizer``
             (default: ``0.1``).
-        dln_lr: ``gamma``, the scale of the teacher's update of the DLN (default: ``1e-3``).
+        dln_lr: ``gamma``, the scale of the teacher's update of the DLN (default: the loss's
+            :func:`teaching_defaults`: ``1e-3``, ``0.05`` for a :class:`dynaloss.ClassAwareDLN`).
         teacher_lr: Adam learning rate of the teacher model (default: ``1e-3``).
         mode: what happens to the student (default: ``'lookahead'``):
             ``'lookahead'``: the student is left bitwise untouched (train it with your own optimizer);
@@ -192,7 +214,8 @@ class Teacher:
         anchor: the share of the DLN's distance to where teaching started that every round removes,
             ``phi' = phi + dln_lr * T(grad) - anchor * (phi - phi_start)``: a trust region that keeps the
             taught loss within ``dln_lr / anchor`` per coordinate of the (warm-started) loss it began as.
-            ``0`` disables it, as in the paper (default: ``0.05``).
+            ``0`` disables it, as in the paper (default: the loss's :func:`teaching_defaults`: ``0.05``, ``0``
+            for a :class:`dynaloss.ClassAwareDLN`).
         guard: reject the DLN update when the validation error after stage III exceeds ``guard`` times
             the error after stage I: the DLN keeps its parameters, the student keeps only stage I's steps
             (``'paper'``/``'research'``), and the teacher model still learns from the failed proposal.
@@ -202,7 +225,8 @@ class Teacher:
             to their state at that best point, start its memory afresh and halve ``dln_lr``
             (:class:`dynaloss.rollback.Rollback`; a rollback is logged and marked in its :class:`RoundRecord`).
             ``True``: the default thresholds; a :class:`~dynaloss.rollback.Rollback` sets its own; ``False``:
-            off, as in the paper (default: ``True``).
+            off, as in the paper (default: the loss's :func:`teaching_defaults`: ``True``, ``False`` for a
+            :class:`dynaloss.ClassAwareDLN`).
         checkpoint: recompute each unrolled step in the backward pass instead of keeping its activations
             (``torch.utils.checkpoint``, non-reentrant): the round's memory no longer grows with every
             step's activations, for roughly one more forward and backward per step; the numbers are the same
@@ -246,17 +270,17 @@ class Teacher:
         self,
         loss_fn: nn.Module,
         *,
-        teacher: TeacherKind | TeacherModel = DEFAULT_TEACHER["teacher"],
+        teacher: TeacherKind | TeacherModel | None = None,
         steps: int = DEFAULT_TEACHER["steps"],
         optimizer: torch.optim.Optimizer | None = None,
         student_lr: float = DEFAULT_TEACHER["student_lr"],
-        dln_lr: float = DEFAULT_TEACHER["dln_lr"],
+        dln_lr: float | None = None,
         teacher_lr: float = DEFAULT_TEACHER["teacher_lr"],
         mode: Mode = DEFAULT_TEACHER["mode"],
         val_loss: ValLoss | None = None,
-        anchor: float = DEFAULT_TEACHER["anchor"],
+        anchor: float | None = None,
         guard: float | None = DEFAULT_TEACHER["guard"],
-        rollback: bool | Rollback = DEFAULT_TEACHER["rollback"],
+        rollback: bool | Rollback | None = None,
         checkpoint: bool = False,
         autocast_dtype: torch.dtype | None = None,
         process_group: Any = None,
@@ -264,6 +288,12 @@ class Teacher:
         if not isinstance(loss_fn, nn.Module):
             raise TypeError(f"loss_fn must be a torch.nn.Module, got {type(loss_fn).__name__}")
         dln_parameters(loss_fn)  # raises if there is nothing to teach
+        # the settings that depend on how the loss is parameterised come from the loss, when it says
+        defaults = teaching_defaults(loss_fn)
+        teacher = defaults["teacher"] if teacher is None else teacher
+        dln_lr = defaults["dln_lr"] if dln_lr is None else dln_lr
+        anchor = defaults["anchor"] if anchor is None else anchor
+        rollback = defaults["rollback"] if rollback is None else rollback
         self.mode = mode
         self._loss_fn = loss_fn
         self.steps = steps
@@ -371,6 +401,8 @@ class Teacher:
                     checkpoint=self.checkpoint,
                     autocast_dtype=self.autocast_dtype,
                     sync=self.sync,
+                    # stage III's only readers: the teacher model's learning, the guard, and the student's commit
+                    run_stage_three=self.model.learnable or self.guard is not None or self.mode != "lookahead",
                 )
         except NonFiniteError as error:
             return self._skip(started, f"{error}; the round was not committed")
@@ -394,7 +426,10 @@ class Teacher:
         problem = outcome.first_problem(self.sync)
         if problem is not None:
             return self._skip(started, problem, outcome)
-        rejected = self.guard is not None and float(outcome.error_after) > self.guard * float(outcome.error_before)
+        after = outcome.error_after  # measured whenever there is a guard
+        rejected = (
+            self.guard is not None and after is not None and float(after) > self.guard * float(outcome.error_before)
+        )
         before = None if self.rollback is None else self._teaching_state()
         self._commit(student, outcome, accept=not rejected)
         self._anchor_point = anchor_point
@@ -512,12 +547,12 @@ class Teacher:
         if rejected:
             reason = (
                 f"guard: validation error rose from {float(outcome.error_before):.4g} to "
-                f"{float(outcome.error_after):.4g} (> {self.guard}x); the DLN update was not applied"
+                f"{_value(outcome.error_after):.4g} (> {self.guard}x); the DLN update was not applied"
             )
         return RoundRecord(
             round=self.rounds - 1,
             val_error_before=float(outcome.error_before),
-            val_error_after=float(outcome.error_after),
+            val_error_after=_value(outcome.error_after),
             hypergradient_norm=float(outcome.flat_grad.norm()),
             update_norm=0.0 if rejected else float(outcome.update.norm()),
             student_steps=steps,
@@ -533,7 +568,7 @@ class Teacher:
         return RoundRecord(
             round=self.rounds - 1,
             val_error_before=math.nan if outcome is None else float(outcome.error_before),
-            val_error_after=math.nan if outcome is None else float(outcome.error_after),
+            val_error_after=math.nan if outcome is None else _value(outcome.error_after),
             hypergradient_norm=math.nan if outcome is None else float(outcome.flat_grad.norm()),
             update_norm=0.0,
             student_steps=0,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
@@ -12,6 +11,7 @@ from torch import nn
 from dynaloss import Teacher
 from dynaloss._checks import check_positive_float, check_positive_int
 from dynaloss.settings import DEFAULT_TEACHER, MODES, Mode
+from dynaloss.streams import forever
 
 __all__ = ["TeachingConfig", "forever", "resplit"]
 
@@ -111,14 +111,3 @@ def resplit(size: int, val_ratio: float, seed: int) -> tuple[list[int], list[int
         )
     order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
     return order[n_val:], order[:n_val]
-
-
-def forever(batches: Iterable[T]) -> Iterator[T]:
-    """Cycle through ``batches`` without end, asking it for a new pass (a new shuffle) each time."""
-    while True:
-        empty = True
-        for item in batches:
-            empty = False
-            yield item
-        if empty:
-            raise ValueError("the teacher's data loader yields no batches")

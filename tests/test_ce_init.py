@@ -164,7 +164,8 @@ def test_teacher_moves_change_the_loss_but_never_its_pinned_range():
             matrix.add_(torch.randn(matrix.shape, dtype=matrix.dtype, generator=torch.Generator().manual_seed(1)) * 0.1)
     assert not torch.allclose(dln(logits, target), before)
     assert float(DF.loss_range(dln.mlp_weights()).detach()) == pytest.approx(dln.target_range, rel=1e-9)
-    assert dln.target_range == pytest.approx(DF.LOG_PROB_SPAN, rel=1e-6)
+    # the range is read between the features' values at 1e-3 and 1 - 1e-3, on which CE is linear
+    assert dln.target_range == pytest.approx(DF.LOG_PROB_SPAN * (1 - 2e-3), rel=1e-6)
 
 
 def test_spare_units_reach_the_validation_gradient_at_full_size():
@@ -207,6 +208,33 @@ def test_hypergradient_matches_finite_differences():
     numeric = finite_difference_gradient(student, dln, batches, val)
     assert analytic.norm() > 1e-4  # the check is not vacuous
     assert (analytic - numeric).norm() / numeric.norm() < 1e-6
+
+
+def test_the_ce_start_has_no_kink_in_its_range() -> None:
+    """The pinned range reads the loss inside the corners, where no unit of the CE start sits at its kink.
+
+    At the corners themselves a unit's pre-activation is exactly 0, so the range (and every pinned loss) had
+    one-sided derivatives in the parameters that differed (47.97 and 47.81 here, autograd 47.89). Along
+    directions that leave the entries built at +-1e-12 alone (|w| has its own kink a step of 1e-12 away), the
+    two one-sided differences and autograd now agree.
+    """
+    dln = PairwiseDLN(10, init="ce", fast=False).double()
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 10, generator=generator, dtype=torch.float64) * 2
+    target = torch.randint(10, (64,), generator=generator)
+    start = [m.detach().clone() for m in dln.layers]
+    directions = [torch.randn(m.shape, generator=generator, dtype=torch.float64) * (m.abs() > 1e-9) for m in start]
+
+    def loss(t: torch.Tensor) -> torch.Tensor:
+        return dln.loss_with(dln.mlp_weights([m + t * d for m, d in zip(start, directions)]), logits, target)
+
+    t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    (slope,) = torch.autograd.grad(loss(t), t)
+    h = torch.tensor(1e-7, dtype=torch.float64)
+    zero = torch.zeros((), dtype=torch.float64)
+    right, left = float((loss(h) - loss(zero)) / h), float((loss(zero) - loss(-h)) / h)
+    assert abs(right - left) < 1e-5 * abs(float(slope))
+    assert abs(right - float(slope)) < 1e-5 * abs(float(slope))
 
 
 # -------------------------------------------------------------------------------------- options, state

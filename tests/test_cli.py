@@ -8,41 +8,46 @@ from pathlib import Path
 import pytest
 import torch
 
-from dynaloss.harness.cli import main, parser_defaults
-from dynaloss.settings import DEFAULT_DLN, DEFAULT_TEACHER
+from dynaloss.harness.cli import DEMO_LRS, main, parser_defaults
+from dynaloss.presets import PRESETS
+from dynaloss.settings import DEFAULT_DLN, DEFAULT_TEACHER, TEACH_EVERY
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def test_quick_demo_writes_both_arms_and_the_loss_surface(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--quick", "--out", str(tmp_path), "--no-progress", "--device", "cpu"]) == 0
+def test_quick_demo_trains_three_arms_at_the_tuned_rate_and_draws_the_loss(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--device", "cpu"]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
-    ce, dln, config = results["arms"]["ce"], results["arms"]["l2t_dln"], results["config"]
-    assert ce["student_steps"] == dln["student_steps"] == config["total_steps"]
-    assert ce["steps"] == dln["steps"]  # evaluated at the same step counts
-    assert config["teacher"] == {**DEFAULT_TEACHER, "steps": 5}  # the library's defaults, --quick's N
-    assert config["dln"] == {"class": "PairwiseDLN", **DEFAULT_DLN}
-    assert len(dln["rounds"]) == config["total_steps"] // config["unroll"]  # lookahead: a round every N steps
-    assert 0.0 <= dln["final_accuracy"] <= 1.0 and ce["best_accuracy"] >= ce["final_accuracy"]
-    for name in ("loss_surface.png", "accuracy.png"):
+    config, arms, tuning = results["config"], results["arms"], results["tuning"]
+    assert set(arms) == {"CE", "GCE", "dynaloss"}
+    assert {arm["student_steps"] for arm in arms.values()} == {config["total_steps"]}
+    assert arms["CE"]["steps"] == arms["GCE"]["steps"] == arms["dynaloss"]["steps"]  # evaluated at the same steps
+    # the rate is CE's best on held-out trusted samples, never on the test set
+    assert tuning["picked_lr"] in config["tune_lrs"] and set(tuning["scores"]) == {str(lr) for lr in DEMO_LRS}
+    assert tuning["scores"][str(tuning["picked_lr"])] == max(tuning["scores"].values())
+    # the README's loop: a round after the first step and every TEACH_EVERY steps after it
+    assert len(arms["dynaloss"]["rounds"]) == -(-config["total_steps"] // TEACH_EVERY)
+    assert len(arms["CE"]["rounds"]) == len(arms["GCE"]["rounds"]) == 0
+    assert config["teacher"] == dict(PRESETS["default"]["teacher"]) and config["dln"]["preset"] == "default"
+    assert set(results["taught_dln"]) == {"offsets", "robustness", "q"}
+    for name in ("sample_weight.png", "loss_surface.png", "accuracy.png"):
         assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
-    printed = capsys.readouterr().out
-    assert "machine:" in printed and "torch=" in printed and "L2T-DLN" in printed and "CE" in printed
-
-
-def test_demo_rounds_the_budget_up_to_whole_rounds(tmp_path: Path) -> None:
-    argv = ["demo", "--total-steps", "25", "--unroll", "3", "--eval-every", "7", "--out", str(tmp_path)]
-    main([*argv, "--no-progress"])
-    config = json.loads((tmp_path / "results.json").read_text())["config"]
-    assert config["total_steps"] == 27 and config["eval_every"] == 9  # lookahead rounds take N = 3 steps
+    captured = capsys.readouterr()
+    assert "machine:" in captured.out and "torch=" in captured.out and "every arm trains at lr" in captured.out
+    table = captured.out[captured.out.index("test acc %") :]
+    assert all(name in table for name in ("CE", "GCE (q = 0.7)", "dynaloss"))
+    # stderr is no terminal here: about one progress line per tenth of each run, not a bar rewritten in place
+    assert 0 < captured.err.count("\n") < 100 and "\r" not in captured.err
 
 
 @pytest.mark.parametrize("command", ["train", "demo"])
 def test_steps_is_a_hidden_deprecated_alias_of_total_steps(
     tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = [command, "--steps", "4", "--unroll", "2", "--eval-every", "4", "--out", str(tmp_path), "--no-progress"]
-    argv += ["--data", "digits"] if command == "train" else []
+    argv = [command, "--steps", "4", "--eval-every", "4", "--out", str(tmp_path), "--no-progress"]
+    argv += ["--data", "digits", "--unroll", "2"] if command == "train" else []
     assert main(argv) == 0
     assert "--steps is deprecated, use --total-steps" in capsys.readouterr().err
     written = tmp_path / ("metrics.json" if command == "train" else "results.json")
@@ -53,9 +58,10 @@ def test_steps_is_a_hidden_deprecated_alias_of_total_steps(
     assert "--total-steps" in shown and "--steps" not in shown
 
 
-@pytest.mark.parametrize("command", ["train", "demo"])
-def test_train_and_demo_defaults_are_the_librarys(command: str) -> None:
-    assert parser_defaults(command) == {**DEFAULT_TEACHER, **DEFAULT_DLN}
+def test_train_and_demo_defaults_are_the_librarys() -> None:
+    assert parser_defaults("train") == {**DEFAULT_TEACHER, **DEFAULT_DLN}
+    # the demo runs the README's dynaloss.pairwise_teacher(C, optimizer=optimizer): the "default" preset
+    assert parser_defaults("demo") == {**PRESETS["default"]["teacher"], **PRESETS["default"]["dln"]}
 
 
 @pytest.mark.parametrize(("mode", "rounds"), [("paper", 2), ("lookahead", 4), ("research", 4)])

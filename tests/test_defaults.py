@@ -13,7 +13,7 @@ from torch import nn
 import dynaloss
 from dynaloss import PRESETS, PairwiseDLN, Teacher, pairwise_teacher
 from dynaloss.functional import pairwise_dln_loss
-from dynaloss.settings import DEFAULT_DLN, DEFAULT_TEACHER, MODES
+from dynaloss.settings import CLASS_AWARE_TEACHING, DEFAULT_DLN, DEFAULT_TEACHER, MODES, TEACH_EVERY
 
 # The recommended configuration, written out: changing a default is a decision, made here and in the CHANGELOG.
 PINNED_TEACHER = {
@@ -28,6 +28,12 @@ PINNED_TEACHER = {
     "rollback": True,
 }
 PINNED_DLN = {"init": "warm", "monotone": True}
+# What a ClassAwareDLN (the recommended DLN) is taught with instead: its parameters are logit offsets and GCE
+# exponents, moved by Adam steps; benchmarks/robust.py has the measurements.
+PINNED_CLASS_AWARE = {"teacher": "adam", "dln_lr": 0.05, "anchor": 0.0, "rollback": False}
+PINNED_CADENCE = 20  # a round every 20 optimizer steps (dynaloss.settings.TEACH_EVERY)
+# the settings that depend on the loss's parameterisation: Teacher's signature leaves them to the loss
+PER_LOSS = ("teacher", "dln_lr", "anchor", "rollback")
 
 
 def signature_defaults(function: object, names: object) -> dict[str, object]:
@@ -38,27 +44,57 @@ def signature_defaults(function: object, names: object) -> dict[str, object]:
 def test_the_settings_are_the_pinned_configuration() -> None:
     assert dict(DEFAULT_TEACHER) == PINNED_TEACHER
     assert dict(DEFAULT_DLN) == PINNED_DLN
+    assert dict(CLASS_AWARE_TEACHING) == PINNED_CLASS_AWARE
+    assert TEACH_EVERY == PINNED_CADENCE
+
+
+def _built(teacher: Teacher) -> dict[str, object]:
+    return {name: getattr(teacher, name) for name in ("steps", "student_lr", "dln_lr", "mode", "anchor", "guard")}
+
+
+def test_teacher_defaults_come_from_the_loss() -> None:
+    universal = {name: value for name, value in PINNED_TEACHER.items() if name not in PER_LOSS}
+    assert signature_defaults(Teacher, universal) == universal
+    assert signature_defaults(Teacher, PER_LOSS) == dict.fromkeys(PER_LOSS)
+    teacher = Teacher(dynaloss.ClassAwareDLN(10))
+    expected = {**PINNED_TEACHER, **PINNED_CLASS_AWARE}
+    assert _built(teacher) == {name: expected[name] for name in _built(teacher)}
+    assert isinstance(teacher.model, dynaloss.OptimizerTeacher) and teacher.model.kind == "adam"
+    assert teacher.rollback is None
 
 
 def test_teacher_and_pairwise_dln_default_to_it() -> None:
-    assert signature_defaults(Teacher, PINNED_TEACHER) == PINNED_TEACHER
     assert signature_defaults(PairwiseDLN, ["monotone"]) == {"monotone": True}
     dln = PairwiseDLN(10)
     assert (dln.init, dln.monotone) == (PINNED_DLN["init"], PINNED_DLN["monotone"])
     teacher = Teacher(dln)
-    built = {name: getattr(teacher, name) for name in ("steps", "student_lr", "dln_lr", "mode", "anchor", "guard")}
-    assert built == {name: PINNED_TEACHER[name] for name in built}
+    assert _built(teacher) == {name: PINNED_TEACHER[name] for name in _built(teacher)}
     assert isinstance(teacher.model, dynaloss.LSTMTeacher) and teacher.rollback is not None
     assert teacher.optimizer is not None and teacher.optimizer.param_groups[0]["lr"] == PINNED_TEACHER["teacher_lr"]
 
 
-def test_the_default_preset_is_it() -> None:
+def test_the_default_preset_is_the_recommended_configuration() -> None:
     preset = PRESETS["default"]
-    assert dict(preset["teacher"]) == PINNED_TEACHER
-    assert dict(preset["dln"]) == PINNED_DLN
-    assert dict(preset["teacher_model"]) == {}
-    teacher = pairwise_teacher(10)
-    assert (teacher.steps, teacher.mode, teacher.anchor) == (10, "lookahead", 0.05)
+    assert preset["family"] == "class_aware"
+    assert dict(preset["teacher"]) == {**PINNED_TEACHER, **PINNED_CLASS_AWARE}
+    assert dict(preset["dln"]) == {} and dict(preset["teacher_model"]) == {}
+    optimizer = torch.optim.SGD(nn.Linear(2, 10).parameters(), lr=0.1, momentum=0.9)
+    teacher = pairwise_teacher(10, optimizer=optimizer)
+    assert isinstance(teacher.loss_fn, dynaloss.ClassAwareDLN) and teacher.student_optimizer is optimizer
+    # the preset and Teacher(ClassAwareDLN(C)) are one configuration
+    bare = Teacher(dynaloss.ClassAwareDLN(10), optimizer=optimizer)
+    assert _built(teacher) == _built(bare) and repr(teacher.model) == repr(bare.model)
+
+
+def test_the_pairwise_preset_is_pairwise_dlns_defaults() -> None:
+    preset = PRESETS["pairwise"]
+    assert (preset["family"], dict(preset["teacher"]), dict(preset["dln"])) == ("pairwise", PINNED_TEACHER, PINNED_DLN)
+    teacher = pairwise_teacher(10, "pairwise")
+    assert isinstance(teacher.loss_fn, PairwiseDLN) and (teacher.steps, teacher.mode, teacher.anchor) == (
+        10,
+        "lookahead",
+        0.05,
+    )
 
 
 @pytest.mark.parametrize("command", ["train", "demo"])
@@ -66,7 +102,10 @@ def test_the_command_line_defaults_are_it(command: str) -> None:
     pytest.importorskip("tqdm")  # the command is the harness: it needs the demo extra
     from dynaloss.harness.cli import parser_defaults
 
-    assert parser_defaults(command) == {**PINNED_TEACHER, **PINNED_DLN}
+    # the demo runs the README's dynaloss.pairwise_teacher(C, optimizer=optimizer): the "default" preset
+    preset = PRESETS["default"]
+    demo = {**preset["teacher"], **preset["dln"]}
+    assert parser_defaults(command) == ({**PINNED_TEACHER, **PINNED_DLN} if command == "train" else demo)
 
 
 def test_the_adapters_teaching_config_defaults_to_it() -> None:
@@ -85,7 +124,7 @@ def test_the_adapters_teaching_config_defaults_to_it() -> None:
 
 def test_modes_are_a_literal_type_and_presets_are_read_only() -> None:
     assert set(MODES) == {"lookahead", "paper", "research"}
-    assert set(PRESETS) == {"default", "ce", "paper", "research"}
+    assert set(PRESETS) == {"default", "pairwise", "ce", "paper", "research"}
     with pytest.raises(TypeError):
         PRESETS["default"]["teacher"]["steps"] = 3  # type: ignore[index]
 

@@ -119,8 +119,9 @@ def reference_dln(
     loss = torch.stack(losses).mean()
     if target_range is None:
         return loss
+    # the range is read 1e-3 inside the corners of the unit square (dynaloss.functional.loss_range)
     worst, best = (
-        mlp(torch.tensor(corner, dtype=probs.dtype)) for corner in ([0.0, 1.0, 1.0, 0.0], [1.0, 0.0, 1.0, 0.0])
+        mlp(torch.tensor(corner, dtype=probs.dtype)) for corner in ([1e-3, 0.999, 1.0, 0.0], [0.999, 1e-3, 1.0, 0.0])
     )
     return loss * target_range / (worst - best)
 

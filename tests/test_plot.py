@@ -1,15 +1,27 @@
-"""Figure 3 (the DLN's loss surface) and the curve plot write real PNG files."""
+"""Figure 3 (the DLN's loss surface), a loss's value and per-sample weight against p_y, and the curve plot: the
+numbers drawn are right and the PNG files real."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import dynaloss
 from dynaloss import functional as DF
-from dynaloss.harness.plot import dln_weights, loss_surface, plot_curves, plot_loss_surface
+from dynaloss.harness.noisy import gce_loss
+from dynaloss.harness.plot import (
+    dln_weights,
+    loss_profile,
+    loss_surface,
+    plot_curves,
+    plot_loss_profile,
+    plot_loss_surface,
+    plot_sample_weight,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -74,3 +86,37 @@ def test_plot_curves_writes_a_png(tmp_path: Path) -> None:
         {"CE": ([0, 10, 20], [0.1, 0.5, 0.7]), "L2T-DLN": ([0, 10, 20], [0.1, 0.6, 0.8])}, tmp_path / "c.png"
     )
     assert is_png(path)
+
+
+def test_the_profile_is_cross_entropys_value_and_weight_one_and_gces_p_to_the_q() -> None:
+    grid, value, weight = loss_profile(F.cross_entropy, 4, resolution=7)
+    assert value.shape == weight.shape == (4, 7) and float(grid[0]) == pytest.approx(0.02)
+    assert torch.allclose(value, -grid.log().expand(4, -1), atol=1e-5)
+    assert torch.allclose(weight, torch.ones(4, 7), atol=1e-4)  # CE is its own reference
+    _, _, weight = loss_profile(functools.partial(gce_loss, q=0.7), 4, resolution=7)
+    assert torch.allclose(weight, (grid**0.7).expand(4, -1), atol=1e-4)  # implausible samples count less
+
+
+def test_the_profile_of_a_dln_is_per_class_and_starts_as_cross_entropy() -> None:
+    dln = dynaloss.ClassAwareDLN(3)
+    _, value, weight = loss_profile(dln, 3, resolution=5)  # at 0 it is cross-entropy
+    assert torch.allclose(weight, torch.ones(3, 5), atol=1e-4)
+    with torch.no_grad():
+        dln.robustness[1] = 1.0  # class 1 only: GCE with q = tanh(1)
+    grid, value, weight = loss_profile(dln, 3, resolution=5)
+    assert torch.allclose(weight[1], grid ** float(dln.q[1]), atol=1e-4) and torch.allclose(weight[0], weight[2])
+    _, value, _ = loss_profile(dynaloss.PairwiseDLN(3), 3, resolution=5)  # any loss module
+    assert value.shape == (3, 5) and torch.isfinite(value).all()
+
+
+def test_plot_sample_weight_and_loss_profile_write_pngs(dln: dynaloss.PairwiseDLN, tmp_path: Path) -> None:
+    taught = dynaloss.ClassAwareDLN(10)
+    with torch.no_grad():
+        taught.robustness.copy_(torch.linspace(0, 1, 10))
+    losses = {"CE": F.cross_entropy, "GCE": functools.partial(gce_loss, q=0.7), "taught": taught, "pairwise": dln}
+    assert is_png(plot_sample_weight(losses, tmp_path / "w.png", resolution=5, title="t"))
+    assert is_png(plot_loss_profile({"before": dynaloss.ClassAwareDLN(10), "after": taught}, tmp_path / "p.png"))
+    with pytest.raises(ValueError, match="num_classes"):
+        plot_sample_weight({"CE": F.cross_entropy}, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="empty"):
+        plot_loss_profile({}, tmp_path / "x.png")

@@ -22,10 +22,17 @@ def test_paper_preset_is_the_published_configuration() -> None:
     )
 
 
-def test_default_preset_is_warm_and_anchored_and_takes_overrides() -> None:
-    teacher = dynaloss.pairwise_teacher(3, steps=4, mode="lookahead")
+def test_pairwise_preset_is_warm_and_anchored_and_takes_overrides() -> None:
+    teacher = dynaloss.pairwise_teacher(3, "pairwise", steps=4, mode="lookahead")
     assert teacher.loss_fn.init == "warm" and teacher.loss_fn.monotone and teacher.anchor > 0
     assert (teacher.steps, teacher.mode) == (4, "lookahead")
+
+
+def test_default_preset_starts_as_cross_entropy_and_takes_overrides() -> None:
+    teacher = dynaloss.pairwise_teacher(3, steps=4, dln_lr=0.1)
+    logits, target = torch.randn(16, 3), torch.randint(3, (16,))
+    torch.testing.assert_close(teacher.loss_fn(logits, target), torch.nn.functional.cross_entropy(logits, target))
+    assert (teacher.steps, teacher.dln_lr) == (4, 0.1)
 
 
 def test_unknown_preset_is_rejected() -> None:

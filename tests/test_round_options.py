@@ -187,3 +187,36 @@ def test_a_dln_subclass_with_its_own_forward_declines_the_stage_loss() -> None:
     assert stage._staged is None
     logits = torch.randn(4, 3, dtype=torch.float64)
     torch.testing.assert_close(stage(logits, batch), dln(logits, batch.targets))
+
+
+def test_an_optimizer_teacher_in_lookahead_skips_stage_three_and_learns_the_same() -> None:
+    """Nothing reads stage III there (no teacher parameters, no guard, the student keeps nothing): the round skips
+    it, says so with a NaN val_error_after, and commits the very DLN update a round that runs it commits."""
+    student = make_student()
+    batches, (val,) = make_batches(3, 8, seed=1), make_batches(1, 16, seed=3)
+    updates, afters = [], []
+    for guard in (None, 1e9):  # a guard that never rejects makes the round run (and read) stage III
+        dln = dynaloss.ClassAwareDLN(3).double()
+        optimizer = torch.optim.SGD(student.parameters(), lr=0.3, momentum=0.9)
+        teacher = dynaloss.Teacher(dln, optimizer=optimizer, steps=3, guard=guard)
+        record = teacher.step(student, iter(batches), iter([val]))
+        assert not record.skipped and not record.rejected
+        updates.append(torch.cat([p.detach().flatten() for p in dln.parameters()]))
+        afters.append(record.val_error_after)
+    torch.testing.assert_close(updates[0], updates[1], rtol=0, atol=0)
+    assert updates[0].abs().sum() > 0
+    assert afters[0] != afters[0] and afters[1] == afters[1]  # NaN: not measured; measured with the guard
+    with pytest.raises(ValueError, match="learnable teacher model learns from stage III"):
+        compute_round(
+            student,
+            make_dln(),
+            make_lstm(),
+            None,
+            [as_batch(b, "b", torch.device("cpu")) for b in batches],
+            [],
+            as_batch(val, "v", torch.device("cpu")),
+            student_lr=0.1,
+            dln_lr=1e-3,
+            val_loss=default_val_loss(make_dln()),
+            run_stage_three=False,
+        )

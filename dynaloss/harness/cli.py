@@ -1,4 +1,5 @@
-"""The ``dynaloss`` command: ``demo`` (CE vs L2T-DLN on MNIST-1D), ``train``, ``plot`` and ``bench``.
+"""The ``dynaloss`` command: ``demo`` (tuned CE, GCE and dynaloss on MNIST-1D with wrong labels), ``train``, ``plot``
+and ``bench``.
 
 Run ``dynaloss demo`` for the main job; ``dynaloss <command> --help`` lists each command's options.
 """
@@ -7,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import math
 import os
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,14 +21,18 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
+from torch.optim.lr_scheduler import CosineAnnealingLR
 
+import dynaloss
 from dynaloss._checks import NonFiniteError
 from dynaloss._state import check_finite_state
 from dynaloss.distributed import shard_batches, unwrap_data_parallel
 from dynaloss.harness.bench import STUDENTS, run_benchmark
 from dynaloss.harness.checkpoint import RunCheckpoint, load_saved
 from dynaloss.harness.data import Dataset
-from dynaloss.harness.plot import SURFACE_KINDS, plot_curves, plot_loss_surface
+from dynaloss.harness.noisy import NoisyTask, batches, gce_loss, make_noisy_task, user_loop
+from dynaloss.harness.plot import SURFACE_KINDS, plot_curves, plot_loss_profile, plot_loss_surface, plot_sample_weight
 from dynaloss.harness.step_cost import E2E_STEPS, STEP_REPEATS, run_step_cost
 from dynaloss.harness.step_cost import ROWS as STEP_ROWS
 from dynaloss.harness.training import (
@@ -47,19 +54,32 @@ from dynaloss.harness.training import (
     train_dln,
 )
 from dynaloss.losses import PairwiseDLN
-from dynaloss.settings import DEFAULT_DLN, DEFAULT_TEACHER, INITS, MODES, TEACHER_KINDS
+from dynaloss.presets import PRESETS
+from dynaloss.settings import DEFAULT_DLN, DEFAULT_TEACHER, INITS, MODES, TEACH_EVERY, TEACHER_KINDS
 from dynaloss.teacher import Teacher
 
 __all__ = ["DEMO_DEFAULTS", "DEMO_QUICK", "TrainingStopped", "build_parser", "main", "parser_defaults"]
 
-# `dynaloss train` and `dynaloss demo` run the library's recommended configuration (dynaloss.settings:
-# DEFAULT_TEACHER and DEFAULT_DLN) unless an option says otherwise; the demo's own defaults are its budget.
-# The default demo (lookahead, N = 10: 1,200 rounds in 12,000 student steps per arm) measured CE 90.90 % and
-# L2T-DLN 95.20 % final, in 48 s and 288 s, on a 2-core AMD EPYC shared with other jobs (torch 2.14; its CE arm
-# ran 2.6x slower than on the idle machine, where the paper-mode demo took 128 s in all).
 AUTOCAST_NAMES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-DEMO_DEFAULTS = {"total_steps": 12000, "unroll": DEFAULT_TEACHER["steps"], "eval_every": 1000}
-DEMO_QUICK = {"total_steps": 200, "unroll": 5, "eval_every": 100}
+# `dynaloss train` runs the library's recommended PairwiseDLN configuration (dynaloss.settings: DEFAULT_TEACHER
+# and DEFAULT_DLN) unless an option says otherwise.
+# `dynaloss demo` shows the case where teaching pays (issue 20): standard MNIST-1D, a clean trusted set of 500,
+# 40 % of the other 3,500 labels wrong; cross-entropy at its tuned rate, GCE (the strongest fixed loss there) and
+# the README's loop with the "default" preset, all with the user's SGD recipe. Its defaults are its budget.
+DEMO_DEFAULTS = {"total_steps": 6000, "eval_every": 500}
+DEMO_QUICK = {"total_steps": 60, "eval_every": 30}
+DEMO_ARMS = {"CE": "CE", "GCE": "GCE (q = 0.7)", "dynaloss": "dynaloss"}  # key: display name
+DEMO_PRESET = "default"
+DEMO_CLASSES = 10
+DEMO_LRS = (0.02, 0.05, 0.1)  # CE's rate is picked from these
+TUNE_SHARE = 3  # the tuning runs take a third of the budget each
+TRUSTED_PER_CLASS = 50
+NOISE_RATE = 0.4
+GCE_Q = 0.7
+SGD_RECIPE: dict[str, Any] = {"momentum": 0.9, "weight_decay": 5e-4}
+TRAIN_BATCH, VAL_BATCH = 25, 100
+# each stream of batches has its own generator; the corruption draws from stream 0 (noisy.make_noisy_task)
+STREAMS = {"train": 1, "teacher train": 2, "teacher val": 3}
 # cosine is the benchmark's protocol: under a constant lr of 0.1 SGD noise alone dips a student by up to 4 points
 # late in a long run, whatever its loss (docs/results.md, "Under a constant learning rate")
 DEFAULT_LR_SCHEDULE = "cosine"
@@ -160,10 +180,11 @@ def _add_common(command: argparse.ArgumentParser, out: Path) -> None:
 
 
 def _add_demo(commands: Any) -> None:
-    demo = commands.add_parser("demo", help="CE vs L2T-DLN on MNIST-1D under one student-step budget")
+    demo = commands.add_parser(
+        "demo", help="tuned CE, GCE and dynaloss on MNIST-1D with 40%% wrong labels and a clean trusted set"
+    )
     defaults = DEMO_DEFAULTS
-    _add_total_steps(demo, None, f"student SGD steps per arm (default: {defaults['total_steps']})")
-    demo.add_argument("--unroll", type=_positive_int, help=f"N, steps per stage (default: {defaults['unroll']})")
+    _add_total_steps(demo, None, f"SGD steps per arm, a third of it per tuning run ({defaults['total_steps']})")
     demo.add_argument("--eval-every", type=_positive_int, help=f"steps between evaluations ({defaults['eval_every']})")
     demo.add_argument("--quick", action="store_true", help=f"a tiny budget for a smoke test ({DEMO_QUICK})")
     _add_common(demo, Path("dynaloss-out"))
@@ -379,41 +400,193 @@ def _curves_png(results: Sequence[ArmResult], path: Path, title: str) -> Path:
 
 # ------------------------------------------------------------------------------------------------------ demo
 def _demo_models(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The demo's Teacher and DLN keyword arguments: the library's defaults, with N from ``--unroll``/``--quick``."""
-    preset = DEMO_QUICK if args.quick else DEMO_DEFAULTS
-    return {**DEFAULT_TEACHER, "steps": args.unroll or preset["unroll"]}, dict(DEFAULT_DLN)
+    """The demo's Teacher and DLN keyword arguments: the ``"default"`` preset's, which the README's
+    ``dynaloss.pairwise_teacher(C, optimizer=optimizer)`` builds."""
+    preset = PRESETS[DEMO_PRESET]
+    return dict(preset["teacher"]), dict(preset["dln"])
 
 
 def _demo_config(args: argparse.Namespace) -> dict[str, Any]:
-    preset = DEMO_QUICK if args.quick else DEMO_DEFAULTS
+    budget = DEMO_QUICK if args.quick else DEMO_DEFAULTS
+    total_steps = args.total_steps or budget["total_steps"]
     teacher, dln = _demo_models(args)
-    per_round = round_size(teacher["mode"], teacher["steps"])
     return {
         "data": "mnist1d (4000 train / 1000 test, generated locally)",
+        "trusted": f"{TRUSTED_PER_CLASS} clean samples per class",
+        "noise": f"{NOISE_RATE:.0%} of the other labels replaced by a uniformly drawn other class",
         "student": "MNIST1DCNN",
         "seed": args.seed,
-        "unroll": teacher["steps"],
-        "total_steps": align_steps(args.total_steps or preset["total_steps"], per_round),
-        "eval_every": align_steps(args.eval_every or preset["eval_every"], per_round),
-        "student_lr": teacher["student_lr"],
+        "total_steps": total_steps,
+        "eval_every": args.eval_every or budget["eval_every"],
+        "tune_steps": max(1, total_steps // TUNE_SHARE),
+        "tune_lrs": DEMO_LRS,
+        "optimizer": {"class": "SGD", **SGD_RECIPE},
         "lr_schedule": args.lr_schedule,
-        "val_ratio": 0.5,
-        "train_batch": 25,
-        "val_batch": 100,
-        "dln": {"class": "PairwiseDLN", **dln},
+        "train_batch": TRAIN_BATCH,
+        "val_batch": VAL_BATCH,
+        "gce_q": GCE_Q,
+        "teach_every": TEACH_EVERY,
+        "dln": {"preset": DEMO_PRESET, "family": PRESETS[DEMO_PRESET]["family"], **dln},
         "teacher": teacher,
         "device": args.device,
     }
 
 
 FAIRNESS = (
-    "Both arms start from the same student weights and take the same number of plain SGD steps (lr {lr:g}, one "
-    "schedule for both) on the same sequence of train batches: the train half of a train/val split of the 4000 "
-    "training samples, re-drawn every epoch. CE never sees the val half directly, L2T-DLN uses it only for the "
-    "teacher's validation error; over epochs, both see every training sample."
+    "Every arm trains on noisy + trusted from the same initial weights, on the same batches in the same order, "
+    "with the same SGD (momentum 0.9, weight decay 5e-4, {schedule} lr) and step budget. CE's lr is picked from "
+    "{lrs} by {tune} steps on noisy + half the trusted set, scored on the other half (never on the test set); GCE "
+    "and dynaloss use the same lr, untuned. dynaloss is the README's loop: "
+    "teacher = dynaloss.pairwise_teacher(10, optimizer=optimizer), loss_fn = teacher.loss_fn, a teacher round every "
+    "{every} steps validating on batches of {val} from the trusted set."
 )
 
 
+def _demo_loss(arm: str, optimizer: torch.optim.Optimizer) -> tuple[Any, Teacher | None]:
+    """The arm's training loss, and for dynaloss the teacher whose ``loss_fn`` it is."""
+    if arm == "dynaloss":
+        teacher = dynaloss.pairwise_teacher(DEMO_CLASSES, optimizer=optimizer)
+        return teacher.loss_fn, teacher
+    return {"CE": F.cross_entropy, "GCE": functools.partial(gce_loss, q=GCE_Q)}[arm], None
+
+
+def _demo_arm(
+    arm: str, task: NoisyTask, initial: torch.nn.Module, lr: float, config: dict[str, Any], progress: bool
+) -> tuple[ArmResult, Teacher | None, Any]:
+    """One arm of the demo from ``initial``'s weights, trained as ``config`` says at ``lr``; for dynaloss also its
+    teacher and a copy of the DLN before teaching."""
+    model, seed, steps = copy.deepcopy(initial), config["seed"], config["total_steps"]
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, **SGD_RECIPE)
+    cosine = config["lr_schedule"] == "cosine"
+    scheduler = CosineAnnealingLR(optimizer, T_max=steps, eta_min=LR_FLOOR) if cosine else None
+    loss_fn, teacher = _demo_loss(arm, optimizer)
+    before, teach = copy.deepcopy(loss_fn), None
+    if teacher is not None:  # the rounds draw from their own streams, as the README's forever(loader)
+        train_iter = batches(task.train, TRAIN_BATCH, seed, STREAMS["teacher train"])
+        val_iter = batches(task.trusted, VAL_BATCH, seed, STREAMS["teacher val"])
+        teach = functools.partial(teacher.step, model, train_iter, val_iter)
+    result = user_loop(
+        model,
+        loss_fn,
+        batches(task.train, TRAIN_BATCH, seed, STREAMS["train"]),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        total_steps=steps,
+        evaluate=lambda m: evaluate_accuracy(m, *task.test),
+        eval_every=config["eval_every"],
+        name=config.get("name", arm),
+        progress=progress,
+        teach=teach,
+    )
+    return result, teacher, before
+
+
+def _tune_lr(task: NoisyTask, initial: torch.nn.Module, config: dict[str, Any], progress: bool) -> dict[float, float]:
+    """CE's accuracy on the trusted set's held-out half after a short run at each of :data:`DEMO_LRS`."""
+    steps = config["tune_steps"]
+    held_out = task.for_tuning()
+    scores = {}
+    for lr in DEMO_LRS:
+        short = {**config, "total_steps": steps, "eval_every": steps, "name": f"tune CE, lr {lr:g}"}
+        scores[lr] = _demo_arm("CE", held_out, initial, lr, short, progress)[0].final_accuracy
+    return scores
+
+
+def _demo_arms(
+    task: NoisyTask, initial: torch.nn.Module, lr: float, config: dict[str, Any], progress: bool
+) -> tuple[dict[str, ArmResult], Teacher, Any]:
+    """Every arm at ``lr``, one after another, so that each wall time is the arm's own; the results, the teacher
+    and its DLN before teaching."""
+    results, taught = {}, None
+    for arm, name in DEMO_ARMS.items():
+        results[arm], teacher, before = _demo_arm(arm, task, initial, lr, {**config, "name": name}, progress)
+        taught = (teacher, before) if teacher is not None else taught
+    assert taught is not None, "no arm is taught"
+    return results, *taught
+
+
+def _print_demo_table(results: dict[str, ArmResult]) -> None:
+    header = f"{'arm':<16} {'test acc %':>10} {'wall s':>8} {'x CE':>6}"
+    print("\n" + header + "\n" + "-" * len(header))
+    ce = results["CE"].seconds
+    for r in results.values():
+        print(f"{r.name:<16} {100 * r.final_accuracy:>10.2f} {r.seconds:>8.1f} {r.seconds / ce:>6.2f}")
+
+
+def _taught_values(loss_fn: torch.nn.Module) -> dict[str, list[float]]:
+    """The loss's parameters, and a ClassAwareDLN's exponents ``q`` (a function of its ``robustness``)."""
+    values = {name: p.detach().cpu() for name, p in loss_fn.named_parameters()}
+    q = getattr(loss_fn, "q", None)
+    if isinstance(q, torch.Tensor):
+        values["q"] = q.cpu()
+    return {name: t.flatten().tolist() for name, t in values.items()}
+
+
+def _demo_pictures(results: dict[str, ArmResult], teacher: Teacher, initial_dln: Any, out: Path) -> dict[str, str]:
+    """The per-sample weight, the taught loss before/after and the accuracy curves, as PNGs in ``out``."""
+    taught = f"taught DLN ({teacher.rounds} rounds)"
+    weights = {
+        "CE": F.cross_entropy,
+        DEMO_ARMS["GCE"]: functools.partial(gce_loss, q=GCE_Q),
+        "DLN before teaching (= CE)": initial_dln,
+        taught: teacher.loss_fn,
+    }
+    title = "MNIST-1D, 40 % wrong labels"
+    files = {
+        "sample_weight": plot_sample_weight(weights, out / "sample_weight.png", num_classes=DEMO_CLASSES, title=title),
+        "loss_surface": plot_loss_profile(
+            {"before teaching (= CE)": initial_dln, taught: teacher.loss_fn}, out / "loss_surface.png"
+        ),
+        "accuracy": _curves_png(list(results.values()), out / "accuracy.png", f"{title}, same steps"),
+    }
+    return {name: str(path) for name, path in files.items()}
+
+
+def run_demo(args: argparse.Namespace) -> dict[str, Any]:
+    """``dynaloss demo``: tuned CE, GCE and dynaloss on MNIST-1D with 40 % wrong labels and a clean trusted set;
+    prints a table and writes ``results.json`` and three PNGs in ``--out``; returns the JSON payload."""
+    started = time.perf_counter()
+    config = _demo_config(args)
+    machine = machine_info(args.device)
+    fairness = FAIRNESS.format(
+        schedule=args.lr_schedule,
+        lrs=list(DEMO_LRS),
+        tune=config["tune_steps"],
+        every=TEACH_EVERY,
+        val=VAL_BATCH,
+    )
+    _print_header("dynaloss demo: tuned CE, GCE and dynaloss on MNIST-1D with 40 % wrong labels", machine, config)
+    print(fairness + "\n", flush=True)
+    data = load_dataset("mnist1d")
+    task = make_noisy_task(data, trusted_per_class=TRUSTED_PER_CLASS, noise_rate=NOISE_RATE, seed=args.seed)
+    task = task.to(args.device)
+    initial = make_student("mnist1d", data.num_classes, args.seed).to(args.device)
+    scores = _tune_lr(task, initial, config, args.progress)
+    lr = max(scores, key=lambda rate: scores[rate])  # the first of equal scores: the smaller rate
+    shown = ", ".join(f"lr {rate:g}: {100 * acc:.1f} %" for rate, acc in scores.items())
+    print(f"held-out trusted accuracy after {config['tune_steps']} CE steps: {shown}; every arm trains at lr {lr:g}")
+    results, teacher, initial_dln = _demo_arms(task, initial, lr, config, args.progress)
+    _print_demo_table(results)
+    taught = _taught_values(teacher.loss_fn)
+    print("\ntaught DLN: " + "; ".join(f"{k} " + " ".join(f"{v:+.2f}" for v in vs) for k, vs in taught.items()))
+    out: Path = _output_folder(args.out)
+    files = {**_demo_pictures(results, teacher, initial_dln, out), "results": str(out / "results.json")}
+    payload = {
+        "machine": machine,
+        "config": config,
+        "fairness": fairness,
+        "tuning": {"scores": {str(rate): acc for rate, acc in scores.items()}, "picked_lr": lr},
+        "arms": {arm: result.as_dict() for arm, result in results.items()},
+        "taught_dln": taught,
+        "files": files,
+        "wall_seconds": time.perf_counter() - started,
+    }
+    _write_json(out / "results.json", payload)
+    print(f"\nwrote {', '.join(files.values())} in {payload['wall_seconds']:.0f} s")
+    return payload
+
+
+# ----------------------------------------------------------------------------------------------------- train
 def _evaluator(data: Dataset) -> Evaluate:
     return lambda model: evaluate_accuracy(model, data.x_test, data.y_test)
 
@@ -438,45 +611,6 @@ def _make_teacher(
     return teacher, copy.deepcopy(teacher.loss_fn.state_dict())
 
 
-def _demo_arms(config: dict[str, Any], progress: bool) -> tuple[ArmResult, ArmResult, Teacher, dict[str, Any]]:
-    """Train both arms from one initial student on identical split streams; return them and the teacher."""
-    data = load_dataset("mnist1d")
-    seed, device = config["seed"], torch.device(config["device"])
-    initial = make_student("mnist1d", data.num_classes, seed).to(device)
-    common = _common_training(config, data)
-    # two splits with one seed serve both arms the same train batches in the same order
-    splits = [make_split("mnist1d", data, val_ratio=config["val_ratio"], seed=seed) for _ in range(2)]
-    ce = train_ce(copy.deepcopy(initial), splits[0], lr=config["student_lr"], progress=progress, **common)
-    dln_args = {k: v for k, v in config["dln"].items() if k != "class"}
-    teacher, initial_dln = _make_teacher(data.num_classes, seed, dln_args, **config["teacher"])
-    taught = train_dln(copy.deepcopy(initial), teacher, splits[1], progress=progress, **common)
-    return ce, taught, teacher, initial_dln
-
-
-def run_demo(args: argparse.Namespace) -> dict[str, Any]:
-    """``dynaloss demo``: CE vs L2T-DLN on MNIST-1D, same data, same student steps; returns the JSON payload."""
-    config = _demo_config(args)
-    machine = machine_info(args.device)
-    fairness = FAIRNESS.format(lr=config["student_lr"])
-    _print_header("dynaloss demo: cross-entropy vs L2T-DLN on MNIST-1D", machine, config)
-    print(fairness + "\n", flush=True)
-    ce, taught, teacher, initial_dln = _demo_arms(config, args.progress)
-    _print_table([ce, taught])
-    out: Path = args.out
-    surfaces = {"initial DLN": initial_dln, f"taught DLN ({teacher.rounds} rounds)": teacher.loss_fn}
-    files = {
-        "loss_surface": str(plot_loss_surface(surfaces, out / "loss_surface.png")),
-        "accuracy": str(_curves_png([ce, taught], out / "accuracy.png", "MNIST-1D, same student steps")),
-        "results": str(out / "results.json"),
-    }
-    arms = {"ce": ce.as_dict(), "l2t_dln": taught.as_dict()}
-    payload = {"machine": machine, "config": config, "fairness": fairness, "arms": arms, "files": files}
-    _write_json(out / "results.json", payload)
-    print("\nwrote " + ", ".join(files.values()))
-    return payload
-
-
-# ----------------------------------------------------------------------------------------------------- train
 def _train_models(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     """The Teacher and DLN keyword arguments of ``dynaloss train``: the library's defaults
     (:data:`~dynaloss.settings.DEFAULT_TEACHER`, :data:`~dynaloss.settings.DEFAULT_DLN`) with the options

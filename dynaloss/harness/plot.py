@@ -1,4 +1,5 @@
-"""Pictures: the DLN's loss surface (the paper's Figure 3) and accuracy curves, written as PNG files.
+"""Pictures: the DLN's loss surface (the paper's Figure 3), how any loss treats a sample as a function of its true
+class's probability (its value and its per-sample weight), and accuracy curves, written as PNG files.
 
 Figures are drawn on :class:`matplotlib.figure.Figure` objects with the Agg canvas, never through pyplot, so
 nothing opens a window and no process-wide backend is switched.
@@ -6,7 +7,8 @@ nothing opens a window and no process-wide backend is switched.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -17,11 +19,21 @@ from torch import Tensor, nn
 
 from dynaloss import functional as DF
 
-__all__ = ["SURFACE_KINDS", "dln_weights", "loss_surface", "plot_curves", "plot_loss_surface"]
+__all__ = [
+    "SURFACE_KINDS",
+    "dln_weights",
+    "loss_profile",
+    "loss_surface",
+    "plot_curves",
+    "plot_loss_profile",
+    "plot_loss_surface",
+    "plot_sample_weight",
+]
 
 SURFACE_KINDS = ("surface", "heatmap")
 
 DLNSource = nn.Module | Mapping[str, Any] | Sequence[Tensor]
+LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def dln_weights(source: DLNSource) -> list[Tensor]:
@@ -134,6 +146,149 @@ def plot_loss_surface(
         axes.set_xlabel("p(true class)")
         axes.set_ylabel("p(wrong class)")
         figure.colorbar(drawn, ax=axes, shrink=0.6, pad=0.08, label="DLN loss")
+    if title:
+        figure.suptitle(title)
+    return _save(figure, path)
+
+
+def loss_profile(loss_fn: LossFn, num_classes: int, resolution: int = 49) -> tuple[Tensor, Tensor, Tensor]:
+    """How ``loss_fn`` treats one sample as a function of ``p_y``, the softmax probability of its labelled class.
+
+    A sample's logits are its log-probabilities: ``p_y`` on a grid over ``[0.02, 0.98]``, the rest ``1 - p_y``
+    shared evenly by the other classes. The loss is called on one sample at a time, so its value is the sample's
+    whatever its reduction; a loss with parameters is evaluated on their device.
+
+    Args:
+        loss_fn: ``loss_fn(logits, target)``, e.g. ``F.cross_entropy``, a :class:`dynaloss.ClassAwareDLN` or a
+            :class:`dynaloss.PairwiseDLN`.
+        num_classes: ``C``.
+        resolution: grid points (default: ``49``).
+
+    Returns:
+        ``(p_y, value, weight)``: the ``(G,)`` grid and two ``(C, G)`` tensors, row ``c`` for a sample labelled
+        ``c``: the loss, and its per-sample weight ``|dL/dz_y|`` relative to cross-entropy's (``1 - p_y`` here):
+        1 everywhere for cross-entropy, below 1 where the loss discounts the sample.
+    """
+    if resolution < 2:
+        raise ValueError(f"resolution must be >= 2, got {resolution}")
+    parameter = next(loss_fn.parameters(), None) if isinstance(loss_fn, nn.Module) else None
+    device = torch.device("cpu") if parameter is None else parameter.device
+    grid = torch.linspace(0.02, 0.98, resolution)
+    value, weight = torch.empty(num_classes, resolution), torch.empty(num_classes, resolution)
+    for label in range(num_classes):
+        target = torch.tensor([label], device=device)
+        for i, p in enumerate(grid.tolist()):
+            logits = torch.full((1, num_classes), math.log((1 - p) / (num_classes - 1)), device=device)
+            logits[0, label] = math.log(p)
+            logits.requires_grad_(True)
+            with torch.enable_grad():
+                loss = loss_fn(logits, target)
+                (gradient,) = torch.autograd.grad(loss, logits)
+            value[label, i], weight[label, i] = float(loss.detach()), abs(float(gradient[0, label])) / (1 - p)
+    return grid, value, weight
+
+
+def _num_classes(losses: Mapping[str, LossFn], num_classes: int | None) -> int:
+    """``num_classes``, or the ``num_classes`` attribute one of the losses has (a DLN's)."""
+    found = num_classes or next((f.num_classes for f in losses.values() if hasattr(f, "num_classes")), 0)
+    if not found:
+        raise ValueError("pass num_classes=: none of the losses has a num_classes attribute")
+    return int(found)
+
+
+def _by_class(axes: Any, grid: Tensor, rows: Tensor, label: str, index: int, dashed: bool) -> None:
+    """The mean over classes as a line, and each class thinly where the classes differ."""
+    color = f"C{index % 10}"
+    if float(rows.max(0).values.sub(rows.min(0).values).max()) > 1e-4 * float(rows.abs().max()):
+        for row in rows:
+            axes.plot(grid, row, color=color, alpha=0.35, linewidth=0.8)
+        label += " (thin: each class)"
+    axes.plot(grid, rows.mean(0), color=color, linestyle="--" if dashed else "-", linewidth=2.0, label=label)
+
+
+def plot_sample_weight(
+    losses: Mapping[str, LossFn],
+    path: str | Path,
+    *,
+    num_classes: int | None = None,
+    resolution: int = 49,
+    title: str | None = None,
+) -> Path:
+    """Draw each loss's per-sample weight against ``p_y`` (see :func:`loss_profile`) in one panel, save it as a PNG.
+
+    A robust loss draws a curve that falls towards ``p_y = 0``: samples the model finds implausible, where wrong
+    labels gather, count less than under cross-entropy (the line at 1).
+
+    Args:
+        losses: ``{label: loss_fn}``, e.g. ``{"CE": F.cross_entropy, "taught DLN": teacher.loss_fn}``.
+        path: the PNG file to write (its folder is created).
+        num_classes: ``C`` (default: the ``num_classes`` of the first loss that has one).
+        resolution: grid points (default: ``49``).
+        title: the panel's title (default: none).
+
+    Returns:
+        The path written.
+    """
+    if not losses:
+        raise ValueError("losses is empty: nothing to plot")
+    classes = _num_classes(losses, num_classes)
+    figure = Figure(figsize=(6.4, 4.4), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    drawn: list[Tensor] = []
+    for index, (label, loss_fn) in enumerate(losses.items()):
+        grid, _, weight = loss_profile(loss_fn, classes, resolution)
+        # a curve equal to one already drawn (a DLN before teaching is CE) is dashed: both stay visible
+        dashed = any(torch.allclose(weight, earlier, atol=1e-4) for earlier in drawn)
+        _by_class(axes, grid, weight, str(label), index, dashed)
+        drawn.append(weight)
+    axes.set_xlabel("p_y, the model's probability of the sample's label")
+    axes.set_ylabel("per-sample weight: |dL/dz_y| / cross-entropy's")
+    axes.set_ylim(bottom=0)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    if title:
+        axes.set_title(title)
+    return _save(figure, path)
+
+
+def plot_loss_profile(
+    losses: Mapping[str, LossFn],
+    path: str | Path,
+    *,
+    num_classes: int | None = None,
+    resolution: int = 49,
+    title: str | None = None,
+) -> Path:
+    """Draw each loss's value against ``p_y`` (see :func:`loss_profile`), one panel per loss and one line per
+    class, cross-entropy (``-log p_y``) dashed for reference, and save it as a PNG.
+
+    Args:
+        losses: ``{label: loss_fn}``, e.g. ``{"before teaching": initial_dln, "after teaching": teacher.loss_fn}``.
+        path: the PNG file to write (its folder is created).
+        num_classes: ``C`` (default: the ``num_classes`` of the first loss that has one).
+        resolution: grid points (default: ``49``).
+        title: a title above the panels (default: none).
+
+    Returns:
+        The path written.
+    """
+    if not losses:
+        raise ValueError("losses is empty: nothing to plot")
+    classes = _num_classes(losses, num_classes)
+    figure = Figure(figsize=(5.0 * len(losses), 4.2), layout="constrained")
+    FigureCanvasAgg(figure)
+    panels = figure.subplots(1, len(losses), sharey=True, squeeze=False)[0]
+    for axes, (label, loss_fn) in zip(panels, losses.items()):
+        grid, value, _ = loss_profile(loss_fn, classes, resolution)
+        for c, row in enumerate(value):
+            axes.plot(grid, row, color=f"C{c % 10}", linewidth=1.2, label=f"class {c}")
+        axes.plot(grid, -grid.log(), "k--", linewidth=1.0, label="cross-entropy")
+        axes.set_title(str(label))
+        axes.set_xlabel("p_y, the model's probability of the sample's label")
+        axes.grid(alpha=0.3)
+    panels[0].set_ylabel("loss of the sample")
+    panels[-1].legend(fontsize="x-small", ncol=2)
     if title:
         figure.suptitle(title)
     return _save(figure, path)

@@ -1,0 +1,280 @@
+"""ClassAwareDLN: a learnable classification loss of 2C interpretable parameters that starts as cross-entropy."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dynaloss import functional as DF
+from dynaloss._checks import check_finite, check_positive_int, check_tensor
+from dynaloss._state import ValidatedLoad
+from dynaloss.settings import CLASS_AWARE_TEACHING, Reduction
+
+__all__ = ["ClassAwareDLN", "class_aware_loss", "generalized_ce", "q_to_robustness", "robustness_to_q"]
+
+# Below this |q| the loss is evaluated by its series in q: (1 - p^q)/q -> -log p without 0/0.
+_SERIES_Q = 1e-6
+# q = (1 + m) (sigmoid(k r + log m) - sigmoid(log m)), m = _Q_FLOOR, k = _Q_SLOPE: 0 at r = 0 (cross-entropy,
+# exactly), increasing, smooth, in (-m, 1). The floor is what keeps the loss from being taught into one that
+# trains the student to NaN: with q < 0 a sample's gradient is p^q times cross-entropy's, unbounded as p -> 0
+# (measured: on a long-tailed set a teacher drove rare classes' q to -0.6 and the student diverged by step 1,000
+# of 6,000); at -0.1 an implausible sample (p = 1e-4) counts 2.5 times, not 250 times. The slope k makes one
+# unit of r about one unit of q near the start, as tanh(r) would.
+_Q_FLOOR = 0.1
+_Q_SLOPE = 3.0
+# q * log p is capped here before exp: with q < 0 the loss grows like p^q, which overflows float32 near 88.
+_MAX_EXPONENT = 30.0
+
+
+def generalized_ce(log_prob: Tensor, q: Tensor) -> Tensor:
+    r"""``(1 - p^q) / q`` with ``log p`` given: the generalized cross-entropy, smooth in ``q`` through 0 (= CE).
+
+    Its logit gradient is :math:`p^q` times cross-entropy's: ``q > 0`` discounts samples the model finds
+    unlikely (GCE, robust to wrong labels; ``q = 1`` is the mean absolute error), ``q < 0`` stresses them.
+    """
+    small = q.abs() < _SERIES_Q
+    safe_q = torch.where(small, torch.full_like(q, _SERIES_Q), q)
+    exponent = (safe_q * log_prob).clamp_max(_MAX_EXPONENT)
+    exact = -torch.expm1(exponent) / safe_q
+    # -l (1 + x / 2 + x^2 / 6 + x^3 / 24) with x = q l: its error, x^4 / 120, is below float64 rounding for
+    # |q| < 1e-6 wherever |l| < 1e3
+    x = q * log_prob
+    series = -log_prob * (1 + x / 2 + x * x / 6 + x * x * x / 24)
+    return torch.where(small, series, exact)
+
+
+def robustness_to_q(robustness: Tensor) -> Tensor:
+    """The GCE exponents ``q`` of raw ``robustness`` parameters: 0 at 0, increasing, within ``(-0.1, 1)``."""
+    shift = torch.log(torch.tensor(_Q_FLOOR, dtype=robustness.dtype, device=robustness.device))
+    return (1 + _Q_FLOOR) * (torch.sigmoid(_Q_SLOPE * robustness + shift) - torch.sigmoid(shift))
+
+
+def q_to_robustness(q: float | Tensor) -> Tensor:
+    """The inverse of :func:`robustness_to_q`: the raw parameter that gives the exponent ``q`` in ``(-0.1, 1)``."""
+    q = q if isinstance(q, Tensor) and q.is_floating_point() else torch.as_tensor(q, dtype=torch.get_default_dtype())
+    if not bool(((q > -_Q_FLOOR) & (q < 1)).all()):
+        raise ValueError(f"q must lie in (-{_Q_FLOOR}, 1), got {q}")
+    shift = torch.log(torch.tensor(_Q_FLOOR, dtype=q.dtype))
+    return (torch.logit(q / (1 + _Q_FLOOR) + torch.sigmoid(shift)) - shift) / _Q_SLOPE
+
+
+def class_aware_loss(logits: Tensor, target: Tensor, offsets: Tensor, robustness: Tensor) -> Tensor:
+    r"""Per-sample loss of :class:`ClassAwareDLN` on ``(M, C)`` logits and ``(M,)`` class indices.
+
+    :math:`\ell = \mathrm{GCE}_{q_y}(\mathrm{softmax}(z + b)_y)` with :math:`q =` :func:`robustness_to_q`:math:`(r)`; at
+    ``offsets = robustness = 0`` it is ``F.cross_entropy(z, y, reduction='none')``.
+    """
+    target = target.long()
+    log_prob = torch.log_softmax(logits + offsets.to(logits.dtype), dim=-1).gather(1, target[:, None])[:, 0]
+    q = robustness_to_q(robustness.to(logits.dtype)).expand(logits.shape[-1])[target]
+    return generalized_ce(log_prob, q)
+
+
+class ClassAwareDLN(ValidatedLoad):
+    r"""A learnable loss for training labels that disagree with the target: noisy labels, skewed class priors.
+
+    The loss of a sample with logits :math:`z` and label :math:`y` is the generalized cross-entropy of the
+    offset logits,
+
+    .. math::
+        \ell(z, y) = \frac{1 - p_y^{q_y}}{q_y}, \qquad p = \mathrm{softmax}(z + b),
+
+    with two learnable parameters per class: a logit offset :math:`b_c` (``offsets``) and a robustness
+    :math:`r_c` (``robustness``) that sets the exponent :math:`q_c \in (-0.1, 1)`, increasing in :math:`r_c`
+    (:func:`robustness_to_q`; :func:`q_to_robustness` inverts it). Both start at 0, where the loss *is*
+    ``F.cross_entropy`` (values and
+    gradients, to float rounding). A :class:`dynaloss.Teacher` validating on a small trusted set moves them
+    where the training labels call for it:
+
+    - :math:`q_c > 0` scales the gradient of a sample labelled :math:`c` by :math:`p_c^{q_c}`, so samples the
+      model finds implausible (most wrongly labelled ones) count less: GCE (Zhang & Sabuncu, 2018) with a
+      learned, per-class :math:`q`; :math:`q_c < 0` makes them count a little more (at most
+      :math:`p^{-0.1}` times: an unbounded weight would let a teacher make the student diverge).
+    - :math:`b` is logit adjustment (Menon et al., 2021) with learned offsets: training on :math:`z + b`
+      leaves the model's own logits :math:`z` free of a skewed training prior (:math:`b_c \approx \log
+      \pi_c`).
+
+    The model's predictions are its own logits, as always; only the training loss has the parameters. Every
+    parameter value gives a proper loss: it falls whenever the true class's offset logit rises relative to
+    the others. Adding a constant to every offset changes nothing.
+
+    Args:
+        num_classes: number of classes ``C`` (at least 2).
+        reduction: ``'none'`` | ``'mean'`` | ``'sum'`` (default: ``'mean'``).
+        weight: ``(C,)`` class weights, as in ``nn.CrossEntropyLoss`` (default: none).
+        ignore_index: target value that does not count (default: ``-100``).
+        keep_scale: divide the loss by the batch's mean of :math:`p_y^{q_y}` (taken as a constant of the
+            logits), so that the per-sample gradient factors average 1, as Meta-Weight-Net normalises its weights:
+            ``q`` then moves weight between samples without changing the size of the student's step. A teacher
+            that looks a few steps ahead would otherwise favour ``q > 0`` on clean data too, for the smaller
+            steps alone (a short-horizon bias; docs/results.md has the measurement). With ``False`` the loss
+            is GCE as published (default: ``True``).
+        shared_robustness: one robustness (and ``q``) for every class instead of one per class; ``robustness``
+            then has shape ``(1,)`` (default: ``False``).
+
+    Shape:
+        - input: ``(B, C)`` or ``(B, C, d1, ...)`` logits.
+        - target: ``(B,)`` or ``(B, d1, ...)`` class indices.
+        - sample_weight (forward): optional per-sample (per-pixel) weights of the target's shape.
+        - output: scalar, or the target's shape with ``reduction='none'``.
+
+    Examples::
+
+        >>> loss_fn = ClassAwareDLN(num_classes=10)  # F.cross_entropy until a Teacher moves it
+        >>> loss = loss_fn(torch.randn(8, 10, requires_grad=True), torch.randint(10, (8,)))
+        >>> loss_fn.q  # the per-class robustness exponents, tanh(robustness)
+    """
+
+    # a Teacher's defaults for these parameters (dynaloss.teaching_defaults): Adam steps of 0.05, no anchor
+    teaching_defaults = CLASS_AWARE_TEACHING
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        reduction: Reduction = "mean",
+        weight: Tensor | None = None,
+        ignore_index: int = -100,
+        keep_scale: bool = True,
+        shared_robustness: bool = False,
+    ) -> None:
+        super().__init__()
+        self.num_classes = check_positive_int(num_classes, "num_classes", minimum=2)
+        self.reduction = DF.check_reduction(reduction)
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+            raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+        self.ignore_index = ignore_index
+        if weight is not None:
+            check_tensor(weight, "weight")
+            if weight.shape != (num_classes,):
+                raise ValueError(f"weight must have shape ({num_classes},), got {tuple(weight.shape)}")
+        self.weight: Tensor | None
+        self.register_buffer("weight", weight)
+        self.offsets = nn.Parameter(torch.zeros(num_classes))
+        if not isinstance(keep_scale, bool):
+            raise TypeError(f"keep_scale must be a bool, got {type(keep_scale).__name__}")
+        self.keep_scale = keep_scale
+        if not isinstance(shared_robustness, bool):
+            raise TypeError(f"shared_robustness must be a bool, got {type(shared_robustness).__name__}")
+        self.shared_robustness = shared_robustness
+        self.robustness = nn.Parameter(torch.zeros(1 if shared_robustness else num_classes))
+
+    def reset_parameters(self) -> None:
+        """Back to cross-entropy: every offset and robustness 0."""
+        with torch.no_grad():
+            self.offsets.zero_()
+            self.robustness.zero_()
+
+    @property
+    def q(self) -> Tensor:
+        """The per-class GCE exponents (detached; :func:`robustness_to_q`): 0 is CE, 1 the mean absolute error."""
+        return robustness_to_q(self.robustness.detach()).expand(self.num_classes).clone()
+
+    def extra_repr(self) -> str:
+        shared = ", shared_robustness=True" if self.shared_robustness else ""
+        return f"num_classes={self.num_classes}, reduction={self.reduction!r}{shared}"
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"num_classes": self.num_classes, "shared_robustness": self.shared_robustness}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or state.get("num_classes") != self.num_classes:
+            found = state.get("num_classes") if isinstance(state, dict) else state
+            raise ValueError(
+                f"the state is of a ClassAwareDLN with num_classes={found!r}, "
+                f"this one has num_classes={self.num_classes}"
+            )
+        shared = state.get("shared_robustness", False)
+        if shared != self.shared_robustness:
+            raise ValueError(
+                f"the state is of a ClassAwareDLN with shared_robustness={shared!r}, "
+                f"this one has shared_robustness={self.shared_robustness}"
+            )
+
+    def forward(self, input: Tensor, target: Tensor, sample_weight: Tensor | None = None) -> Tensor:
+        """The loss of ``input`` logits for ``target`` classes, each sample (pixel) weighted by ``sample_weight``."""
+        check_class_batch(input, target, sample_weight, self.num_classes, self.ignore_index)
+        reduce = functools.partial(
+            DF.pairwise_dln_loss,
+            [],
+            target=target,
+            sample_weight=sample_weight,
+            class_weight=self.weight,
+            ignore_index=self.ignore_index,
+        )
+        loss = reduce(input, reduction=self.reduction, per_sample=self._per_sample)
+        if not self.keep_scale:
+            return loss
+        scale = reduce(input, reduction="mean", per_sample=self._gradient_factor)
+        return _DividedBy.apply(loss, scale.clamp_min(torch.finfo(scale.dtype).tiny))
+
+    def _per_sample(self, logits: Tensor, target: Tensor) -> Tensor:
+        return class_aware_loss(logits, target, self.offsets, self.robustness)
+
+    def _gradient_factor(self, logits: Tensor, target: Tensor) -> Tensor:
+        """``p_y^q``: how much a sample's logit gradient is of cross-entropy's (on the offset logits)."""
+        log_prob = torch.log_softmax(logits + self.offsets.to(logits.dtype), dim=-1).gather(1, target.long()[:, None])
+        q = robustness_to_q(self.robustness.to(logits.dtype)).expand(logits.shape[-1])[target.long()]
+        return torch.exp(q * log_prob[:, 0])
+
+
+class _DividedBy(torch.autograd.Function):
+    """``loss / scale`` whose gradient treats ``scale`` as a constant: ``d loss / scale`` only.
+
+    The student's step is then cross-entropy's reweighted by ``p^q / mean(p^q)``. The backward is written in
+    differentiable operations, so the step itself (a function of the student's weights and the DLN's
+    parameters, ``scale`` included) differentiates exactly: the hypergradient through an unroll of such steps
+    is the true one, as finite differences of real optimizer steps check (tests/test_class_aware_dln.py).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, loss: Tensor, scale: Tensor) -> Tensor:
+        ctx.save_for_backward(scale)
+        return loss / scale
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        (scale,) = ctx.saved_tensors
+        return grad / scale, None
+
+
+def check_class_batch(
+    input: object, target: object, sample_weight: object, num_classes: int, ignore_index: int
+) -> None:
+    """Raise ``TypeError``/``ValueError`` naming what is wrong with a classification loss's arguments."""
+    input = check_tensor(input, "input")
+    target = check_tensor(target, "target")
+    if not input.is_floating_point():
+        raise TypeError(f"input must be floating-point logits, got dtype {input.dtype}")
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
+    if input.dim() < 2:
+        raise ValueError(f"input must be (B, C) or (B, C, d1, ...) logits, got shape {tuple(input.shape)}")
+    if input.shape[1] != num_classes:
+        raise ValueError(f"input has {input.shape[1]} classes in dim 1, expected num_classes={num_classes}")
+    expected = input.shape[:1] + input.shape[2:]
+    if target.shape != expected:
+        raise ValueError(
+            f"target must have shape {tuple(expected)} for input {tuple(input.shape)}, got {tuple(target.shape)}"
+        )
+    if input.numel() == 0:
+        raise ValueError(f"input is empty (shape {tuple(input.shape)})")
+    if sample_weight is not None:
+        sample_weight = check_tensor(sample_weight, "sample_weight")
+        if not sample_weight.is_floating_point():
+            raise TypeError(f"sample_weight must be floating-point per-sample weights, got dtype {sample_weight.dtype}")
+        if sample_weight.shape != target.shape:
+            raise ValueError(
+                f"sample_weight must have the target's shape {tuple(target.shape)}, got {tuple(sample_weight.shape)}"
+            )
+        check_finite(sample_weight, "sample_weight")
+    check_finite(input, "input")
+    counted = target[target != ignore_index]
+    if counted.numel() and (int(counted.min()) < 0 or int(counted.max()) >= num_classes):
+        raise ValueError(
+            f"target holds class indices outside [0, {num_classes}) "
+            f"(min {int(counted.min())}, max {int(counted.max())}; ignore_index={ignore_index})"
+        )

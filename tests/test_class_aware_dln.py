@@ -1,0 +1,236 @@
+"""ClassAwareDLN: cross-entropy at its start, GCE and logit adjustment where its parameters say, teachable."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import dynaloss
+from dynaloss.losses.class_aware import generalized_ce, q_to_robustness, robustness_to_q
+
+CLASSES = 4
+
+
+def test_starts_as_cross_entropy_in_values_and_gradients() -> None:
+    generator = torch.Generator().manual_seed(0)
+    for dtype, tolerance in ((torch.float32, 1e-6), (torch.float64, 1e-13)):
+        logits = (torch.randn(64, 10, generator=generator) * 8).to(dtype)
+        target = torch.randint(10, (64,), generator=generator)
+        mine, theirs = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+        ours = dynaloss.ClassAwareDLN(10).to(dtype)(mine, target)
+        reference = F.cross_entropy(theirs, target)
+        ours.backward()
+        reference.backward()
+        assert ours.dtype == dtype
+        torch.testing.assert_close(ours, reference, rtol=tolerance, atol=tolerance)
+        torch.testing.assert_close(mine.grad, theirs.grad, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_loss_contract_matches_cross_entropy(reduction: str) -> None:
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(3, CLASSES, 5, 2, generator=generator, dtype=torch.float64)
+    target = torch.randint(CLASSES, (3, 5, 2), generator=generator)
+    target[0, 0] = 255
+    weight = torch.rand(CLASSES, generator=generator, dtype=torch.float64) + 0.5
+    dln = dynaloss.ClassAwareDLN(CLASSES, reduction=reduction, weight=weight, ignore_index=255).double()
+    expected = F.cross_entropy(logits, target, weight=weight, ignore_index=255, reduction=reduction)
+    torch.testing.assert_close(dln(logits, target), expected)
+
+
+def test_parameters_are_gce_and_logit_adjustment() -> None:
+    generator = torch.Generator().manual_seed(2)
+    logits = torch.randn(32, CLASSES, generator=generator, dtype=torch.float64)
+    target = torch.randint(CLASSES, (32,), generator=generator)
+    prior = torch.tensor([0.5, 0.3, 0.15, 0.05], dtype=torch.float64)
+    dln = dynaloss.ClassAwareDLN(CLASSES, keep_scale=False).double()
+    with torch.no_grad():
+        dln.robustness.copy_(q_to_robustness(torch.full((CLASSES,), 0.7, dtype=torch.float64)))
+        dln.offsets.copy_(prior.log())
+    p = torch.softmax(logits + prior.log(), dim=1).gather(1, target[:, None])[:, 0]
+    torch.testing.assert_close(dln(logits, target), ((1 - p**0.7) / 0.7).mean())
+    torch.testing.assert_close(dln.q, torch.full((CLASSES,), 0.7, dtype=torch.float64))
+
+
+def test_keep_scale_reweights_cross_entropy_by_normalised_factors() -> None:
+    """The student's gradient is CE's on the offset logits, sample i weighted by p_i^q / mean(p^q)."""
+    generator = torch.Generator().manual_seed(7)
+    logits = torch.randn(32, CLASSES, generator=generator, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(CLASSES, (32,), generator=generator)
+    dln = dynaloss.ClassAwareDLN(CLASSES).double()
+    with torch.no_grad():
+        dln.robustness.copy_(q_to_robustness(torch.tensor([0.7, 0.2, 0.5, 0.0], dtype=torch.float64)))
+        dln.offsets.copy_(torch.tensor([0.3, -0.1, 0.0, 0.2]))
+    shifted = logits + dln.offsets
+    p = torch.softmax(shifted, dim=1).gather(1, target[:, None])[:, 0].detach()
+    factor = p ** dln.q[target]
+    (ours,) = torch.autograd.grad(dln(logits, target), logits)
+    (reference,) = torch.autograd.grad((F.cross_entropy(shifted, target, reduction="none") * factor).sum(), logits)
+    torch.testing.assert_close(ours, reference / factor.sum())
+    assert dln.keep_scale
+
+
+def test_generalized_ce_is_smooth_through_zero() -> None:
+    log_prob = torch.linspace(-30, -1e-3, 50, dtype=torch.float64)
+    for q in (1e-6 * (1 - 1e-9), 1e-6 * (1 + 1e-9), -1e-6 * (1 - 1e-9), -1e-6 * (1 + 1e-9), 0.3, -0.3):
+        exact = -torch.expm1(q * log_prob) / q
+        torch.testing.assert_close(
+            generalized_ce(log_prob, torch.tensor(q, dtype=torch.float64)), exact, rtol=1e-9, atol=0
+        )
+    q = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    (slope,) = torch.autograd.grad(generalized_ce(log_prob, q).sum(), q)
+    torch.testing.assert_close(slope, -(log_prob**2).sum() / 2)  # d/dq (1 - p^q)/q at 0 is -log(p)^2 / 2
+
+
+def test_q_is_exactly_zero_at_the_start_bounded_and_inverted() -> None:
+    for dtype in (torch.float32, torch.float64):
+        assert float(robustness_to_q(torch.zeros((), dtype=dtype))) == 0.0
+    r = torch.linspace(-50, 50, 1001, dtype=torch.float64)
+    q = robustness_to_q(r)  # the limits are reached in float
+    assert bool((q >= -0.1 - 1e-15).all() and (q <= 1 + 1e-15).all() and (q.diff() >= 0).all())
+    middle = torch.linspace(-0.09, 0.95, 27, dtype=torch.float64)
+    torch.testing.assert_close(robustness_to_q(q_to_robustness(middle)), middle)
+    with pytest.raises(ValueError, match="q must lie in"):
+        q_to_robustness(-0.5)
+
+
+def test_a_teacher_cannot_make_the_gradient_unbounded() -> None:
+    """At the lowest q, a sample the model finds very unlikely gets at most p^-0.1 times CE's gradient."""
+    dln = dynaloss.ClassAwareDLN(2).double()
+    with torch.no_grad():
+        dln.robustness.fill_(-1e3)
+    logits = torch.tensor([[0.0, 30.0]], dtype=torch.float64, requires_grad=True)
+    (ours,) = torch.autograd.grad(dln(logits, torch.tensor([0])), logits)
+    (ce,) = torch.autograd.grad(F.cross_entropy(logits, torch.tensor([0])), logits)
+    assert float(ours.norm() / ce.norm()) < float(torch.tensor(30.0).exp() ** 0.1) * 1.01
+
+
+def test_loss_is_proper_for_any_parameters() -> None:
+    """Raising the true class's logit never raises the loss, whatever the offsets and robustness."""
+    generator = torch.Generator().manual_seed(3)
+    dln = dynaloss.ClassAwareDLN(CLASSES).double()
+    with torch.no_grad():
+        dln.offsets.copy_(torch.randn(CLASSES, generator=generator, dtype=torch.float64) * 3)
+        dln.robustness.copy_(torch.randn(CLASSES, generator=generator, dtype=torch.float64) * 2)
+    logits = torch.randn(64, CLASSES, generator=generator, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(CLASSES, (64,), generator=generator)
+    dln.reduction = "sum"
+    (grad,) = torch.autograd.grad(dln(logits, target), logits)
+    assert bool((grad.gather(1, target[:, None]) <= 0).all())
+
+
+def _student() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, CLASSES)).double()
+
+
+def _batches(count: int, size: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        (
+            torch.randn(size, 4, generator=generator, dtype=torch.float64),
+            torch.randint(CLASSES, (size,), generator=generator),
+        )
+        for _ in range(count)
+    ]
+
+
+def _val_error(student: nn.Module, dln: nn.Module, batches: list, val: tuple, lr: float) -> float:
+    student = copy.deepcopy(student)
+    optimizer = torch.optim.SGD(student.parameters(), lr=lr, momentum=0.9)
+    for x, y in batches:
+        optimizer.zero_grad()
+        dln(student(x), y).backward()
+        optimizer.step()
+    with torch.no_grad():
+        return float(F.cross_entropy(student(val[0]), val[1]))
+
+
+@pytest.mark.parametrize("start", ["ce", "moved"])
+def test_hypergradient_matches_finite_differences(start: str) -> None:
+    """At the cross-entropy start too: the loss is smooth in its parameters there (no kink)."""
+    student, dln = _student(), dynaloss.ClassAwareDLN(CLASSES).double()
+    if start == "moved":
+        with torch.no_grad():
+            dln.offsets.copy_(torch.tensor([0.3, -0.2, 0.1, 0.5]))
+            dln.robustness.copy_(torch.tensor([0.4, -0.3, 0.2, 0.0]))
+    batches, (val,) = _batches(3, 8, seed=2), _batches(1, 16, seed=3)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.3, momentum=0.9)
+    grads = dynaloss.hypergradient(student, dln, batches, val, optimizer=optimizer)
+    analytic = torch.cat([grads["offsets"], grads["robustness"]])
+    numeric = []
+    for param in (dln.offsets, dln.robustness):
+        for i in range(CLASSES):
+            values = []
+            for sign in (1, -1):
+                probe = copy.deepcopy(dln)
+                with torch.no_grad():
+                    dict(probe.named_parameters())[next(n for n, p in dln.named_parameters() if p is param)][i] += (
+                        sign * 1e-6
+                    )
+                values.append(_val_error(student, probe, batches, val, 0.3))
+            numeric.append((values[0] - values[1]) / 2e-6)
+    numeric_t = torch.tensor(numeric, dtype=torch.float64)
+    assert float((analytic - numeric_t).norm() / numeric_t.norm()) < 1e-6
+    assert float(numeric_t.norm()) > 1e-4  # the check is not vacuous
+
+
+def test_state_dict_round_trip_and_refuses_another_size() -> None:
+    dln = dynaloss.ClassAwareDLN(CLASSES)
+    with torch.no_grad():
+        dln.offsets.add_(torch.arange(CLASSES, dtype=torch.float32))
+    other = dynaloss.ClassAwareDLN(CLASSES)
+    other.load_state_dict(dln.state_dict())
+    torch.testing.assert_close(other.offsets, dln.offsets)
+    with pytest.raises(ValueError, match="num_classes"):
+        dynaloss.ClassAwareDLN(CLASSES + 1).load_state_dict(dln.state_dict())
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda d: d(torch.randn(2, CLASSES), torch.rand(2)), TypeError, "target must hold integer"),
+        (lambda d: d(torch.randn(2, CLASSES), torch.tensor([0, CLASSES])), ValueError, "outside"),
+        (lambda d: d(torch.randn(2, CLASSES + 1), torch.tensor([0, 1])), ValueError, "num_classes"),
+        (lambda d: d(torch.randn(2, CLASSES), torch.tensor([0, 1]), torch.arange(2)), TypeError, "sample_weight"),
+        (lambda d: d(torch.full((2, CLASSES), float("nan")), torch.tensor([0, 1])), ValueError, "input"),
+    ],
+)
+def test_bad_input_is_a_clear_error(call, error, match) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(error, match=match):
+        call(dynaloss.ClassAwareDLN(CLASSES))
+
+
+def test_a_teacher_learns_a_robust_loss_from_a_trusted_set() -> None:
+    """60 % of the training labels are uniformly wrong and the trusted batch is clean: the taught loss turns robust."""
+    generator = torch.Generator().manual_seed(5)
+    centres = torch.randn(CLASSES, 4, generator=generator) * 3
+
+    def draw(size: int, noisy: float) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.randint(CLASSES, (size,), generator=generator)
+        x = centres[y] + torch.randn(size, 4, generator=generator)
+        flip = torch.rand(size, generator=generator) < noisy
+        return x, torch.where(flip, torch.randint(CLASSES, (size,), generator=generator), y)
+
+    train = [draw(25, 0.6) for _ in range(40)]
+    val = draw(100, 0.0)
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, CLASSES))
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9)
+    teacher = dynaloss.pairwise_teacher(CLASSES, optimizer=optimizer)  # the recommended configuration
+    dln = teacher.loss_fn
+    assert isinstance(dln, dynaloss.ClassAwareDLN)
+    stream = iter(train * 100)
+    for it in range(200):
+        x, y = next(stream)
+        optimizer.zero_grad()
+        dln(student(x), y).backward()
+        optimizer.step()
+        if it % 10 == 0:
+            assert not teacher.step(student, stream, iter([val] * 3)).skipped
+    # 60 % of the labels are uniformly wrong: the trusted batch teaches the loss to discount them
+    assert float(dln.q.mean()) > 0.2
