@@ -222,16 +222,23 @@ def pairwise_row_loss(
 
 
 def reduce_loss(per_element: Tensor, element_weight: Tensor, normaliser: Tensor, reduction: str) -> Tensor:
-    """Apply ``reduction`` the way :class:`torch.nn.CrossEntropyLoss` does.
+    """Apply ``reduction`` the way :class:`torch.nn.CrossEntropyLoss` does, but for nothing counted.
 
     ``'mean'`` divides the weighted sum by ``normaliser`` (the summed class weights of the counted
-    elements), so per-sample weights rescale the loss and class weights give a weighted mean.
+    elements), so per-sample weights rescale the loss and class weights give a weighted mean. Where nothing
+    counts (``normaliser`` is 0: every target ``ignore_index``, e.g. an all-"void" crop, or every counted
+    class of weight 0) the mean is ``0`` and its gradient zero, where ``nn.CrossEntropyLoss`` returns NaN
+    (with zero gradients): a batch with nothing to learn from leaves the model as it is, and neither the
+    loss's value nor a ``loss.backward()`` carries a NaN into a model, an optimizer or a log.
     """
     weighted = per_element * element_weight
     if reduction == "none":
         return weighted
     total = weighted.sum()
-    return total if reduction == "sum" else total / normaliser
+    if reduction == "sum":
+        return total
+    # on the device, no read-back: the sum is 0 (an exact 0 times each element) wherever the normaliser is
+    return total / torch.where(normaliser > 0, normaliser, torch.ones_like(normaliser))
 
 
 def _subsample_pixels(valid: Tensor, max_pixels: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
@@ -299,7 +306,8 @@ def pairwise_dln_loss(
             that (the authors' code) (default: ``'wrong'``).
 
     Returns:
-        A scalar, or the target's shape with ``reduction='none'`` (0 where ignored).
+        A scalar, or the target's shape with ``reduction='none'`` (0 where ignored). The ``'mean'`` of a
+        batch in which nothing counts is 0, with zero gradients (:func:`reduce_loss`).
     """
     num_classes = logits.shape[1]
     target_shape = target.shape

@@ -57,7 +57,9 @@ class PairwiseDLN(ValidatedLoad):
             measurements that chose ``'warm'``).
         features: what the rows are made of: ``'sigmoid'`` (the paper's) or ``'softmax'`` (above)
             (default: ``'softmax'`` with ``init='ce'``, else ``'sigmoid'``).
-        reduction: ``'none'`` | ``'mean'`` | ``'sum'`` (default: ``'mean'``).
+        reduction: ``'none'`` | ``'mean'`` | ``'sum'`` (default: ``'mean'``). The mean over a batch in which
+            nothing counts (every target ``ignore_index``) is 0 with zero gradients, where
+            ``nn.CrossEntropyLoss`` returns NaN (its gradients are zero too).
         weight: ``(C,)`` class weights, as in ``nn.CrossEntropyLoss`` (default: none).
         ignore_index: target value that does not count (default: ``-100``; VOC uses 255).
         max_pixels: for per-pixel inputs, evaluate this many random valid pixels per image; the mean
