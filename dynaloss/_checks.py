@@ -7,7 +7,15 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["NonFiniteError", "check_finite", "check_positive_float", "check_positive_int", "check_tensor"]
+__all__ = [
+    "NonFiniteError",
+    "check_finite",
+    "check_floating",
+    "check_positive_float",
+    "check_positive_int",
+    "check_same_device",
+    "check_tensor",
+]
 
 
 class NonFiniteError(ValueError):
@@ -18,6 +26,26 @@ def check_tensor(value: object, name: str) -> Tensor:
     if not isinstance(value, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     return value
+
+
+def check_floating(value: Tensor, name: str, what: str) -> Tensor:
+    """Raise ``TypeError`` unless ``value`` is a real floating-point tensor; ``what`` says what it must be.
+
+    Integer and boolean tensors are refused, not cast: weights of dtype int64 are most often something else
+    (a loader's sample indices), and casting them would silently weight sample 0 by 0.
+    """
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must be {what}, got dtype {value.dtype}")
+    return value
+
+
+def check_same_device(tensors: dict[str, Tensor], reference: Tensor, where: str) -> None:
+    """Raise ``ValueError`` naming the first of ``tensors`` that is not on ``reference``'s device (``where``'s)."""
+    for name, tensor in tensors.items():
+        if tensor.device != reference.device:
+            raise ValueError(
+                f"{name} is on {tensor.device} but {where} is on {reference.device}: move them to one device"
+            )
 
 
 def check_finite(value: Tensor, name: str) -> None:

@@ -10,9 +10,11 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
+from test_bad_input import assert_identical
 from torch import nn
 
-from dynaloss import PairwiseDLN
+from dynaloss import MultiPartDLN, PairwiseDLN, Teacher, hypergradient
 from dynaloss import functional as DF
 
 
@@ -77,3 +79,83 @@ def test_an_all_void_crop_leaves_a_segmentation_objective_finite():
     value = objective((main, aux), torch.full((2, 8, 8), 255))
     value.backward()
     assert value.item() == 0.0 and bool((main.grad == 0).all()) and bool((aux.grad == 0).all())
+
+
+# ------------------------------------------------------------------ 2. an index tensor is not a weight
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool])
+def test_integer_or_boolean_sample_weights_are_a_type_error(dtype):
+    # before: PairwiseDLN(z, y, torch.arange(8)) was accepted, sample 0 weighted 0
+    with pytest.raises(TypeError, match=rf"sample_weight \(the third argument\) must be floating-point.*{dtype}"):
+        dln3()(torch.randn(8, 3), torch.randint(3, (8,)), torch.arange(8).to(dtype))
+
+
+def test_a_loader_yielding_an_index_is_a_type_error_naming_the_third_element_and_changes_nothing():
+    # before: (x, y, idx) was read as per-sample weights and the round committed
+    model, teacher = student(), Teacher(dln3(), steps=2)
+    before = copy.deepcopy((model.state_dict(), teacher.loss_fn.state_dict()))
+    indexed = [(x, y, torch.arange(6)) for x, y in batches(2)]
+    with pytest.raises(TypeError, match=r"train_iter yielded a third element of dtype torch.int64.*drop the index"):
+        teacher.step(model, iter(indexed), iter(batches(1, seed=1)))
+    assert_identical(before, (model.state_dict(), teacher.loss_fn.state_dict()))
+    assert teacher.rounds == 0
+    with pytest.raises(TypeError, match="train_batches yielded a third element of dtype torch.bool"):
+        hypergradient(model, dln3(), [(*batches(1)[0], torch.ones(6, dtype=torch.bool))], batches(1)[0], student_lr=0.1)
+
+
+# ----------------------------------------------------------------- 3. the input's dtype is computed in
+@pytest.mark.parametrize("fast", [True, False])
+def test_float64_logits_are_computed_in_float64_with_the_float32_dln(fast):
+    # before: float32 arithmetic, and a float32 or a float64 result depending on the path (2e-7 off CE)
+    torch.manual_seed(0)
+    logits = torch.randn(2000, 5, dtype=torch.float64, requires_grad=True)  # enough rows for the fast table
+    target = torch.randint(5, (2000,))
+    loss_fn = PairwiseDLN(5, init="ce", fast=fast)  # float32 parameters
+    value = loss_fn(logits, target)
+    assert value.dtype == torch.float64
+    torch.testing.assert_close(value, F.cross_entropy(logits, target), rtol=1e-9, atol=1e-9)
+    (grad,) = torch.autograd.grad(value, logits)
+    assert grad.dtype == torch.float64
+
+
+def test_half_precision_logits_count_their_pixels_exactly():
+    # found by the class-level review: the 'mean''s pixel count was summed in bf16 (2,178 pixels counted 2,176)
+    logits, target = torch.randn(2, 3, 33, 33).bfloat16(), torch.randint(3, (2, 33, 33))
+    loss_fn = dln3()
+    assert loss_fn(logits, target).item() == pytest.approx(loss_fn(logits.float(), target).item(), rel=1e-6)
+
+
+# ------------------------------------------------------------------------- class level: tensor arguments
+def test_tensors_on_another_device_than_the_dln_are_a_value_error():
+    meta = torch.empty(4, 3, device="meta")
+    with pytest.raises(ValueError, match="input is on meta but the DLN is on cpu"):
+        dln3()(meta, torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="target is on meta but the DLN is on cpu"):
+        dln3()(torch.randn(4, 3), torch.zeros(4, dtype=torch.long, device="meta"))
+
+
+@pytest.mark.parametrize(
+    ("weight", "error", "match"),
+    [
+        (
+            torch.ones(3, dtype=torch.long),
+            TypeError,
+            "weight must be floating-point class weights, got dtype torch.int",
+        ),
+        (torch.tensor([1.0, float("nan"), 1.0]), ValueError, "weight contains NaN or Inf"),
+        (torch.tensor([1.0, -1.0, 1.0]), ValueError, "weight must hold class weights >= 0"),
+    ],
+)
+def test_class_weights_must_be_finite_non_negative_floats(weight, error, match):
+    with pytest.raises(error, match=match):
+        dln3(weight=weight)
+
+
+def test_multipart_dln_computes_float64_parts_in_float64_and_refuses_non_float_parts():
+    # found by the class-level review: float64 parts were summed in float32, boolean parts were accepted
+    loss_fn = MultiPartDLN(3, [7.5, 0.5, 1.5])
+    parts = torch.tensor([1.0 + 1e-12, 2.0, 3.0], dtype=torch.float64)
+    value = loss_fn(parts)
+    assert value.dtype == torch.float64
+    assert value.item() == pytest.approx(float(parts @ loss_fn.weight.detach().double()), rel=1e-15)
+    with pytest.raises(TypeError, match="parts must be floating-point loss values, got dtype torch.bool"):
+        loss_fn(torch.ones(3, dtype=torch.bool))
