@@ -7,6 +7,7 @@ naming the value, raised before anything changes, or correct behaviour.
 from __future__ import annotations
 
 import copy
+import itertools
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from test_bad_input import assert_identical
 from torch import nn
 
-from dynaloss import MultiPartDLN, PairwiseDLN, Teacher, hypergradient
+from dynaloss import MultiPartDLN, OptimizerTeacher, PairwiseDLN, Teacher, hypergradient
 from dynaloss import functional as DF
 
 
@@ -159,3 +160,35 @@ def test_multipart_dln_computes_float64_parts_in_float64_and_refuses_non_float_p
     assert value.item() == pytest.approx(float(parts @ loss_fn.weight.detach().double()), rel=1e-15)
     with pytest.raises(TypeError, match="parts must be floating-point loss values, got dtype torch.bool"):
         loss_fn(torch.ones(3, dtype=torch.bool))
+
+
+# --------------------------------------------------------------- 4. states of another optimizer teacher
+def _taught(kind: str, **options: object) -> Teacher:
+    model = OptimizerTeacher(kind, **options) if options else kind
+    teacher = Teacher(dln3(), teacher=model, steps=2)
+    record = teacher.step(student(), iter(batches(2)), iter(batches(1, seed=1)))
+    assert not record.skipped, record.reason
+    return teacher
+
+
+@pytest.mark.parametrize(("saved", "loaded"), list(itertools.permutations(["adam", "sgd", "rmsprop"], 2)))
+def test_a_state_of_another_optimizer_teacher_is_refused_whole(saved, loaded, tmp_path):
+    # before: every load among adam, sgd and rmsprop succeeded (an Adam's moments became RMSprop's average)
+    state = _taught(saved).state_dict()
+    torch.save(state, tmp_path / "teacher.pt")
+    teacher = _taught(loaded)
+    before = copy.deepcopy(teacher.state_dict())
+    with pytest.raises(ValueError, match=rf"OptimizerTeacher with .*'kind': '{saved}'.*this one has .*'{loaded}'"):
+        teacher.load_state_dict(torch.load(tmp_path / "teacher.pt", weights_only=True))
+    assert_identical(before, teacher.state_dict())
+
+
+def test_an_optimizer_teacher_of_other_hyperparameters_is_refused_and_its_own_state_loads():
+    state = _taught("adam", betas=(0.5, 0.9)).state_dict()
+    with pytest.raises(ValueError, match="'betas': \\[0.5, 0.9\\]"):
+        _taught("adam").load_state_dict(state)
+    same = _taught("adam", betas=(0.5, 0.9))
+    same.load_state_dict(state)
+    # a state written before the kind was recorded loads as it did
+    legacy = {**state, "model": {}}
+    same.load_state_dict(legacy)
