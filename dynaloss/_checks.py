@@ -11,6 +11,7 @@ __all__ = [
     "NonFiniteError",
     "check_finite",
     "check_floating",
+    "check_loss_value",
     "check_positive_float",
     "check_positive_int",
     "check_same_device",
@@ -67,3 +68,22 @@ def check_positive_float(value: object, name: str) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value}")
     return float(value)
+
+
+def check_loss_value(value: object, name: str, outputs: object) -> Tensor:
+    """Raise unless ``value``, returned by the user's ``name``, is a 0-d floating tensor differentiable in the
+    student's ``outputs``: ``TypeError``/``ValueError`` naming ``name``, instead of torch's error in the round."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must return a 0-d floating-point tensor, got {type(value).__name__}")
+    if not value.is_floating_point() or value.dim() != 0:
+        raise ValueError(
+            f"{name} must return a 0-d floating-point tensor (a scalar: reduce it, e.g. .mean()), "
+            f"got a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+        )
+    differentiable = isinstance(outputs, Tensor) and outputs.requires_grad
+    if differentiable and torch.is_grad_enabled() and not value.requires_grad:
+        raise ValueError(
+            f"{name} returned a tensor that does not depend on the student's outputs (no grad_fn): compute it "
+            "from them with torch operations (not through .item(), .detach() or numpy)"
+        )
+    return value

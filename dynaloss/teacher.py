@@ -23,7 +23,7 @@ from dynaloss.round import RoundOutcome, compute_round
 from dynaloss.settings import DEFAULT_TEACHER, MODES, Mode, TeacherKind
 from dynaloss.teachers import TeacherModel, make_teacher_model
 from dynaloss.teachers.base import Memory
-from dynaloss.unroll import StudentState, ValLoss, default_val_loss, dln_parameters
+from dynaloss.unroll import StudentState, ValLoss, check_val_loss_takes_weight, default_val_loss, dln_parameters
 from dynaloss.update_rules import OptimizerRule, check_optimizer, write_optimizer_state
 
 __all__ = ["MODES", "RoundRecord", "Teacher"]
@@ -164,7 +164,8 @@ class Teacher:
     weights and buffers into the student: the only writes into modules it makes.
 
     Args:
-        loss_fn: the DLN the student trains with (e.g. :class:`dynaloss.PairwiseDLN`); updated in place.
+        loss_fn: the DLN the student trains with (e.g. :class:`dynaloss.PairwiseDLN`); updated in place. It
+            must return a scalar (one with ``reduction='none'`` raises ``ValueError``).
         teacher: ``'lstm'`` (the paper's), ``'adam'``, ``'sgd'``, ``'rmsprop'`` or a
             :class:`dynaloss.teachers.TeacherModel` (default: ``'lstm'``).
         steps: ``N``, student steps per stage (not a total budget) (default: ``10``; the paper's is 25 for
@@ -187,8 +188,11 @@ class Teacher:
             ``'research'``: as the authors' code, both stages start from the same weights on the same
             batches, and the student keeps the second stage's ``N`` steps (BatchNorm statistics included,
             which the authors' code leaves unchanged; docs/modes.md lists every difference).
-        val_loss: validation error ``f(outputs, targets)`` (default: cross-entropy, with the DLN's
-            ``ignore_index``).
+        val_loss: validation error ``f(outputs, targets)``, or ``f(outputs, targets, weight)`` for weighted
+            validation batches; it must return a 0-d floating tensor computed from ``outputs`` (anything else
+            raises ``TypeError``/``ValueError`` naming ``val_loss`` on the first round) (default:
+            cross-entropy with the DLN's ``ignore_index``, :class:`~dynaloss.unroll.CrossEntropyValLoss`, a
+            weighted mean on weighted batches).
         anchor: the share of the DLN's distance to where teaching started that every round removes,
             ``phi' = phi + dln_lr * T(grad) - anchor * (phi - phi_start)``: a trust region that keeps the
             taught loss within ``dln_lr / anchor`` per coordinate of the (warm-started) loss it began as.
@@ -263,6 +267,11 @@ class Teacher:
     ) -> None:
         if not isinstance(loss_fn, nn.Module):
             raise TypeError(f"loss_fn must be a torch.nn.Module, got {type(loss_fn).__name__}")
+        if getattr(loss_fn, "reduction", None) == "none":
+            raise ValueError(
+                f"loss_fn ({type(loss_fn).__name__}) has reduction='none': each unrolled step differentiates one "
+                "scalar loss, so build the DLN the teacher teaches with reduction='mean' or 'sum'"
+            )
         dln_parameters(loss_fn)  # raises if there is nothing to teach
         self.mode = mode
         self._loss_fn = loss_fn
@@ -309,7 +318,10 @@ class Teacher:
             student: the model being trained; on the device the round runs on.
             train_iter: iterator of ``(x, y)`` or ``(x, y, w)`` training batches; a round takes ``2N``
                 (``'paper'``) or ``N`` of them.
-            val_iter: iterator of ``(x, y)`` validation batches; a round takes one.
+            val_iter: iterator of ``(x, y)`` or ``(x, y, w)`` validation batches; a round takes one. A weighted
+                batch's ``w`` goes to ``val_loss`` as its third argument: the default's validation error is
+                then the weighted mean ``sum(w * ce) / sum(w)``; a ``val_loss`` that takes no weight raises
+                ``TypeError`` before the round.
 
         Returns:
             A :class:`RoundRecord`. A round with a non-finite value, or one that runs out of memory, is skipped
@@ -451,6 +463,8 @@ class Teacher:
             first = draw_batches(train_iter, self.steps, "train_iter", device)
             second = draw_batches(train_iter, self.steps, "train_iter", device) if self.mode == "paper" else first
             (val,) = draw_batches(val_iter, 1, "val_iter", device)
+            if val.weight is not None:
+                check_val_loss_takes_weight(self.val_loss, "val_iter")
         except (TypeError, ValueError):
             # the other ranks are about to enter the round's collectives: tell them, so none waits forever
             if self.sync is not None:
@@ -712,7 +726,7 @@ def _batch_problem(
                 outputs = torch.func.functional_call(student, state, (batch.inputs,))
             except (RuntimeError, IndexError, TypeError, ValueError) as error:
                 return f"the student's forward raised on {label}: {error}"
-            extra = () if batch.weight is None or loss is teacher.val_loss else (batch.weight,)
+            extra = () if batch.weight is None else (batch.weight,)
             try:
                 loss(outputs, batch.targets, *extra)
             except (RuntimeError, IndexError, TypeError, ValueError) as error:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import pickle
 
 import pytest
 import torch
@@ -192,3 +193,88 @@ def test_an_optimizer_teacher_of_other_hyperparameters_is_refused_and_its_own_st
     # a state written before the kind was recorded loads as it did
     legacy = {**state, "model": {}}
     same.load_state_dict(legacy)
+
+
+# ------------------------------------------------------------------------------ 5. validation weights
+def test_validation_weights_give_the_weighted_mean_of_the_validation_error():
+    # before: (x, y, w) validation batches were accepted and w ignored (the unweighted CE)
+    model, teacher = student(), Teacher(dln3(), steps=1, teacher="sgd")
+    (x, y), w = batches(1, seed=1)[0], torch.tensor([3.0, 0.0, 1.0, 0.0, 0.0, 0.0])
+    record = teacher.step(model, iter(batches(1)), iter([(x, y, w)]))
+    # stage I moved a copy of the student one plain SGD step: recompute it
+    check = student()
+    first_x, first_y = batches(1)[0]
+    grads = torch.autograd.grad(dln3()(check(first_x), first_y), list(check.parameters()))
+    with torch.no_grad():
+        for p, g in zip(check.parameters(), grads):
+            p -= 0.1 * g
+        per_sample = F.cross_entropy(check(x), y, reduction="none")
+    assert record.val_error_before == pytest.approx(float((per_sample * w).sum() / w.sum()), rel=1e-5)
+
+
+def test_a_val_loss_without_a_weight_argument_and_weighted_validation_batches_are_a_type_error():
+    model, teacher = (
+        student(),
+        Teacher(dln3(), steps=1, val_loss=lambda outputs, targets: F.cross_entropy(outputs, targets)),
+    )
+    before = copy.deepcopy((model.state_dict(), teacher.loss_fn.state_dict()))
+    with pytest.raises(TypeError, match=r"val_iter yielded a weighted batch .* but val_loss takes no weight"):
+        teacher.step(model, iter(batches(1)), iter(batches(1, seed=1, weight=torch.ones(6))))
+    assert_identical(before, (model.state_dict(), teacher.loss_fn.state_dict()))
+    assert teacher.rounds == 0
+
+
+# ------------------------------------------------------------------------ 6. a reduction='none' DLN
+def test_a_teacher_refuses_a_dln_with_reduction_none():
+    # before: accepted, then "grad can be implicitly created only for scalar outputs" inside torch
+    with pytest.raises(ValueError, match=r"loss_fn \(PairwiseDLN\) has reduction='none'.*'mean' or 'sum'"):
+        Teacher(dln3(reduction="none"))
+
+
+def test_a_loss_fn_that_turns_non_scalar_later_is_a_value_error_and_changes_nothing():
+    # found by the class-level review: the loss_fn's return is checked in every unrolled step
+    loss_fn = dln3()
+    model, teacher = student(), Teacher(loss_fn, steps=1)
+    loss_fn.reduction = "none"
+    before = copy.deepcopy((model.state_dict(), loss_fn.state_dict()))
+    with pytest.raises(ValueError, match=r"loss_fn \(PairwiseDLN\) must return a 0-d floating-point tensor.*\(6,\)"):
+        teacher.step(model, iter(batches(1)), iter(batches(1, seed=1)))
+    assert_identical(before, (model.state_dict(), loss_fn.state_dict()))
+
+
+# ------------------------------------------------------------------ 7. what val_loss returns is checked
+@pytest.mark.parametrize(
+    ("val_loss", "error", "match"),
+    [
+        (lambda o, y: F.cross_entropy(o, y, reduction="none"), ValueError, r"val_loss must return a 0-d .*\(6,\)"),
+        (lambda o, y: 1.0, TypeError, "val_loss must return a 0-d floating-point tensor, got float"),
+        (lambda o, y: (o.argmax(1) != y).sum(), ValueError, "val_loss must return a 0-d floating-point.*int64"),
+        (lambda o, y: F.cross_entropy(o, y).detach(), ValueError, "val_loss returned a tensor that does not depend"),
+    ],
+    ids=["per-sample", "float", "integer", "detached"],
+)
+def test_a_val_loss_that_returns_no_differentiable_scalar_is_refused_and_changes_nothing(val_loss, error, match):
+    # before: "grad can be implicitly created only for scalar outputs", "'float' object is not iterable"
+    model, teacher = student(), Teacher(dln3(), steps=1, val_loss=val_loss)
+    before = copy.deepcopy((model.state_dict(), teacher.loss_fn.state_dict()))
+    with pytest.raises(error, match=match):
+        teacher.step(model, iter(batches(1)), iter(batches(1, seed=1)))
+    assert_identical(before, (model.state_dict(), teacher.loss_fn.state_dict()))
+    with pytest.raises(error, match=match):
+        hypergradient(model, dln3(), batches(1), batches(1, seed=1)[0], student_lr=0.1, val_loss=val_loss)
+
+
+# ---------------------------------------------------------------------------- 8. a teacher pickles
+@pytest.mark.parametrize("kind", ["lstm", "adam"])
+def test_a_teacher_pickles_and_goes_on_where_it_was(kind, tmp_path):
+    # before: the default val_loss was a local lambda: pickle.dumps and torch.save failed
+    model, teacher = student(), Teacher(dln3(), teacher=kind, steps=1)
+    teacher.step(model, iter(batches(1)), iter(batches(1, seed=1)))
+    torch.save(teacher, tmp_path / "teacher.pt")
+    reference = copy.deepcopy(teacher)
+    expected = reference.step(copy.deepcopy(model), iter(batches(1, seed=2)), iter(batches(1, seed=3)))
+    for copied in (pickle.loads(pickle.dumps(teacher)), torch.load(tmp_path / "teacher.pt", weights_only=False)):
+        assert copied.val_loss == teacher.val_loss and copied.rounds == 1
+        record = copied.step(copy.deepcopy(model), iter(batches(1, seed=2)), iter(batches(1, seed=3)))
+        assert not record.skipped and record.update_norm == expected.update_norm
+        assert_identical(reference.state_dict(), copied.state_dict())
