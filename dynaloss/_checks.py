@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 __all__ = [
     "NonFiniteError",
     "check_finite",
     "check_floating",
     "check_loss_value",
+    "check_not_compiled",
+    "check_optimizer_excludes",
     "check_positive_float",
     "check_positive_int",
     "check_same_device",
@@ -87,3 +90,41 @@ def check_loss_value(value: object, name: str, outputs: object) -> Tensor:
             "from them with torch operations (not through .item(), .detach() or numpy)"
         )
     return value
+
+
+def check_not_compiled(module: nn.Module, name: str) -> None:
+    """Raise ``TypeError`` if ``module`` is, or holds, a ``torch.compile``'d module (naming it).
+
+    A teacher round differentiates through the student's steps (a second derivative), which compiled modules
+    do not support: torch fails only after compiling, some 20 s in. The module a compiled one wraps,
+    ``._orig_mod``, shares its parameters: pass that.
+    """
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")  # not imported: nothing can be compiled
+    compiled = getattr(eval_frame, "OptimizedModule", None)
+    if not isinstance(compiled, type):
+        return
+    for path, submodule in module.named_modules():
+        if isinstance(submodule, compiled):
+            where = f"{name}.{path}" if path else name
+            raise TypeError(
+                f"{where} is a torch.compile'd module: a teacher round differentiates through the student's steps "
+                f"twice, which compiled modules do not support; pass the module it wraps, {where}._orig_mod "
+                "(it shares the compiled module's parameters)"
+            )
+
+
+def check_optimizer_excludes(
+    optimizer: torch.optim.Optimizer, loss_fn: nn.Module, advice: str = "build it from the student's parameters"
+) -> None:
+    """Raise ``ValueError`` if the student's ``optimizer`` holds any of the DLN's (``loss_fn``'s) parameters.
+
+    The teacher alone updates the DLN: an optimizer step on it would train the loss to be small (and, on the
+    fast path, change it behind the teacher's back). ``advice`` ends the message: how to build it instead.
+    """
+    dln = {id(p) for p in loss_fn.parameters()}
+    held = sum(id(p) in dln for group in optimizer.param_groups for p in group["params"])
+    if held:
+        raise ValueError(
+            f"the student's optimizer ({type(optimizer).__name__}) holds {held} of the DLN's parameters: the "
+            f"teacher alone updates the DLN (an optimizer step on it trains the loss to be small); {advice}"
+        )

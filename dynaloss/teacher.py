@@ -14,7 +14,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dynaloss._checks import NonFiniteError, check_positive_float, check_positive_int
+from dynaloss._checks import (
+    NonFiniteError,
+    check_not_compiled,
+    check_optimizer_excludes,
+    check_positive_float,
+    check_positive_int,
+)
 from dynaloss._state import check_finite_state, check_state_dict
 from dynaloss.batches import Batch, draw_batches
 from dynaloss.distributed import RankMean, unwrap_data_parallel
@@ -175,7 +181,8 @@ class Teacher:
             state and each param group's current learning rate, so a scheduler is followed without syncing
             anything; a committed ``'paper'``/``'research'`` round also writes its state, as that many
             ``optimizer.step()`` calls would. ``None``: plain SGD at ``student_lr`` (the paper's student).
-            Any other optimizer raises ``TypeError`` (default: ``None``).
+            Any other optimizer raises ``TypeError``, and one that holds the DLN's parameters ``ValueError`` (the
+            teacher alone updates the DLN) (default: ``None``).
         student_lr: ``eta``, the student's SGD learning rate in the unroll when there is no ``optimizer``
             (default: ``0.1``).
         dln_lr: ``gamma``, the scale of the teacher's update of the DLN (default: ``1e-3``).
@@ -272,6 +279,7 @@ class Teacher:
                 f"loss_fn ({type(loss_fn).__name__}) has reduction='none': each unrolled step differentiates one "
                 "scalar loss, so build the DLN the teacher teaches with reduction='mean' or 'sum'"
             )
+        check_not_compiled(loss_fn, "loss_fn")
         dln_parameters(loss_fn)  # raises if there is nothing to teach
         self.mode = mode
         self._loss_fn = loss_fn
@@ -308,14 +316,17 @@ class Teacher:
 
     @student_optimizer.setter
     def student_optimizer(self, optimizer: torch.optim.Optimizer | None) -> None:
-        self._student_optimizer = None if optimizer is None else check_optimizer(optimizer)
+        if optimizer is not None:
+            check_optimizer_excludes(check_optimizer(optimizer), self.loss_fn)
+        self._student_optimizer = optimizer
 
     # ----------------------------------------------------------------------------------------------- round
     def step(self, student: nn.Module, train_iter: Iterator[Any], val_iter: Iterator[Any]) -> RoundRecord:
         """Run one round of Algorithm 1 and commit it if every quantity in it is finite.
 
         Args:
-            student: the model being trained; on the device the round runs on.
+            student: the model being trained; on the device the round runs on. Not a ``torch.compile``'d
+                module (nor one holding one: ``TypeError``): pass the module it wraps, ``model._orig_mod``.
             train_iter: iterator of ``(x, y)`` or ``(x, y, w)`` training batches; a round takes ``2N``
                 (``'paper'``) or ``N`` of them.
             val_iter: iterator of ``(x, y)`` or ``(x, y, w)`` validation batches; a round takes one. A weighted
@@ -358,6 +369,9 @@ class Teacher:
                 "process_group=torch.distributed.group.WORLD so the unrolled steps average over the ranks"
             )
         student = unwrap_data_parallel(student)
+        check_not_compiled(student, "student")
+        if self.student_optimizer is not None:  # param groups may have been added since it was assigned
+            check_optimizer_excludes(self.student_optimizer, self.loss_fn)
         started = time.perf_counter()
         device = _device_of(student)
         self._move_to(device)

@@ -18,7 +18,7 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from dynaloss._checks import check_loss_value
+from dynaloss._checks import check_loss_value, check_not_compiled
 from dynaloss._deprecation import renamed_keywords
 from dynaloss.batches import Batch, as_batch
 from dynaloss.stage_loss import StageLoss
@@ -310,6 +310,8 @@ def hypergradient(
     """
     if not isinstance(student, nn.Module) or not isinstance(loss_fn, nn.Module):
         raise TypeError("student and loss_fn must be torch.nn.Module instances")
+    check_not_compiled(student, "student")
+    check_not_compiled(loss_fn, "loss_fn")
     if (student_lr is None) == (optimizer is None):
         raise ValueError("pass exactly one of student_lr (plain SGD steps) and optimizer (its own update rule)")
     if not train_batches:

@@ -278,3 +278,43 @@ def test_a_teacher_pickles_and_goes_on_where_it_was(kind, tmp_path):
         record = copied.step(copy.deepcopy(model), iter(batches(1, seed=2)), iter(batches(1, seed=3)))
         assert not record.skipped and record.update_norm == expected.update_norm
         assert_identical(reference.state_dict(), copied.state_dict())
+
+
+# ------------------------------------------------------------- 9. an optimizer that holds the DLN
+def test_an_optimizer_that_holds_the_dln_is_refused_when_given_and_when_grown():
+    # before: Teacher(dln, optimizer=opt) accepted an optimizer over the model and the DLN
+    model, loss_fn = student(), dln3()
+    both = torch.optim.SGD([*model.parameters(), *loss_fn.parameters()], lr=0.1)
+    with pytest.raises(ValueError, match=r"optimizer \(SGD\) holds 2 of the DLN's parameters: the teacher alone"):
+        Teacher(loss_fn, optimizer=both)
+    teacher = Teacher(loss_fn, steps=1)
+    with pytest.raises(ValueError, match="holds 2 of the DLN's parameters"):
+        teacher.student_optimizer = both
+    assert teacher.student_optimizer is None
+    own = torch.optim.SGD(model.parameters(), lr=0.1)
+    teacher.student_optimizer = own
+    own.add_param_group({"params": list(loss_fn.parameters())})  # after it was checked
+    before = copy.deepcopy((model.state_dict(), loss_fn.state_dict()))
+    with pytest.raises(ValueError, match="holds 2 of the DLN's parameters"):
+        teacher.step(model, iter(batches(1)), iter(batches(1, seed=1)))
+    assert_identical(before, (model.state_dict(), loss_fn.state_dict()))
+
+
+# ---------------------------------------------------------------------- 11. a compiled student
+def test_a_compiled_student_or_dln_is_a_type_error_saying_to_pass_the_original_module():
+    # before: the round failed after some 18 s of compiling, inside torch (no double backward)
+    model = student()
+    teacher = Teacher(dln3(), steps=1)
+    with pytest.raises(
+        TypeError, match=r"student is a torch.compile'd module.*pass the module it wraps, student\._orig_mod"
+    ):
+        teacher.step(torch.compile(model), iter(batches(1)), iter(batches(1, seed=1)))
+    holder = nn.Sequential(torch.compile(model))
+    with pytest.raises(TypeError, match=r"student\.0 is a torch.compile'd module.*student\.0\._orig_mod"):
+        teacher.step(holder, iter(batches(1)), iter(batches(1, seed=1)))
+    assert teacher.rounds == 0
+    with pytest.raises(TypeError, match="loss_fn is a torch.compile'd module"):
+        Teacher(torch.compile(dln3()))
+    with pytest.raises(TypeError, match="student is a torch.compile'd module"):
+        hypergradient(torch.compile(model), dln3(), batches(1), batches(1)[0], student_lr=0.1)
+    assert not teacher.step(model, iter(batches(1)), iter(batches(1, seed=1))).skipped  # ._orig_mod's own
