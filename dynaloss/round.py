@@ -43,6 +43,7 @@ class RoundOutcome:
         rule: the update rule the student's steps followed (what writes the optimizer's state back).
         inputs_finite: device flags, whether the DLN's inputs stayed finite in stage I and in stage III (``True``
             where the loss did not check on the device).
+        train_weights, val_weights: the sample weights of the round's train batches and of its val batch.
     """
 
     error_before: Tensor
@@ -56,20 +57,30 @@ class RoundOutcome:
     stage_one: StudentState
     rule: UpdateRule
     inputs_finite: list[Tensor] = field(default_factory=list)
+    train_weights: list[Tensor] = field(default_factory=list)
+    val_weights: list[Tensor] = field(default_factory=list)
 
     def first_problem(self, sync: RankMean | None = None) -> str | None:
-        """Why this round must not be committed (a non-finite value), or ``None``.
+        """Why this round must not be committed, or ``None``: a non-finite value, or a zero hypergradient.
+
+        A round whose hypergradient is exactly zero has learned nothing (the student's learning rate is 0, so
+        the unroll did not move it, or the DLN does not reach the validation error): it changes nothing, where
+        the teacher's output at a zero input (the LSTM's, the anchor's pull) would still move the DLN.
 
         With ``sync`` every rank's flags are combined first, so all ranks skip or commit the round together.
         """
         checks = {
-            # in the order things happen, so the first failure names the cause: NaN logits in stage I make
-            # everything after them NaN, and a NaN hypergradient makes stage III's logits NaN
+            # in the order things happen, so the first failure names the cause: NaN weights or logits in stage I
+            # make everything after them NaN, and a NaN hypergradient makes stage III's logits NaN
+            "the sample weights of a train batch contain NaN or Inf values": self.train_weights,
+            "the sample weights of the val batch contain NaN or Inf values": self.val_weights,
             "the DLN's input contains NaN or Inf values (the student's outputs in stage I)": self.inputs_finite[:1],
             "the validation error after stage I or the DLN's hypergradient is not finite": [
                 self.error_before.reshape(1),
                 self.flat_grad,
             ],
+            "the DLN's hypergradient is zero, so the round learned nothing (the student's learning rate is 0, or "
+            "the DLN does not reach the validation error) and changed nothing": [self.flat_grad.ne(0).any()],
             "the DLN's input contains NaN or Inf values (the student's outputs in stage III)": self.inputs_finite[1:],
             "DLN update is not finite": [self.update],
             "validation error after stage III is not finite": [self.error_after],
@@ -196,6 +207,8 @@ def compute_round(
             error_before.new_ones((), dtype=torch.bool) if s.inputs_finite is None else s.inputs_finite
             for s in (stage_one, stage_three)
         ],
+        train_weights=[b.weight for b in (*first, *second) if b.weight is not None],
+        val_weights=[] if val.weight is None else [val.weight],
     )
 
 

@@ -51,7 +51,8 @@ class RoundRecord:
         update_norm: L2 norm of the DLN's change this round.
         student_steps: SGD steps written into the student (``2N`` paper, ``N`` research, 0 lookahead).
         seconds: wall time of the round.
-        skipped: ``True`` when the round had a non-finite value and nothing was changed.
+        skipped: ``True`` when the round had a non-finite value, or learned nothing (a zero hypergradient, as at a
+            learning rate of 0), and nothing was changed; ``reason`` says which.
         rejected: ``True`` when the guard turned the DLN update down (the teacher still learned from it).
         rolled_back: ``True`` when this round's validation error completed a persistent rise and the DLN and
             the teacher were returned to their state at the best point (:class:`dynaloss.rollback.Rollback`).
@@ -77,8 +78,7 @@ class RoundRecord:
 class _Checked:
     """A setting checked on every assignment, not only in the constructor: a round never runs on a bad value.
 
-    (``teacher.student_lr = 0`` would commit rounds with a zero hypergradient, ``teacher.mode = "bogus"`` would
-    fail only after committing one.)
+    (``teacher.mode = "bogus"`` would fail only after committing a round.)
     """
 
     def __init__(self, check: Any) -> None:
@@ -335,8 +335,9 @@ class Teacher:
                 ``TypeError`` before the round.
 
         Returns:
-            A :class:`RoundRecord`. A round with a non-finite value, or one that runs out of memory, is skipped
-            (``record.skipped``, with a logged warning), and nothing changes.
+            A :class:`RoundRecord`. A round with a non-finite value, one that runs out of memory, and one whose
+            hypergradient is zero (it learned nothing: at a learning rate of 0, say) is skipped
+            (``record.skipped``, its ``reason`` saying why, with a logged warning), and nothing changes.
 
         Raises:
             TypeError, ValueError: the iterators or their batches are not what a round needs (too few batches,

@@ -318,3 +318,51 @@ def test_a_compiled_student_or_dln_is_a_type_error_saying_to_pass_the_original_m
     with pytest.raises(TypeError, match="student is a torch.compile'd module"):
         hypergradient(torch.compile(model), dln3(), batches(1), batches(1)[0], student_lr=0.1)
     assert not teacher.step(model, iter(batches(1)), iter(batches(1, seed=1))).skipped  # ._orig_mod's own
+
+
+# ------------------------------------------------------------------- 10. a round that learned nothing
+def _snapshot(model: nn.Module, teacher: Teacher) -> object:
+    return copy.deepcopy((model.state_dict(), teacher.state_dict()))
+
+
+@pytest.mark.parametrize("mode", ["lookahead", "paper", "research"])
+@pytest.mark.parametrize("how", ["student_lr", "optimizer"])
+def test_a_round_at_learning_rate_zero_is_skipped_and_changes_nothing(mode, how):
+    # before: the hypergradient was 0.0 but the LSTM's output at zero input moved the DLN by 4e-3 to 2e-2
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01) if how == "optimizer" else None
+    teacher = Teacher(dln3(), steps=2, mode=mode, optimizer=optimizer)
+    first = teacher.step(model, iter(batches(4)), iter(batches(1, seed=1)))  # memory (and optimizer state)
+    assert not first.skipped, first.reason
+    if how == "student_lr":
+        teacher.student_lr = 0
+    else:  # a schedule's zero, in every param group
+        optimizer.param_groups[0]["lr"] = 0.0
+    before = _snapshot(model, teacher)
+    optimizer_before = None if optimizer is None else copy.deepcopy(optimizer.state_dict())
+    record = teacher.step(model, iter(batches(4, seed=2)), iter(batches(1, seed=3)))
+    assert record.skipped and record.hypergradient_norm == 0.0 and record.update_norm == 0.0
+    assert "hypergradient is zero, so the round learned nothing" in record.reason
+    after = _snapshot(model, teacher)
+    after[1]["rounds"] = before[1]["rounds"]  # the skipped round is counted, as every skipped round
+    assert_identical(before, after)
+    if optimizer is not None:
+        assert_identical(optimizer_before, optimizer.state_dict())
+
+
+# ------------------------------------------------------------------------- 12. NaN sample weights
+@pytest.mark.parametrize("where", ["train", "val"])
+def test_non_finite_sample_weights_are_named_as_the_reason_of_the_skip(where):
+    # before: the reason said the student's outputs were non-finite
+    model, teacher = student(), Teacher(dln3(), steps=1)
+    poisoned = torch.tensor([1.0, float("nan"), 1.0, 1.0, 1.0, 1.0])
+    train = batches(1, weight=poisoned if where == "train" else None)
+    val = batches(1, seed=1, weight=poisoned if where == "val" else None)
+    before = _snapshot(model, teacher)
+    record = teacher.step(model, iter(train), iter(val))
+    assert record.skipped and record.reason.startswith(
+        f"the sample weights of {'a train' if where == 'train' else 'the val'} batch"
+    )
+    after = _snapshot(model, teacher)
+    after[1]["rounds"] = before[1]["rounds"]
+    assert_identical(before, after)
