@@ -366,3 +366,30 @@ def test_non_finite_sample_weights_are_named_as_the_reason_of_the_skip(where):
     after = _snapshot(model, teacher)
     after[1]["rounds"] = before[1]["rounds"]
     assert_identical(before, after)
+
+
+# ------------------------------------------------------------------------------- 13. Ctrl-C on the CLI
+def test_ctrl_c_during_train_says_where_the_checkpoint_is_and_exits_130(tmp_path, capsys, monkeypatch):
+    # before: Python's KeyboardInterrupt traceback and exit status -2
+    from dynaloss.harness.checkpoint import RunCheckpoint
+    from dynaloss.harness.cli import CHECKPOINT, main
+
+    argv = ["train", "--data", "digits", "--unroll", "2", "--total-steps", "12", "--no-progress"]
+    argv += ["--out", str(tmp_path), "--checkpoint-every", "1"]
+    save = RunCheckpoint.after_round
+
+    def interrupted(self, *args, **kwargs):
+        saved = save(self, *args, **kwargs)
+        if self.rounds == 2:
+            raise KeyboardInterrupt  # Ctrl-C after the second round's checkpoint
+        return saved
+
+    monkeypatch.setattr(RunCheckpoint, "after_round", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert f"interrupted; the last checkpoint is {tmp_path / CHECKPOINT}" in err and "--resume" in err
+    monkeypatch.setattr(RunCheckpoint, "after_round", save)
+    assert main([*argv, "--resume"]) == 0
