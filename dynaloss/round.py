@@ -169,7 +169,7 @@ def compute_round(
     flat_phi = torch.cat([p.detach().flatten() for p in phi.values()])
     if memory is None:
         memory = model.initial_memory(flat_phi.numel(), like=flat_phi)
-    direction, new_memory = model(flat_grad, memory)
+    direction, new_memory = _check_teacher_output(model(flat_grad, memory), flat_phi.numel(), model)
     new_flat_phi = flat_phi + dln_lr * direction.to(flat_phi.dtype)
     if anchor is not None and anchor_strength > 0:
         new_flat_phi = new_flat_phi - anchor_strength * (flat_phi - anchor)
@@ -210,6 +210,27 @@ def compute_round(
         train_weights=[b.weight for b in (*first, *second) if b.weight is not None],
         val_weights=[] if val.weight is None else [val.weight],
     )
+
+
+def _check_teacher_output(output: object, coordinates: int, model: TeacherModel) -> tuple[Tensor, Memory]:
+    """``(direction, memory)`` from ``model``'s forward, or ``TypeError``/``ValueError`` naming what is wrong.
+
+    A direction of another shape would broadcast: a scalar moves every DLN coordinate by the same amount.
+    """
+    name = f"the teacher model ({type(model).__name__})"
+    if not isinstance(output, tuple) or len(output) != 2:
+        raise TypeError(f"{name} must return (direction, memory), got {type(output).__name__}")
+    direction, memory = output
+    if not isinstance(direction, Tensor) or not direction.is_floating_point() or direction.shape != (coordinates,):
+        is_tensor = isinstance(direction, Tensor)
+        got = f"shape {tuple(direction.shape)} of {direction.dtype}" if is_tensor else type(direction).__name__
+        raise ValueError(
+            f"{name} must return a floating-point direction of shape ({coordinates},), one entry per DLN "
+            f"coordinate, got {got}"
+        )
+    if not isinstance(memory, (tuple, list)) or not all(isinstance(m, Tensor) for m in memory):
+        raise TypeError(f"{name} must return its memory as a tuple of tensors, got {type(memory).__name__}")
+    return direction, tuple(memory)
 
 
 def _all_finite(tensor: Tensor) -> Tensor:

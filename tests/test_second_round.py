@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from test_bad_input import assert_identical
 from torch import nn
 
-from dynaloss import MultiPartDLN, OptimizerTeacher, PairwiseDLN, Teacher, hypergradient
+from dynaloss import MultiPartDLN, OptimizerTeacher, PairwiseDLN, Teacher, TeacherModel, hypergradient
 from dynaloss import functional as DF
+from dynaloss.rollback import Rollback
 
 
 def dln3(**kwargs: object) -> PairwiseDLN:
@@ -393,3 +394,46 @@ def test_ctrl_c_during_train_says_where_the_checkpoint_is_and_exits_130(tmp_path
     assert f"interrupted; the last checkpoint is {tmp_path / CHECKPOINT}" in err and "--resume" in err
     monkeypatch.setattr(RunCheckpoint, "after_round", save)
     assert main([*argv, "--resume"]) == 0
+
+
+# ------------------------------------------------------------------- class level: states and callables
+def test_a_rollback_state_of_other_settings_is_refused():
+    # found by the class-level review: a window-5 state loaded into a window-3 watch was silently truncated
+    saved = Rollback(window=5)
+    for error in (1.0, 0.9, 0.8):
+        saved.observe(error, None)
+    with pytest.raises(ValueError, match=r"Rollback with \{'window': 5.*this one has \{'window': 3"):
+        Rollback(window=3).load_state_dict(saved.state_dict())
+    legacy = {k: v for k, v in saved.state_dict().items() if k not in ("window", "rise", "slowdown")}
+    Rollback(window=5).load_state_dict(legacy)  # states from before the record load as they did
+
+
+class _ScalarTeacher(TeacherModel):
+    """A custom teacher model that returns one number for every coordinate."""
+
+    def initial_memory(self, num_coordinates, *, like):
+        return (like.new_zeros(()),)
+
+    def forward(self, grad, memory):
+        return -grad.sign().mean(), memory
+
+
+def test_a_teacher_model_returning_a_direction_of_another_shape_is_refused_and_changes_nothing():
+    # found by the class-level review: a scalar direction broadcast, moving every DLN coordinate alike
+    model, teacher = student(), Teacher(dln3(), teacher=_ScalarTeacher(), steps=1)
+    before = _snapshot(model, teacher)
+    with pytest.raises(
+        ValueError, match=r"teacher model \(_ScalarTeacher\) must return .* shape \(\d+,\).*got shape \(\)"
+    ):
+        teacher.step(model, iter(batches(1)), iter(batches(1, seed=1)))
+    assert_identical(before, _snapshot(model, teacher))
+
+
+def test_a_float64_student_is_taught_by_the_float32_dln_in_float64():
+    model = student().double()
+    teacher = Teacher(dln3(), steps=2)
+    train = [(x.double(), y) for x, y in batches(2)]
+    val = [(x.double(), y) for x, y in batches(1, seed=1)]
+    record = teacher.step(model, iter(train), iter(val))
+    assert not record.skipped, record.reason
+    assert all(p.dtype == torch.float32 for p in teacher.loss_fn.parameters())
