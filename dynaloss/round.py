@@ -69,11 +69,13 @@ class RoundOutcome:
 
         With ``sync`` every rank's flags are combined first, so all ranks skip or commit the round together.
         """
+        # a flag for the weights whether or not a batch has any: every rank combines as many flags
+        none = [self.error_before.new_ones((), dtype=torch.bool)]
         checks = {
             # in the order things happen, so the first failure names the cause: NaN weights or logits in stage I
             # make everything after them NaN, and a NaN hypergradient makes stage III's logits NaN
-            "the sample weights of a train batch contain NaN or Inf values": self.train_weights,
-            "the sample weights of the val batch contain NaN or Inf values": self.val_weights,
+            "the sample weights of a train batch contain NaN or Inf values": self.train_weights or none,
+            "the sample weights of the val batch contain NaN or Inf values": self.val_weights or none,
             "the DLN's input contains NaN or Inf values (the student's outputs in stage I)": self.inputs_finite[:1],
             "the validation error after stage I or the DLN's hypergradient is not finite": [
                 self.error_before.reshape(1),
