@@ -74,11 +74,12 @@ def check_positive_float(value: object, name: str) -> float:
 
 
 def check_loss_value(value: object, name: str, outputs: object) -> Tensor:
-    """Raise unless ``value``, returned by the user's ``name``, is a 0-d floating tensor differentiable in the
-    student's ``outputs``: ``TypeError``/``ValueError`` naming ``name``, instead of torch's error in the round."""
+    """``value``, returned by the user's ``name``, as a 0-d tensor; ``TypeError``/``ValueError`` naming ``name``
+    (instead of torch's error inside the round) unless it is a floating tensor of one element differentiable in
+    the student's ``outputs``."""
     if not isinstance(value, Tensor):
         raise TypeError(f"{name} must return a 0-d floating-point tensor, got {type(value).__name__}")
-    if not value.is_floating_point() or value.dim() != 0:
+    if not value.is_floating_point() or value.numel() != 1:
         raise ValueError(
             f"{name} must return a 0-d floating-point tensor (a scalar: reduce it, e.g. .mean()), "
             f"got a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
@@ -89,7 +90,7 @@ def check_loss_value(value: object, name: str, outputs: object) -> Tensor:
             f"{name} returned a tensor that does not depend on the student's outputs (no grad_fn): compute it "
             "from them with torch operations (not through .item(), .detach() or numpy)"
         )
-    return value
+    return value.reshape(())
 
 
 def check_not_compiled(module: nn.Module, name: str) -> None:

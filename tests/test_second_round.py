@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import pickle
 
 import pytest
@@ -437,3 +438,9 @@ def test_a_float64_student_is_taught_by_the_float32_dln_in_float64():
     record = teacher.step(model, iter(train), iter(val))
     assert not record.skipped, record.reason
     assert all(p.dtype == torch.float32 for p in teacher.loss_fn.parameters())
+
+
+def test_a_val_loss_of_one_element_is_taken_as_the_scalar_it_is():
+    model, teacher = student(), Teacher(dln3(), steps=1, val_loss=lambda o, y: F.cross_entropy(o, y).reshape(1, 1))
+    record = teacher.step(model, iter(batches(1)), iter(batches(1, seed=1)))
+    assert not record.skipped and math.isfinite(record.val_error_before)
