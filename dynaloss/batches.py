@@ -20,7 +20,11 @@ class Batch(NamedTuple):
 
 
 def as_batch(item: object, name: str, device: torch.device) -> Batch:
-    """Turn ``(x, y)`` or ``(x, y, w)`` into a :class:`Batch` on ``device``, or raise naming what is wrong."""
+    """Turn ``(x, y)`` or ``(x, y, w)`` into a :class:`Batch` on ``device``, or raise naming what is wrong.
+
+    ``w`` must be floating-point: an integer or boolean third element raises ``TypeError`` (it is most often
+    a loader's sample index, which as weights would silently give sample 0 the weight 0).
+    """
     if isinstance(item, Batch):
         parts = tuple(item)
     elif isinstance(item, (tuple, list)) and len(item) in (2, 3):
@@ -40,6 +44,12 @@ def as_batch(item: object, name: str, device: torch.device) -> Batch:
         raise ValueError(f"{name} yielded an empty batch (inputs of shape {tuple(inputs.shape)})")
     if targets.dim() == 0 or targets.shape[0] != inputs.shape[0]:
         raise ValueError(f"{name} yielded {inputs.shape[0]} inputs but targets of shape {tuple(targets.shape)}")
+    if weight is not None and not weight.is_floating_point():
+        raise TypeError(
+            f"{name} yielded a third element of dtype {weight.dtype}: it must be floating-point per-sample weights "
+            "of the targets' shape (the paper's w); a loader that yields (inputs, targets, index) must drop the "
+            "index, e.g. ((x, y) for x, y, _ in loader)"
+        )
     if weight is not None and weight.shape != targets.shape:
         raise ValueError(
             f"{name} yielded weight of shape {tuple(weight.shape)}, expected the targets' {tuple(targets.shape)}"

@@ -193,9 +193,14 @@ def pairwise_mean_loss(
         features: ``'sigmoid'`` | ``'softmax'``, as above (default: ``'sigmoid'``).
 
     Returns:
-        ``(M,)``.
+        ``(M,)``, computed in the wider of the logits' and the matrices' dtypes (float64 logits with float32
+        matrices: float64, as ``F.cross_entropy`` computes in its input's; half-precision logits: the
+        matrices' float32).
     """
     num_classes = logits.shape[-1]
+    dtype = torch.promote_types(logits.dtype, layers[0].dtype)
+    if layers[0].dtype != dtype:
+        layers = [matrix.to(dtype) for matrix in layers]  # differentiable: a teacher's hypergradient passes
     first = layers[0]
     if features == "softmax":
         # in the weights' dtype before the softmax: half-precision log-probabilities would be coarse
@@ -230,16 +235,23 @@ def pairwise_row_loss(
 
 
 def reduce_loss(per_element: Tensor, element_weight: Tensor, normaliser: Tensor, reduction: str) -> Tensor:
-    """Apply ``reduction`` the way :class:`torch.nn.CrossEntropyLoss` does.
+    """Apply ``reduction`` the way :class:`torch.nn.CrossEntropyLoss` does, but for nothing counted.
 
     ``'mean'`` divides the weighted sum by ``normaliser`` (the summed class weights of the counted
-    elements), so per-sample weights rescale the loss and class weights give a weighted mean.
+    elements), so per-sample weights rescale the loss and class weights give a weighted mean. Where nothing
+    counts (``normaliser`` is 0: every target ``ignore_index``, e.g. an all-"void" crop, or every counted
+    class of weight 0) the mean is ``0`` and its gradient zero, where ``nn.CrossEntropyLoss`` returns NaN
+    (with zero gradients): a batch with nothing to learn from leaves the model as it is, and neither the
+    loss's value nor a ``loss.backward()`` carries a NaN into a model, an optimizer or a log.
     """
     weighted = per_element * element_weight
     if reduction == "none":
         return weighted
     total = weighted.sum()
-    return total if reduction == "sum" else total / normaliser
+    if reduction == "sum":
+        return total
+    # on the device, no read-back: the sum is 0 (an exact 0 times each element) wherever the normaliser is
+    return total / torch.where(normaliser > 0, normaliser, torch.ones_like(normaliser))
 
 
 def _subsample_pixels(valid: Tensor, max_pixels: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
@@ -307,7 +319,8 @@ def pairwise_dln_loss(
             that (the authors' code) (default: ``'wrong'``).
 
     Returns:
-        A scalar, or the target's shape with ``reduction='none'`` (0 where ignored).
+        A scalar, or the target's shape with ``reduction='none'`` (0 where ignored). The ``'mean'`` of a
+        batch in which nothing counts is 0, with zero gradients (:func:`reduce_loss`).
     """
     num_classes = logits.shape[1]
     target_shape = target.shape
@@ -319,9 +332,11 @@ def pairwise_dln_loss(
     valid = flat_target != ignore_index
     flat_weight = None if sample_weight is None else sample_weight.reshape(batch, -1)
     safe_target = flat_target.masked_fill(~valid, 0)
-    class_w = valid.to(logits.dtype)
+    # counted in float32 at least: a half-precision sum of the counts rounds (2,178 pixels sum to 2,176 in bf16)
+    count_dtype = torch.promote_types(logits.dtype, torch.float32)
+    class_w = valid.to(count_dtype)
     if class_weight is not None:
-        class_w = class_w * class_weight.to(logits.dtype)[safe_target]
+        class_w = class_w * class_weight.to(count_dtype)[safe_target]
     normaliser = class_w.sum()
 
     scale = None

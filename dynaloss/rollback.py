@@ -85,8 +85,13 @@ class Rollback:
         self.best = math.inf
         return self.best_state
 
+    def settings(self) -> dict[str, Any]:
+        """What this watch was made with: its state records it, and a state of other settings is refused."""
+        return {"window": self.window, "rise": self.rise, "slowdown": self.slowdown}
+
     def state_dict(self) -> dict[str, Any]:
         return {
+            **self.settings(),
             "recent": list(self.recent),
             "best": self.best,
             "best_state": self.best_state,
@@ -100,6 +105,10 @@ class Rollback:
                 "rollback state must be Rollback.state_dict()'s output (keys 'recent', 'best', 'count', "
                 f"'best_state'), got {state!r:.200}"
             )
+        mine = self.settings()
+        theirs = {**mine, **{key: state[key] for key in mine if key in state}}  # states from before the record
+        if theirs != mine:
+            raise ValueError(f"rollback state is of a Rollback with {theirs}, this one has {mine}")
         recent, best, count = state["recent"], state["best"], state["count"]
         if not isinstance(recent, list) or not all(
             isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], (int, float)) for item in recent

@@ -44,6 +44,7 @@ class RoundOutcome:
         rule: the update rule the student's steps followed (what writes the optimizer's state back).
         inputs_finite: device flags, whether the DLN's inputs stayed finite in stage I and in stage III (``True``
             where the loss did not check on the device).
+        train_weights, val_weights: the sample weights of the round's train batches and of its val batch.
     """
 
     error_before: Tensor
@@ -57,20 +58,32 @@ class RoundOutcome:
     stage_one: StudentState
     rule: UpdateRule
     inputs_finite: list[Tensor] = field(default_factory=list)
+    train_weights: list[Tensor] = field(default_factory=list)
+    val_weights: list[Tensor] = field(default_factory=list)
 
     def first_problem(self, sync: RankMean | None = None) -> str | None:
-        """Why this round must not be committed (a non-finite value), or ``None``.
+        """Why this round must not be committed, or ``None``: a non-finite value, or a zero hypergradient.
+
+        A round whose hypergradient is exactly zero has learned nothing (the student's learning rate is 0, so
+        the unroll did not move it, or the DLN does not reach the validation error): it changes nothing, where
+        the teacher's output at a zero input (the LSTM's, the anchor's pull) would still move the DLN.
 
         With ``sync`` every rank's flags are combined first, so all ranks skip or commit the round together.
         """
+        # a flag for the weights whether or not a batch has any: every rank combines as many flags
+        none = [self.error_before.new_ones((), dtype=torch.bool)]
         checks = {
-            # in the order things happen, so the first failure names the cause: NaN logits in stage I make
-            # everything after them NaN, and a NaN hypergradient makes stage III's logits NaN
+            # in the order things happen, so the first failure names the cause: NaN weights or logits in stage I
+            # make everything after them NaN, and a NaN hypergradient makes stage III's logits NaN
+            "the sample weights of a train batch contain NaN or Inf values": self.train_weights or none,
+            "the sample weights of the val batch contain NaN or Inf values": self.val_weights or none,
             "the DLN's input contains NaN or Inf values (the student's outputs in stage I)": self.inputs_finite[:1],
             "the validation error after stage I or the DLN's hypergradient is not finite": [
                 self.error_before.reshape(1),
                 self.flat_grad,
             ],
+            "the DLN's hypergradient is zero, so the round learned nothing (the student's learning rate is 0, or "
+            "the DLN does not reach the validation error) and changed nothing": [self.flat_grad.ne(0).any()],
             "the DLN's input contains NaN or Inf values (the student's outputs in stage III)": self.inputs_finite[1:],
             "DLN update is not finite": [self.update],
             "validation error after stage III is not finite": [] if self.error_after is None else [self.error_after],
@@ -163,7 +176,7 @@ def compute_round(
     flat_phi = torch.cat([p.detach().flatten() for p in phi.values()])
     if memory is None:
         memory = model.initial_memory(flat_phi.numel(), like=flat_phi)
-    direction, new_memory = model(flat_grad, memory)
+    direction, new_memory = _check_teacher_output(model(flat_grad, memory), flat_phi.numel(), model)
     new_flat_phi = flat_phi + dln_lr * direction.to(flat_phi.dtype)
     if anchor is not None and anchor_strength > 0:
         new_flat_phi = new_flat_phi - anchor_strength * (flat_phi - anchor)
@@ -227,7 +240,30 @@ def compute_round(
             error_before.new_ones((), dtype=torch.bool) if s.inputs_finite is None else s.inputs_finite
             for s in (stage_one, stage_three)
         ],
+        train_weights=[b.weight for b in (*first, *second) if b.weight is not None],
+        val_weights=[] if val.weight is None else [val.weight],
     )
+
+
+def _check_teacher_output(output: object, coordinates: int, model: TeacherModel) -> tuple[Tensor, Memory]:
+    """``(direction, memory)`` from ``model``'s forward, or ``TypeError``/``ValueError`` naming what is wrong.
+
+    A direction of another shape would broadcast: a scalar moves every DLN coordinate by the same amount.
+    """
+    name = f"the teacher model ({type(model).__name__})"
+    if not isinstance(output, tuple) or len(output) != 2:
+        raise TypeError(f"{name} must return (direction, memory), got {type(output).__name__}")
+    direction, memory = output
+    if not isinstance(direction, Tensor) or not direction.is_floating_point() or direction.shape != (coordinates,):
+        is_tensor = isinstance(direction, Tensor)
+        got = f"shape {tuple(direction.shape)} of {direction.dtype}" if is_tensor else type(direction).__name__
+        raise ValueError(
+            f"{name} must return a floating-point direction of shape ({coordinates},), one entry per DLN "
+            f"coordinate, got {got}"
+        )
+    if not isinstance(memory, (tuple, list)) or not all(isinstance(m, Tensor) for m in memory):
+        raise TypeError(f"{name} must return its memory as a tuple of tensors, got {type(memory).__name__}")
+    return direction, tuple(memory)
 
 
 def _all_finite(tensor: Tensor) -> Tensor:

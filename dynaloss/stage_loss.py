@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from dynaloss._checks import check_loss_value
 from dynaloss.batches import Batch
 
 __all__ = ["StageLoss", "StagedLoss", "StageLossFn"]
@@ -60,10 +61,15 @@ class StageLoss:
             self._staged = loss_fn.stage_loss(self.loss_params, [batch.targets for batch in batches])
 
     def __call__(self, outputs: Tensor, batch: Batch) -> Tensor:
+        """The loss of ``outputs`` on ``batch``; ``ValueError``/``TypeError`` unless it is a 0-d floating tensor
+        (a ``reduction='none'`` loss, say, which a step cannot differentiate)."""
         extra = {} if batch.weight is None else {"weight": batch.weight}
         if self._staged is None:
-            return functional_call(self.loss_fn, self.loss_params, (outputs, batch.targets), extra)
-        loss = self._staged(outputs, batch.targets, **extra)
+            value = functional_call(self.loss_fn, self.loss_params, (outputs, batch.targets), extra)
+            return check_loss_value(value, f"loss_fn ({type(self.loss_fn).__name__})", outputs)
+        loss = check_loss_value(
+            self._staged(outputs, batch.targets, **extra), f"loss_fn ({type(self.loss_fn).__name__})", outputs
+        )
         tensors = [outputs] if isinstance(outputs, Tensor) else [t for t in outputs if isinstance(t, Tensor)]
         finite = torch.stack([torch.isfinite(t).all() for t in [*tensors, *extra.values()]]).all()
         self.inputs_finite = finite if self.inputs_finite is None else self.inputs_finite & finite

@@ -14,7 +14,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dynaloss._checks import NonFiniteError, check_positive_float, check_positive_int
+from dynaloss._checks import (
+    NonFiniteError,
+    check_not_compiled,
+    check_optimizer_excludes,
+    check_positive_float,
+    check_positive_int,
+)
 from dynaloss._state import check_finite_state, check_state_dict
 from dynaloss.batches import Batch, draw_batches
 from dynaloss.distributed import RankMean, unwrap_data_parallel
@@ -23,7 +29,7 @@ from dynaloss.round import RoundOutcome, compute_round
 from dynaloss.settings import DEFAULT_TEACHER, MODES, Mode, TeacherKind
 from dynaloss.teachers import TeacherModel, make_teacher_model
 from dynaloss.teachers.base import Memory
-from dynaloss.unroll import StudentState, ValLoss, default_val_loss, dln_parameters
+from dynaloss.unroll import StudentState, ValLoss, check_val_loss_takes_weight, default_val_loss, dln_parameters
 from dynaloss.update_rules import OptimizerRule, check_optimizer, write_optimizer_state
 
 __all__ = ["MODES", "RoundRecord", "Teacher", "teaching_defaults"]
@@ -47,7 +53,8 @@ class RoundRecord:
         update_norm: L2 norm of the DLN's change this round.
         student_steps: SGD steps written into the student (``2N`` paper, ``N`` research, 0 lookahead).
         seconds: wall time of the round.
-        skipped: ``True`` when the round had a non-finite value and nothing was changed.
+        skipped: ``True`` when the round had a non-finite value, or learned nothing (a zero hypergradient, as at a
+            learning rate of 0), and nothing was changed; ``reason`` says which.
         rejected: ``True`` when the guard turned the DLN update down (the teacher still learned from it).
         rolled_back: ``True`` when this round's validation error completed a persistent rise and the DLN and
             the teacher were returned to their state at the best point (:class:`dynaloss.rollback.Rollback`).
@@ -91,8 +98,7 @@ def teaching_defaults(loss_fn: nn.Module) -> dict[str, Any]:
 class _Checked:
     """A setting checked on every assignment, not only in the constructor: a round never runs on a bad value.
 
-    (``teacher.student_lr = 0`` would commit rounds with a zero hypergradient, ``teacher.mode = "bogus"`` would
-    fail only after committing one.)
+    (``teacher.mode = "bogus"`` would fail only after committing a round.)
     """
 
     def __init__(self, check: Any) -> None:
@@ -184,7 +190,8 @@ class Teacher:
     weights and buffers into the student: the only writes into modules it makes.
 
     Args:
-        loss_fn: the DLN the student trains with (e.g. :class:`dynaloss.PairwiseDLN`); updated in place.
+        loss_fn: the DLN the student trains with (e.g. :class:`dynaloss.PairwiseDLN`); updated in place. It
+            must return a scalar (one with ``reduction='none'`` raises ``ValueError``).
         teacher: ``'lstm'`` (the paper's), ``'adam'``, ``'sgd'``, ``'rmsprop'`` or a
             :class:`dynaloss.teachers.TeacherModel` (default: the loss's :func:`teaching_defaults`: ``'lstm'``,
             ``'adam'`` for a :class:`dynaloss.ClassAwareDLN`).
@@ -195,7 +202,8 @@ class Teacher:
             state and each param group's current learning rate, so a scheduler is followed without syncing
             anything; a committed ``'paper'``/``'research'`` round also writes its state, as that many
             ``optimizer.step()`` calls would. ``None``: plain SGD at ``student_lr`` (the paper's student).
-            Any other optimizer raises ``TypeError`` (default: ``None``).
+            Any other optimizer raises ``TypeError``, and one that holds the DLN's parameters ``ValueError`` (the
+            teacher alone updates the DLN) (default: ``None``).
         student_lr: ``eta``, the student's SGD learning rate in the unroll when there is no ``optimizer``
             (default: ``0.1``).
         dln_lr: ``gamma``, the scale of the teacher's update of the DLN (default: the loss's
@@ -209,8 +217,11 @@ class Teacher:
             ``'research'``: as the authors' code, both stages start from the same weights on the same
             batches, and the student keeps the second stage's ``N`` steps (BatchNorm statistics included,
             which the authors' code leaves unchanged; docs/modes.md lists every difference).
-        val_loss: validation error ``f(outputs, targets)`` (default: cross-entropy, with the DLN's
-            ``ignore_index``).
+        val_loss: validation error ``f(outputs, targets)``, or ``f(outputs, targets, weight)`` for weighted
+            validation batches; it must return a 0-d floating tensor computed from ``outputs`` (anything else
+            raises ``TypeError``/``ValueError`` naming ``val_loss`` on the first round) (default:
+            cross-entropy with the DLN's ``ignore_index``, :class:`~dynaloss.unroll.CrossEntropyValLoss`, a
+            weighted mean on weighted batches).
         anchor: the share of the DLN's distance to where teaching started that every round removes,
             ``phi' = phi + dln_lr * T(grad) - anchor * (phi - phi_start)``: a trust region that keeps the
             taught loss within ``dln_lr / anchor`` per coordinate of the (warm-started) loss it began as.
@@ -287,6 +298,12 @@ class Teacher:
     ) -> None:
         if not isinstance(loss_fn, nn.Module):
             raise TypeError(f"loss_fn must be a torch.nn.Module, got {type(loss_fn).__name__}")
+        if getattr(loss_fn, "reduction", None) == "none":
+            raise ValueError(
+                f"loss_fn ({type(loss_fn).__name__}) has reduction='none': each unrolled step differentiates one "
+                "scalar loss, so build the DLN the teacher teaches with reduction='mean' or 'sum'"
+            )
+        check_not_compiled(loss_fn, "loss_fn")
         dln_parameters(loss_fn)  # raises if there is nothing to teach
         # the settings that depend on how the loss is parameterised come from the loss, when it says
         defaults = teaching_defaults(loss_fn)
@@ -329,21 +346,28 @@ class Teacher:
 
     @student_optimizer.setter
     def student_optimizer(self, optimizer: torch.optim.Optimizer | None) -> None:
-        self._student_optimizer = None if optimizer is None else check_optimizer(optimizer)
+        if optimizer is not None:
+            check_optimizer_excludes(check_optimizer(optimizer), self.loss_fn)
+        self._student_optimizer = optimizer
 
     # ----------------------------------------------------------------------------------------------- round
     def step(self, student: nn.Module, train_iter: Iterator[Any], val_iter: Iterator[Any]) -> RoundRecord:
         """Run one round of Algorithm 1 and commit it if every quantity in it is finite.
 
         Args:
-            student: the model being trained; on the device the round runs on.
+            student: the model being trained; on the device the round runs on. Not a ``torch.compile``'d
+                module (nor one holding one: ``TypeError``): pass the module it wraps, ``model._orig_mod``.
             train_iter: iterator of ``(x, y)`` or ``(x, y, w)`` training batches; a round takes ``2N``
                 (``'paper'``) or ``N`` of them.
-            val_iter: iterator of ``(x, y)`` validation batches; a round takes one.
+            val_iter: iterator of ``(x, y)`` or ``(x, y, w)`` validation batches; a round takes one. A weighted
+                batch's ``w`` goes to ``val_loss`` as its third argument: the default's validation error is
+                then the weighted mean ``sum(w * ce) / sum(w)``; a ``val_loss`` that takes no weight raises
+                ``TypeError`` before the round.
 
         Returns:
-            A :class:`RoundRecord`. A round with a non-finite value, or one that runs out of memory, is skipped
-            (``record.skipped``, with a logged warning), and nothing changes.
+            A :class:`RoundRecord`. A round with a non-finite value, one that runs out of memory, and one whose
+            hypergradient is zero (it learned nothing: at a learning rate of 0, say) is skipped
+            (``record.skipped``, its ``reason`` saying why, with a logged warning), and nothing changes.
 
         Raises:
             TypeError, ValueError: the iterators or their batches are not what a round needs (too few batches,
@@ -376,6 +400,9 @@ class Teacher:
                 "process_group=torch.distributed.group.WORLD so the unrolled steps average over the ranks"
             )
         student = unwrap_data_parallel(student)
+        check_not_compiled(student, "student")
+        if self.student_optimizer is not None:  # param groups may have been added since it was assigned
+            check_optimizer_excludes(self.student_optimizer, self.loss_fn)
         started = time.perf_counter()
         device = _device_of(student)
         self._move_to(device)
@@ -486,6 +513,8 @@ class Teacher:
             first = draw_batches(train_iter, self.steps, "train_iter", device)
             second = draw_batches(train_iter, self.steps, "train_iter", device) if self.mode == "paper" else first
             (val,) = draw_batches(val_iter, 1, "val_iter", device)
+            if val.weight is not None:
+                check_val_loss_takes_weight(self.val_loss, "val_iter")
         except (TypeError, ValueError):
             # the other ranks are about to enter the round's collectives: tell them, so none waits forever
             if self.sync is not None:
@@ -747,7 +776,7 @@ def _batch_problem(
                 outputs = torch.func.functional_call(student, state, (batch.inputs,))
             except (RuntimeError, IndexError, TypeError, ValueError) as error:
                 return f"the student's forward raised on {label}: {error}"
-            extra = () if batch.weight is None or loss is teacher.val_loss else (batch.weight,)
+            extra = () if batch.weight is None else (batch.weight,)
             try:
                 loss(outputs, batch.targets, *extra)
             except (RuntimeError, IndexError, TypeError, ValueError) as error:

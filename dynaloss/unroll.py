@@ -7,6 +7,7 @@ copies; frozen parameters (``requires_grad=False``) take part in the forward but
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from functools import partial
@@ -17,13 +18,16 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from dynaloss._checks import check_loss_value, check_not_compiled
 from dynaloss._deprecation import renamed_keywords
 from dynaloss.batches import Batch, as_batch
 from dynaloss.stage_loss import StageLoss
 from dynaloss.update_rules import PlainSGD, SlotState, UpdateRule, optimizer_rule
 
 __all__ = [
+    "CrossEntropyValLoss",
     "StudentState",
+    "check_val_loss_takes_weight",
     "default_val_loss",
     "dln_parameters",
     "grads_or_zeros",
@@ -35,7 +39,8 @@ __all__ = [
 ]
 
 Params = dict[str, Tensor]
-ValLoss = Callable[[Tensor, Tensor], Tensor]
+ValLoss = Callable[..., Tensor]
+"""``val_loss(outputs, targets)``, or ``val_loss(outputs, targets, weight)`` for weighted validation batches."""
 GradMean = Callable[[Sequence[Tensor]], list[Tensor]]
 
 
@@ -91,10 +96,54 @@ def dln_parameters(loss_fn: nn.Module) -> Params:
     return params
 
 
+class CrossEntropyValLoss:
+    """Cross-entropy that ignores ``ignore_index``: the default validation error (a class, so it pickles).
+
+    ``loss(outputs, targets)`` is ``F.cross_entropy``; ``loss(outputs, targets, weight)``, for a weighted
+    validation batch ``(x, y, w)``, the weighted mean ``sum(w * ce) / sum(w)`` over the counted elements.
+    """
+
+    def __init__(self, ignore_index: int = -100) -> None:
+        self.ignore_index = ignore_index
+
+    def __call__(self, outputs: Tensor, targets: Tensor, weight: Tensor | None = None) -> Tensor:
+        if weight is None:
+            return F.cross_entropy(outputs, targets, ignore_index=self.ignore_index)
+        per_sample = F.cross_entropy(outputs, targets, ignore_index=self.ignore_index, reduction="none")
+        counted = weight * (targets != self.ignore_index)
+        return (per_sample * counted).sum() / counted.sum()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CrossEntropyValLoss) and other.ignore_index == self.ignore_index
+
+    def __hash__(self) -> int:
+        return hash((CrossEntropyValLoss, self.ignore_index))
+
+    def __repr__(self) -> str:
+        return f"CrossEntropyValLoss(ignore_index={self.ignore_index})"
+
+
 def default_val_loss(loss_fn: nn.Module) -> ValLoss:
     """Cross-entropy that ignores what the DLN ignores: the validation error of classification."""
-    ignore_index = getattr(loss_fn, "ignore_index", -100)
-    return lambda outputs, targets: F.cross_entropy(outputs, targets, ignore_index=ignore_index)
+    return CrossEntropyValLoss(getattr(loss_fn, "ignore_index", -100))
+
+
+def check_val_loss_takes_weight(val_loss: Callable[..., Tensor], name: str) -> None:
+    """Raise ``TypeError`` unless ``val_loss`` can be called as ``val_loss(outputs, targets, weight)``.
+
+    A weighted validation batch ``(x, y, w)`` hands its weights to ``val_loss``; one that takes two arguments
+    would drop them (or fail inside the round), so it is refused before the round starts.
+    """
+    try:
+        inspect.signature(val_loss).bind(None, None, None)
+    except ValueError:  # no signature to read (a builtin): let the call decide
+        return
+    except TypeError:
+        raise TypeError(
+            f"{name} yielded a weighted batch (inputs, targets, weight) but val_loss takes no weight: pass a "
+            "val_loss(outputs, targets, weight) that uses it (the default does: a weighted mean), or yield "
+            "(inputs, targets)"
+        ) from None
 
 
 def grads_or_zeros(output: Tensor, inputs: Sequence[Tensor]) -> tuple[Tensor, ...]:
@@ -216,9 +265,16 @@ def _step(
 
 
 def validation_error(student: nn.Module, state: StudentState, batch: Batch, val_loss: ValLoss) -> Tensor:
-    """``val_loss(S(x_val), y_val)`` at ``state``; buffer updates of this forward are thrown away."""
+    """``val_loss(S(x_val), y_val)`` (``val_loss(S(x_val), y_val, w_val)`` for a weighted batch) at ``state``;
+    buffer updates of this forward are thrown away.
+
+    Raises:
+        TypeError, ValueError: ``val_loss`` returned something other than a differentiable 0-d tensor.
+    """
     buffers = {n: b.clone() for n, b in state.buffers.items()}
-    return val_loss(functional_call(student, (state.params, buffers), (batch.inputs,)), batch.targets)
+    outputs = functional_call(student, (state.params, buffers), (batch.inputs,))
+    extra = () if batch.weight is None else (batch.weight,)
+    return check_loss_value(val_loss(outputs, batch.targets, *extra), "val_loss", outputs)
 
 
 @renamed_keywords(lr="student_lr")
@@ -242,7 +298,8 @@ def hypergradient(
         student: any module whose forward is a function of its parameters, buffers and inputs.
         loss_fn: the DLN (any module whose learnable parameters define the loss).
         train_batches: ``(x, y)`` or ``(x, y, w)`` batches, one per step.
-        val_batch: ``(x, y)``.
+        val_batch: ``(x, y)``, or ``(x, y, w)``, whose weights go to ``val_loss`` as its third argument (the
+            default's: a weighted mean).
         student_lr: the student's learning rate, for plain SGD steps (give this or ``optimizer``; ``lr=`` is
             its deprecated name).
         optimizer: the student's ``torch.optim`` SGD, Adam or AdamW: the steps are its steps, from its
@@ -253,6 +310,8 @@ def hypergradient(
     """
     if not isinstance(student, nn.Module) or not isinstance(loss_fn, nn.Module):
         raise TypeError("student and loss_fn must be torch.nn.Module instances")
+    check_not_compiled(student, "student")
+    check_not_compiled(loss_fn, "loss_fn")
     if (student_lr is None) == (optimizer is None):
         raise ValueError("pass exactly one of student_lr (plain SGD steps) and optimizer (its own update rule)")
     if not train_batches:
@@ -260,10 +319,13 @@ def hypergradient(
     device = next(student.parameters()).device
     train = [as_batch(b, "train_batches", device) for b in train_batches]
     val = as_batch(val_batch, "val_batch", device)
+    val_loss = val_loss or default_val_loss(loss_fn)
+    if val.weight is not None:
+        check_val_loss_takes_weight(val_loss, "val_batch")
     phi = dln_parameters(loss_fn)
     start, rule = start_of_unroll(student, optimizer, student_lr)
     end = unroll(student, start, loss_fn, phi, train, rule=rule)
-    error = validation_error(student, end, val, val_loss or default_val_loss(loss_fn))
+    error = validation_error(student, end, val, val_loss)
     return dict(zip(phi, grads_or_zeros(error, list(phi.values()))))
 
 

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from dynaloss import RoundRecord, Teacher
-from dynaloss._checks import check_positive_int
+from dynaloss._checks import check_optimizer_excludes, check_positive_int
 from dynaloss.integrations.teaching import forever
 
 try:
@@ -105,14 +105,8 @@ class TeacherCallback(pl.Callback):
                 f"{len(trainer.optimizers)}"
             )
         optimizer = trainer.optimizers[0]
-        dln = {id(p) for p in self.teacher.loss_fn.parameters()}
-        held = sum(id(p) in dln for group in optimizer.param_groups for p in group["params"])
-        if held:
-            raise ValueError(
-                f"the student's optimizer ({type(optimizer).__name__}) holds {held} of the DLN's parameters: the "
-                "teacher alone updates the DLN (an optimizer step on it trains the loss to be small). Build it in "
-                "configure_optimizers from the student's parameters, not self.parameters()"
-            )
+        advice = "build it in configure_optimizers from the student's parameters, not self.parameters()"
+        check_optimizer_excludes(optimizer, self.teacher.loss_fn, advice)
         self.teacher.student_optimizer = optimizer  # raises TypeError unless SGD, Adam or AdamW
         if trainer.world_size > 1 and self.teacher.sync is None:
             raise ValueError(

@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from test_bad_input import assert_identical, make_student, snapshot
 from torch import nn
@@ -59,7 +59,7 @@ def tensor(shape: tuple[int, ...], dtype: torch.dtype, seed: int, high: int = 4)
     reduction=st.sampled_from(["mean", "sum", "none"]),
     weighted=st.booleans(),
     ignore_index=st.sampled_from([-100, 0, 2]),
-    sample_weight=st.sampled_from([None, "match", "wrong", "negative", "nan", "int"]),
+    sample_weight=st.sampled_from([None, "match", "wrong", "negative", "nan", "int", "bool", "double"]),
     poison=st.sampled_from([None, math.nan, math.inf]),
     seed=st.integers(0, 2**16),
 )
@@ -88,17 +88,29 @@ def test_pairwise_dln_forward_works_or_raises_a_boundary_error(
     if sample_weight is not None:
         shape = target.shape if sample_weight != "wrong" else (batch + 1,)
         weight = torch.rand(shape, generator=torch.Generator().manual_seed(seed + 2))
-        weight = {"negative": -weight, "nan": weight.fill_(math.nan), "int": weight.long()}.get(sample_weight, weight)
+        weight = {
+            "negative": -weight,
+            "nan": weight.fill_(math.nan),
+            "int": weight.long(),  # a loader's index, say: refused, not read as weights (issue 22)
+            "bool": weight > 0.5,
+            "double": weight.double(),
+        }.get(sample_weight, weight)
+    if logits.is_floating_point():
+        logits.requires_grad_()
     try:
         value = loss_fn(logits, target, weight)
     except BOUNDARY_ERRORS:
         return
+    assert sample_weight not in ("int", "bool")  # integer "weights" are refused (issue 22)
     assert isinstance(value, torch.Tensor) and value.is_floating_point()
-    # a batch whose every target is ignored has no loss to take the mean of: NaN, as nn.CrossEntropyLoss
-    all_ignored = reduction == "mean" and bool((target == ignore_index).all())
-    assert all_ignored or bool(torch.isfinite(value).all()), (value, logits, target, weight)
+    # a batch whose every target is ignored too (its mean is 0, where nn.CrossEntropyLoss's is NaN)
+    assert bool(torch.isfinite(value).all()), (value, logits, target, weight)
     expected = () if reduction != "none" else tuple(target.shape)
     assert tuple(value.shape) == expected
+    # computed in the wider of the input's and the DLN's (float32) dtype, on every path (issue 22)
+    assert value.dtype == torch.promote_types(logits.dtype, torch.float32)
+    (grad,) = torch.autograd.grad(value.sum(), logits)
+    assert bool(torch.isfinite(grad).all())
 
 
 @FUZZ
@@ -256,3 +268,97 @@ def test_a_validation_batch_with_out_of_range_targets_is_a_value_error() -> None
     with pytest.raises(ValueError, match="out of bounds"):
         teacher.step(student, iter([ITEMS[k] for k in train]), iter([ITEMS["out-of-range targets"]]))
     assert_identical(before, snapshot(student, teacher))
+
+
+def _batch(size: int, inputs: str, targets: str, weight: str, seed: int) -> tuple[torch.Tensor, ...]:
+    """A batch of ``size`` samples for the 4-feature, 3-class student, its parts of the drawn kinds."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(size, 4, generator=g)
+    x = {"nan": x.index_fill(0, torch.tensor([0]), math.nan), "int": x.long()}.get(inputs, x)
+    if inputs in ("float64", "float16", "bfloat16"):
+        x = x.to(getattr(torch, inputs))
+    y = torch.randint(3, (size,), generator=g)
+    y = {
+        "int32": y.int(),
+        "uint8": y.to(torch.uint8),
+        "float": y.float(),
+        "bool": y > 0,
+        "ignored": torch.full((size,), -100),
+        "out of range": y + 3,
+        "short": y[:-1],
+    }.get(targets, y)
+    if weight == "none":
+        return x, y
+    w = torch.rand(size, generator=g)
+    w = {
+        "index": torch.arange(size),
+        "bool": w > 0.5,
+        "float64": w.double(),
+        "nan": w.index_fill(0, torch.tensor([0]), math.nan),
+        "wrong shape": w[:-1],
+        "list": w.tolist(),
+    }.get(weight, w)
+    return x, y, w
+
+
+# what each part of a batch may be, the first a good one
+PARTS = {
+    "inputs": ["float32", "float64", "float16", "bfloat16", "nan", "int"],
+    "targets": ["int64", "int32", "uint8", "float", "bool", "ignored", "out of range", "short"],
+    "weight": ["none", "float32", "float64", "index", "bool", "nan", "wrong shape", "list"],
+}
+GOOD = {part: options[0] for part, options in PARTS.items()}
+
+
+def _kinds() -> st.SearchStrategy[dict[str, str]]:
+    """Good batches, and batches with one part of another kind (so that many rounds get as far as committing)."""
+    changes = [(part, option) for part, options in PARTS.items() for option in options[1:]]
+    return st.one_of(st.just(GOOD), st.sampled_from(changes).map(lambda change: {**GOOD, change[0]: change[1]}))
+
+
+# the reasons a round may be skipped for: poisoned values, or nothing to learn from (issue 22)
+SKIP_REASONS = ("NaN or Inf", "not finite", "hypergradient is zero")
+
+
+@settings(max_examples=80, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    mode=st.sampled_from(["paper", "lookahead", "research"]),
+    kind=st.sampled_from(["lstm", "sgd"]),
+    train=_kinds(),
+    val=_kinds(),
+    zero_lr=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_teacher_step_over_batch_structures_and_dtypes_raises_cleanly_or_commits_finite(
+    mode, kind, train, val, zero_lr, seed
+) -> None:
+    """Issue 22: a clear TypeError/ValueError with nothing changed, or a round that is finite and committed
+    (or skipped, with its reason, for a poisoned value or nothing to learn, with nothing changed)."""
+    student = make_student()
+    torch.manual_seed(0)
+    teacher = Teacher(PairwiseDLN(3, init="paper", hidden=4, depth=1), teacher=kind, steps=1, mode=mode)
+    if zero_lr:
+        teacher.student_lr = 0
+    before = snapshot(student, teacher)
+    train_batches = [_batch(6, seed=seed + i, **train) for i in range(2)]
+    val_batches = [_batch(6, seed=seed + 9, **val)]
+    try:
+        record = teacher.step(student, iter(train_batches), iter(val_batches))
+    except BOUNDARY_ERRORS as error:
+        event(f"raised {type(error).__name__}")
+        assert_identical(before, snapshot(student, teacher))
+        assert teacher.rounds == 0
+        return
+    assert teacher.rounds == 1
+    # integer or boolean "weights" (a loader's index) are never read as weights
+    assert train["weight"] not in ("index", "bool") and val["weight"] not in ("index", "bool")
+    if record.skipped:
+        event("skipped")
+        assert any(reason in record.reason for reason in SKIP_REASONS), record.reason
+        assert_identical(before, snapshot(student, teacher))
+        return
+    event("committed")
+    assert math.isfinite(record.val_error_before) and math.isfinite(record.val_error_after)
+    assert math.isfinite(record.hypergradient_norm) and record.hypergradient_norm > 0
+    assert all(bool(torch.isfinite(p).all()) for p in [*teacher.loss_fn.parameters(), *student.parameters()])
+    assert not zero_lr  # a round at rate 0 learns nothing: it is never committed

@@ -366,7 +366,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(2, f"dynaloss {args.command}: error: {error}\n")
     except TrainingStopped as error:
         parser.exit(1, f"dynaloss {args.command}: error: {error}\n")
+    except KeyboardInterrupt:
+        # Ctrl-C: one line saying what is left and how to go on, and the shell's status for SIGINT (128 + 2)
+        parser.exit(130, f"dynaloss {args.command}: interrupted{_resume_hint(args)}\n")
     return 0
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """What an interrupted ``dynaloss train`` left: its checkpoint and how to resume from it."""
+    if args.command != "train":
+        return ""
+    path = args.out / CHECKPOINT
+    if path.is_file():
+        return f"; the last checkpoint is {path}: run the same command with --resume to continue from it"
+    return "; no checkpoint was written (--checkpoint-every N writes one every N rounds, --resume resumes from it)"
 
 
 # ------------------------------------------------------------------------------------------------ reporting

@@ -427,7 +427,8 @@ def train_dln(
     ``N`` steps a round). In ``'lookahead'`` mode the teacher leaves the student alone, so each round first
     takes ``N`` plain SGD steps (learning rate ``teacher.student_lr``) with the DLN as the loss, as a user's
     own loop would, then calls ``teacher.step``. Pass ``total_steps`` and ``eval_every`` as multiples of
-    :func:`round_size` so the evaluations fall where another arm's do.
+    :func:`round_size` so the evaluations fall where another arm's do. A round at a rate of 0 learns nothing
+    and the teacher skips it; its student steps, which at rate 0 would not move the student, count as taken.
 
     Args:
         total_steps: student SGD steps (the budget; required).
@@ -464,9 +465,14 @@ def train_dln(
         if scheduler is not None:
             teacher.student_lr = optimizer.param_groups[0]["lr"]
         taken = own_steps() if teacher.mode == "lookahead" else 0
+        lr = teacher.student_lr
         record = teacher.step(student, train_iter, val_iter)
         result.rounds.append(record.as_dict())
         taken += record.student_steps
+        if record.skipped and record.hypergradient_norm == 0.0 and lr == 0 and teacher.mode != "lookahead":
+            # a round at rate 0 learned nothing and the teacher skipped it; its plain SGD steps would not have moved
+            # the student either, so they count as taken (a schedule's zero does not stall the run)
+            taken += round_size(teacher.mode, teacher.steps)
         _advance_scheduler(scheduler, taken)
         return taken
 

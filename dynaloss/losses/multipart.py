@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from dynaloss import functional as DF
-from dynaloss._checks import check_finite, check_positive_int, check_tensor
+from dynaloss._checks import check_finite, check_floating, check_positive_int, check_same_device, check_tensor
 from dynaloss._state import ValidatedLoad
 
 __all__ = ["MultiPartDLN"]
@@ -82,13 +82,17 @@ class MultiPartDLN(ValidatedLoad):
         return f"num_parts={self.num_parts}, reduction={self.reduction!r}"
 
     def forward(self, parts: Tensor) -> Tensor:
-        check_tensor(parts, "parts")
+        """The weighted sum of ``parts``, computed in the wider of their dtype and the DLN's (float64 parts with
+        the float32 DLN: float64)."""
+        check_floating(check_tensor(parts, "parts"), "parts", "floating-point loss values")
+        check_same_device({"parts": parts}, self.log_weight, "the DLN")
         if parts.dim() not in (1, 2) or parts.shape[-1] != self.num_parts:
             raise ValueError(f"parts must be ({self.num_parts},) or (B, {self.num_parts}), got {tuple(parts.shape)}")
         if parts.numel() == 0:  # an empty batch would make 'mean' a silent NaN
             raise ValueError(f"parts is empty (shape {tuple(parts.shape)})")
         check_finite(parts, "parts")
-        per_vector = parts.to(self.log_weight.dtype) @ self.log_weight.exp()
+        dtype = torch.promote_types(parts.dtype, self.log_weight.dtype)
+        per_vector = parts.to(dtype) @ self.log_weight.exp().to(dtype)
         if self.reduction == "none":
             return per_vector
         return per_vector.sum() if self.reduction == "sum" else per_vector.mean()

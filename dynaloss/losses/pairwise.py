@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from dynaloss import functional as DF
-from dynaloss._checks import check_finite, check_positive_int, check_tensor
+from dynaloss._checks import check_finite, check_floating, check_positive_int, check_same_device, check_tensor
 from dynaloss._deprecation import renamed_keywords
 from dynaloss._state import ValidatedLoad
 from dynaloss.fast_pairwise import PairSurface, fast_pairwise_loss
@@ -57,7 +57,9 @@ class PairwiseDLN(ValidatedLoad):
             measurements that chose ``'warm'``).
         features: what the rows are made of: ``'sigmoid'`` (the paper's) or ``'softmax'`` (above)
             (default: ``'softmax'`` with ``init='ce'``, else ``'sigmoid'``).
-        reduction: ``'none'`` | ``'mean'`` | ``'sum'`` (default: ``'mean'``).
+        reduction: ``'none'`` | ``'mean'`` | ``'sum'`` (default: ``'mean'``). The mean over a batch in which
+            nothing counts (every target ``ignore_index``) is 0 with zero gradients, where
+            ``nn.CrossEntropyLoss`` returns NaN (its gradients are zero too).
         weight: ``(C,)`` class weights, as in ``nn.CrossEntropyLoss`` (default: none).
         ignore_index: target value that does not count (default: ``-100``; VOC uses 255).
         max_pixels: for per-pixel inputs, evaluate this many random valid pixels per image; the mean
@@ -93,7 +95,9 @@ class PairwiseDLN(ValidatedLoad):
         - target: ``(B,)`` or ``(B, d1, ...)`` class indices.
         - sample_weight (forward): optional per-sample (per-pixel) weights of the target's shape (the
           paper's ``w``; ``weight=`` is its deprecated name: ``weight`` is the class weights, as in torch).
-        - output: scalar, or the target's shape with ``reduction='none'``.
+        - output: scalar, or the target's shape with ``reduction='none'``; in the wider of the input's and the
+          DLN's dtype, which it is computed in (float64 logits with the float32 DLN: float64, as
+          ``F.cross_entropy``; half-precision logits: float32), on every path.
 
     Examples::
 
@@ -133,9 +137,12 @@ class PairwiseDLN(ValidatedLoad):
                 raise ValueError("max_pixels subsamples pixels, so it needs reduction 'mean' or 'sum', not 'none'")
         self.max_pixels = max_pixels
         if weight is not None:
-            check_tensor(weight, "weight")
+            check_floating(check_tensor(weight, "weight"), "weight", "floating-point class weights")
             if weight.shape != (num_classes,):
                 raise ValueError(f"weight must have shape ({num_classes},), got {tuple(weight.shape)}")
+            check_finite(weight, "weight")
+            if bool((weight < 0).any()):  # a negative class weight makes the student maximise that class's loss
+                raise ValueError(f"weight must hold class weights >= 0, got {weight.tolist()}")
         self.weight: Tensor | None
         self.register_buffer("weight", weight)
         widths = [4] + [check_positive_int(hidden, "hidden")] * check_positive_int(depth, "depth") + [1]
@@ -248,21 +255,31 @@ class PairwiseDLN(ValidatedLoad):
         # Substitutes from torch.func.functional_call (a teacher's unroll) are plain tensors: exact path.
         if not (self.fast and all(isinstance(m, nn.Parameter) or not m.requires_grad for m in layers)):
             return self.loss_with(self.mlp_weights(), input, target, weight)
-        surface = self._surface_for(layers)
+        surface = self._surface_for(layers, torch.promote_types(input.dtype, layers[0].dtype))
         if input.dim() == 2 and weight is None and self.weight is None and not ignored and self.reduction == "mean":
             loss = fast_pairwise_loss(surface, input, target, mean=True)  # plain classification: no reshaping
             return loss if self.pair_mean == "wrong" else loss * ((self.num_classes - 1) / self.num_classes)
         return self.loss_with([], input, target, weight, per_sample=functools.partial(fast_pairwise_loss, surface))
 
-    def _surface_for(self, layers: list[Tensor]) -> PairSurface:
-        """The fast path's table of the DLN as it is now: kept while the parameters are unchanged."""
+    def _surface_for(self, layers: list[Tensor], dtype: torch.dtype) -> PairSurface:
+        """The fast path's table of the DLN as it is now, in ``dtype``: kept while the parameters are unchanged.
+
+        ``dtype`` is the one the exact path computes in (the wider of the logits' and the DLN's), so that
+        both paths agree: float64 logits with a float32 DLN get a float64 table of the float32 MLP.
+        """
         # Compared by value, not by version counter: writes through .data (which a finite-difference check
         # or older code makes) do not bump a parameter's _version.
         kept = self._surface
-        if kept is None or kept[0][0] != self.target_range or not all(map(_same, kept[0][1], layers)):
+        if (
+            kept is None
+            or kept[1].first.dtype != dtype
+            or kept[0][0] != self.target_range
+            or not all(map(_same, kept[0][1], layers))
+        ):
             with torch.no_grad():
                 copies = [m.detach().clone() for m in layers]
-                kept = (self.target_range, copies), PairSurface(self.mlp_weights(copies), self.features)
+                weights = [m.to(dtype) for m in self.mlp_weights(copies)]
+                kept = (self.target_range, copies), PairSurface(weights, self.features)
             self._surface = kept
         return kept[1]
 
@@ -340,14 +357,18 @@ class PairwiseDLN(ValidatedLoad):
         """The checks of :meth:`forward`; returns whether ``target`` may hold ``ignore_index``."""
         self.check_shapes(input, target, weight)
         if weight is not None:
-            check_finite(weight, "weight")  # type: ignore[arg-type]
+            check_finite(weight, "sample_weight")  # type: ignore[arg-type]
         check_finite(input, "input")  # type: ignore[arg-type]
         return self.check_target(target)  # type: ignore[arg-type]
 
     def check_shapes(self, input: object, target: object, weight: object = None) -> None:
-        """The checks of :meth:`forward` that need no values: types, dtypes and shapes (no device read-back)."""
+        """The checks of :meth:`forward` that need no values: types, dtypes, shapes and devices (no read-back)."""
         input = check_tensor(input, "input")
         target = check_tensor(target, "target")
+        named = {"input": input, "target": target}
+        if weight is not None:
+            named["sample_weight"] = check_tensor(weight, "sample_weight")
+        check_same_device(named, self.layers[0], "the DLN")
         if not input.is_floating_point():
             raise TypeError(f"input must be floating-point logits, got dtype {input.dtype}")
         if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
@@ -363,12 +384,13 @@ class PairwiseDLN(ValidatedLoad):
             )
         if input.shape[0] == 0 or input.numel() == 0:
             raise ValueError(f"input is empty (shape {tuple(input.shape)})")
-        if weight is not None:
-            weight = check_tensor(weight, "weight")
-            if weight.shape != target.shape:
-                raise ValueError(
-                    f"weight must have the target's shape {tuple(target.shape)}, got {tuple(weight.shape)}"
-                )
+        sample_weight = named.get("sample_weight")
+        if sample_weight is not None:
+            what = "floating-point per-sample weights (class weights are the constructor's weight=)"
+            check_floating(sample_weight, "sample_weight (the third argument)", what)
+            if sample_weight.shape != target.shape:
+                want, got = tuple(target.shape), tuple(sample_weight.shape)
+                raise ValueError(f"sample_weight must have the target's shape {want}, got {got}")
 
 
 def _same(kept: Tensor, current: Tensor) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor
 
 from dynaloss._checks import check_positive_float
@@ -16,7 +18,9 @@ class OptimizerTeacher(TeacherModel):
     """A fixed update rule with the teacher interface; ``dln_lr`` is its learning rate.
 
     The direction is the negative of what the optimizer would subtract, so ``phi + dln_lr * direction`` is
-    one optimizer step on the DLN. It has no parameters: stage III has nothing to learn.
+    one optimizer step on the DLN. It has no parameters: stage III has nothing to learn. Its state records
+    its kind and hyperparameters, and a state of another (an Adam teacher's into an RMSprop teacher) is
+    refused: the memory's layout is the same for every kind, its meaning is not.
 
     Args:
         kind: ``'adam'`` | ``'sgd'`` | ``'rmsprop'``.
@@ -35,12 +39,29 @@ class OptimizerTeacher(TeacherModel):
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must lie in [0, 1), got {value}")
         self.kind = kind
-        self.betas = betas
-        self.alpha = alpha
+        self.betas = (float(betas[0]), float(betas[1]))
+        self.alpha = float(alpha)
         self.eps = check_positive_float(eps, "eps")
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}"
+
+    def get_extra_state(self) -> dict[str, Any]:
+        # the memory's layout is one for every kind: only the state says whose moments they are
+        return {"kind": self.kind, "betas": list(self.betas), "alpha": self.alpha, "eps": self.eps}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        mine = self.get_extra_state()
+        theirs = {**mine, **{key: state[key] for key in mine if key in state}}  # states from before the record
+        if isinstance(theirs["betas"], tuple):
+            theirs["betas"] = list(theirs["betas"])
+        if theirs != mine:
+            raise ValueError(f"the state is of an OptimizerTeacher with {theirs}, this one has {mine}")
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # states saved before the kind was recorded have no extra state: they load as they did
+        state_dict.setdefault(prefix + "_extra_state", {})
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def initial_memory(self, num_coordinates: int, *, like: Tensor) -> Memory:
         zeros = like.new_zeros(num_coordinates)
