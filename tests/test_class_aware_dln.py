@@ -188,6 +188,26 @@ def test_state_dict_round_trip_and_refuses_another_size() -> None:
     torch.testing.assert_close(other.offsets, dln.offsets)
     with pytest.raises(ValueError, match="num_classes"):
         dynaloss.ClassAwareDLN(CLASSES + 1).load_state_dict(dln.state_dict())
+    for other_kind, option in (({"keep_scale": False}, "keep_scale"), ({"shared_robustness": True}, "robustness")):
+        with pytest.raises(ValueError, match=option):
+            dynaloss.ClassAwareDLN(CLASSES, **other_kind).load_state_dict(dln.state_dict())
+
+
+def test_an_all_ignored_batch_gives_zero_loss_and_zero_gradients() -> None:
+    logits = torch.randn(2, CLASSES, 3, 3, dtype=torch.float64, requires_grad=True)
+    target = torch.full((2, 3, 3), 255)
+    for keep_scale in (True, False):
+        loss = dynaloss.ClassAwareDLN(CLASSES, ignore_index=255, keep_scale=keep_scale).double()(logits, target)
+        (grad,) = torch.autograd.grad(loss, logits)
+        assert float(loss.detach()) == 0.0 and bool((grad == 0).all())
+
+
+def test_float64_logits_are_computed_in_float64() -> None:
+    logits = torch.randn(8, CLASSES, dtype=torch.float64) * 5
+    target = torch.randint(CLASSES, (8,))
+    loss = dynaloss.ClassAwareDLN(CLASSES)(logits, target)  # a float32 DLN
+    assert loss.dtype == torch.float64
+    torch.testing.assert_close(loss, F.cross_entropy(logits, target), rtol=1e-13, atol=1e-13)
 
 
 @pytest.mark.parametrize(

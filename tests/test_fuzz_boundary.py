@@ -358,7 +358,9 @@ def test_teacher_step_over_batch_structures_and_dtypes_raises_cleanly_or_commits
         assert_identical(before, snapshot(student, teacher))
         return
     event("committed")
-    assert math.isfinite(record.val_error_before) and math.isfinite(record.val_error_after)
+    assert math.isfinite(record.val_error_before)
+    # an optimizer teacher in lookahead without a guard does not run stage III: nothing reads it
+    assert math.isfinite(record.val_error_after) or (kind != "lstm" and mode == "lookahead")
     assert math.isfinite(record.hypergradient_norm) and record.hypergradient_norm > 0
     assert all(bool(torch.isfinite(p).all()) for p in [*teacher.loss_fn.parameters(), *student.parameters()])
     assert not zero_lr  # a round at rate 0 learns nothing: it is never committed

@@ -102,7 +102,7 @@ def test_the_profile_of_a_dln_is_per_class_and_starts_as_cross_entropy() -> None
     _, value, weight = loss_profile(dln, 3, resolution=5)  # at 0 it is cross-entropy
     assert torch.allclose(weight, torch.ones(3, 5), atol=1e-4)
     with torch.no_grad():
-        dln.robustness[1] = 1.0  # class 1 only: GCE with q = tanh(1)
+        dln.robustness[1] = 1.0  # class 1 only: GCE with q = robustness_to_q(1)
     grid, value, weight = loss_profile(dln, 3, resolution=5)
     assert torch.allclose(weight[1], grid ** float(dln.q[1]), atol=1e-4) and torch.allclose(weight[0], weight[2])
     _, value, _ = loss_profile(dynaloss.PairwiseDLN(3), 3, resolution=5)  # any loss module

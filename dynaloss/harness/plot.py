@@ -7,6 +7,7 @@ nothing opens a window and no process-wide backend is switched.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from dynaloss import functional as DF
+from dynaloss.losses.class_aware import ClassAwareDLN
 
 __all__ = [
     "SURFACE_KINDS",
@@ -167,10 +169,17 @@ def loss_profile(loss_fn: LossFn, num_classes: int, resolution: int = 49) -> tup
     Returns:
         ``(p_y, value, weight)``: the ``(G,)`` grid and two ``(C, G)`` tensors, row ``c`` for a sample labelled
         ``c``: the loss, and its per-sample weight ``|dL/dz_y|`` relative to cross-entropy's (``1 - p_y`` here):
-        1 everywhere for cross-entropy, below 1 where the loss discounts the sample.
+        1 everywhere for cross-entropy, below 1 where the loss discounts the sample. A
+        :class:`dynaloss.ClassAwareDLN` is profiled without its ``keep_scale`` (the per-batch normalisation
+        of these weights to a mean of 1, which one sample alone would turn into 1).
     """
     if resolution < 2:
         raise ValueError(f"resolution must be >= 2, got {resolution}")
+    if isinstance(loss_fn, ClassAwareDLN) and loss_fn.keep_scale:
+        # keep_scale divides by the mean gradient factor of the batch, which for one sample is its own: profile the
+        # loss it normalises, whose weights are the ones a batch divides by their mean
+        loss_fn = copy.deepcopy(loss_fn)
+        loss_fn.keep_scale = False
     parameter = next(loss_fn.parameters(), None) if isinstance(loss_fn, nn.Module) else None
     device = torch.device("cpu") if parameter is None else parameter.device
     grid = torch.linspace(0.02, 0.98, resolution)

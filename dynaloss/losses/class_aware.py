@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from dynaloss import functional as DF
-from dynaloss._checks import check_finite, check_positive_int, check_tensor
+from dynaloss._checks import NonFiniteError, check_finite, check_positive_int, check_tensor
 from dynaloss._state import ValidatedLoad
 from dynaloss.settings import CLASS_AWARE_TEACHING, Reduction
 
@@ -48,7 +49,7 @@ def generalized_ce(log_prob: Tensor, q: Tensor) -> Tensor:
 
 def robustness_to_q(robustness: Tensor) -> Tensor:
     """The GCE exponents ``q`` of raw ``robustness`` parameters: 0 at 0, increasing, within ``(-0.1, 1)``."""
-    shift = torch.log(torch.tensor(_Q_FLOOR, dtype=robustness.dtype, device=robustness.device))
+    shift = torch.full_like(robustness, math.log(_Q_FLOOR))
     return (1 + _Q_FLOOR) * (torch.sigmoid(_Q_SLOPE * robustness + shift) - torch.sigmoid(shift))
 
 
@@ -62,15 +63,23 @@ def q_to_robustness(q: float | Tensor) -> Tensor:
 
 
 def class_aware_loss(logits: Tensor, target: Tensor, offsets: Tensor, robustness: Tensor) -> Tensor:
-    r"""Per-sample loss of :class:`ClassAwareDLN` on ``(M, C)`` logits and ``(M,)`` class indices.
+    r"""Per-sample loss of :class:`ClassAwareDLN` (before ``keep_scale``) on ``(M, C)`` logits, ``(M,)`` classes.
 
-    :math:`\ell = \mathrm{GCE}_{q_y}(\mathrm{softmax}(z + b)_y)` with :math:`q =` :func:`robustness_to_q`:math:`(r)`; at
-    ``offsets = robustness = 0`` it is ``F.cross_entropy(z, y, reduction='none')``.
+    :math:`\ell = \mathrm{GCE}_{q_y}(\mathrm{softmax}(z + b)_y)` with :math:`q =` :func:`robustness_to_q`:math:`(r)`;
+    at ``offsets = robustness = 0`` it is ``F.cross_entropy(z, y, reduction='none')``.
     """
-    target = target.long()
-    log_prob = torch.log_softmax(logits + offsets.to(logits.dtype), dim=-1).gather(1, target[:, None])[:, 0]
-    q = robustness_to_q(robustness.to(logits.dtype)).expand(logits.shape[-1])[target]
-    return generalized_ce(log_prob, q)
+    return generalized_ce(_offset_log_prob(logits, target, offsets), _sample_q(robustness, target, logits))
+
+
+def _offset_log_prob(logits: Tensor, target: Tensor, offsets: Tensor) -> Tensor:
+    """``log softmax(z + b)_y``, ``(M,)`` from ``(M, C)``."""
+    shifted = torch.log_softmax(logits + offsets.to(logits.dtype), dim=-1)
+    return shifted.gather(1, target.long()[:, None])[:, 0]
+
+
+def _sample_q(robustness: Tensor, target: Tensor, logits: Tensor) -> Tensor:
+    """Each sample's exponent ``q_y`` (one shared robustness, or one a class), in the logits' dtype."""
+    return robustness_to_q(robustness.to(logits.dtype)).expand(logits.shape[-1])[target.long()]
 
 
 class ClassAwareDLN(ValidatedLoad):
@@ -178,7 +187,12 @@ class ClassAwareDLN(ValidatedLoad):
         return f"num_classes={self.num_classes}, reduction={self.reduction!r}{shared}"
 
     def get_extra_state(self) -> dict[str, Any]:
-        return {"num_classes": self.num_classes, "shared_robustness": self.shared_robustness}
+        # the same numbers are another loss with the other keep_scale or shape of robustness
+        return {
+            "num_classes": self.num_classes,
+            "shared_robustness": self.shared_robustness,
+            "keep_scale": self.keep_scale,
+        }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         if not isinstance(state, dict) or state.get("num_classes") != self.num_classes:
@@ -187,16 +201,24 @@ class ClassAwareDLN(ValidatedLoad):
                 f"the state is of a ClassAwareDLN with num_classes={found!r}, "
                 f"this one has num_classes={self.num_classes}"
             )
-        shared = state.get("shared_robustness", False)
-        if shared != self.shared_robustness:
-            raise ValueError(
-                f"the state is of a ClassAwareDLN with shared_robustness={shared!r}, "
-                f"this one has shared_robustness={self.shared_robustness}"
-            )
+        for option in ("shared_robustness", "keep_scale"):
+            if state.get(option) != getattr(self, option):
+                raise ValueError(
+                    f"the state is of a ClassAwareDLN with {option}={state.get(option)!r}, "
+                    f"this one has {option}={getattr(self, option)}"
+                )
 
     def forward(self, input: Tensor, target: Tensor, sample_weight: Tensor | None = None) -> Tensor:
         """The loss of ``input`` logits for ``target`` classes, each sample (pixel) weighted by ``sample_weight``."""
-        check_class_batch(input, target, sample_weight, self.num_classes, self.ignore_index)
+        may_ignore = check_class_batch(input, target, sample_weight, self.num_classes, self.ignore_index)
+        if input.dim() == 2 and sample_weight is None and self.weight is None and not may_ignore:
+            if self.reduction == "mean":  # plain classification, the common case: no masks, no reshaping
+                log_prob = _offset_log_prob(input, target, self.offsets)
+                q = _sample_q(self.robustness, target, input)
+                loss = generalized_ce(log_prob, q).mean()
+                if not self.keep_scale:
+                    return loss
+                return _DividedBy.apply(loss, torch.exp(q * log_prob).mean().clamp_min(torch.finfo(loss.dtype).tiny))
         reduce = functools.partial(
             DF.pairwise_dln_loss,
             [],
@@ -216,9 +238,8 @@ class ClassAwareDLN(ValidatedLoad):
 
     def _gradient_factor(self, logits: Tensor, target: Tensor) -> Tensor:
         """``p_y^q``: how much a sample's logit gradient is of cross-entropy's (on the offset logits)."""
-        log_prob = torch.log_softmax(logits + self.offsets.to(logits.dtype), dim=-1).gather(1, target.long()[:, None])
-        q = robustness_to_q(self.robustness.to(logits.dtype)).expand(logits.shape[-1])[target.long()]
-        return torch.exp(q * log_prob[:, 0])
+        q = _sample_q(self.robustness, target, logits)
+        return torch.exp(q * _offset_log_prob(logits, target, self.offsets))
 
 
 class _DividedBy(torch.autograd.Function):
@@ -243,8 +264,12 @@ class _DividedBy(torch.autograd.Function):
 
 def check_class_batch(
     input: object, target: object, sample_weight: object, num_classes: int, ignore_index: int
-) -> None:
-    """Raise ``TypeError``/``ValueError`` naming what is wrong with a classification loss's arguments."""
+) -> bool:
+    """Raise ``TypeError``/``ValueError`` naming what is wrong with a classification loss's arguments.
+
+    Returns:
+        Whether ``target`` may hold ``ignore_index`` (``False``: every element is a class index).
+    """
     input = check_tensor(input, "input")
     target = check_tensor(target, "target")
     if not input.is_floating_point():
@@ -271,10 +296,17 @@ def check_class_batch(
                 f"sample_weight must have the target's shape {tuple(target.shape)}, got {tuple(sample_weight.shape)}"
             )
         check_finite(sample_weight, "sample_weight")
-    check_finite(input, "input")
+    low, high = target.aminmax()
+    # one read-back from the device for the common case
+    finite, low_value, high_value = torch.stack([torch.isfinite(input).all().long(), low.long(), high.long()]).tolist()
+    if not finite:
+        raise NonFiniteError("input contains NaN or Inf values")
+    if low_value >= 0 and high_value < num_classes:
+        return 0 <= ignore_index < num_classes
     counted = target[target != ignore_index]
     if counted.numel() and (int(counted.min()) < 0 or int(counted.max()) >= num_classes):
         raise ValueError(
             f"target holds class indices outside [0, {num_classes}) "
             f"(min {int(counted.min())}, max {int(counted.max())}; ignore_index={ignore_index})"
         )
+    return True
