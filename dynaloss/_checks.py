@@ -129,3 +129,23 @@ def check_optimizer_excludes(
             f"the student's optimizer ({type(optimizer).__name__}) holds {held} of the DLN's parameters: the "
             f"teacher alone updates the DLN (an optimizer step on it trains the loss to be small); {advice}"
         )
+
+
+def check_ignore_index(value: object) -> int:
+    """``value`` if it is an int (not a bool), else ``TypeError``: the target value a loss leaves out."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"ignore_index must be an int, got {type(value).__name__}")
+    return value
+
+
+def check_class_weight(weight: object, num_classes: int) -> Tensor | None:
+    """``weight`` if it is ``None`` or ``(C,)`` finite, non-negative floating-point class weights, else an error."""
+    if weight is None:
+        return None
+    weight = check_floating(check_tensor(weight, "weight"), "weight", "floating-point class weights")
+    if weight.shape != (num_classes,):
+        raise ValueError(f"weight must have shape ({num_classes},), got {tuple(weight.shape)}")
+    check_finite(weight, "weight")
+    if bool((weight < 0).any()):  # a negative class weight makes the student maximise that class's loss
+        raise ValueError(f"weight must hold class weights >= 0, got {weight.tolist()}")
+    return weight

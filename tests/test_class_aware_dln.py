@@ -254,3 +254,9 @@ def test_a_teacher_learns_a_robust_loss_from_a_trusted_set() -> None:
             assert not teacher.step(student, stream, iter([val] * 3)).skipped
     # 60 % of the labels are uniformly wrong: the trusted batch teaches the loss to discount them
     assert float(dln.q.mean()) > 0.2
+
+
+def test_inputs_on_another_device_than_the_dln_are_refused() -> None:
+    dln = dynaloss.ClassAwareDLN(CLASSES)
+    with pytest.raises(ValueError, match="input is on meta but the DLN is on cpu"):
+        dln(torch.empty(2, CLASSES, device="meta"), torch.tensor([0, 1]))

@@ -10,7 +10,15 @@ import torch
 from torch import Tensor, nn
 
 from dynaloss import functional as DF
-from dynaloss._checks import NonFiniteError, check_finite, check_positive_int, check_tensor
+from dynaloss._checks import (
+    NonFiniteError,
+    check_class_weight,
+    check_finite,
+    check_ignore_index,
+    check_positive_int,
+    check_same_device,
+    check_tensor,
+)
 from dynaloss._state import ValidatedLoad
 from dynaloss.settings import CLASS_AWARE_TEACHING, Reduction
 
@@ -153,15 +161,9 @@ class ClassAwareDLN(ValidatedLoad):
         super().__init__()
         self.num_classes = check_positive_int(num_classes, "num_classes", minimum=2)
         self.reduction = DF.check_reduction(reduction)
-        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-            raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
-        self.ignore_index = ignore_index
-        if weight is not None:
-            check_tensor(weight, "weight")
-            if weight.shape != (num_classes,):
-                raise ValueError(f"weight must have shape ({num_classes},), got {tuple(weight.shape)}")
+        self.ignore_index = check_ignore_index(ignore_index)
         self.weight: Tensor | None
-        self.register_buffer("weight", weight)
+        self.register_buffer("weight", check_class_weight(weight, num_classes))
         self.offsets = nn.Parameter(torch.zeros(num_classes))
         if not isinstance(keep_scale, bool):
             raise TypeError(f"keep_scale must be a bool, got {type(keep_scale).__name__}")
@@ -210,7 +212,7 @@ class ClassAwareDLN(ValidatedLoad):
 
     def forward(self, input: Tensor, target: Tensor, sample_weight: Tensor | None = None) -> Tensor:
         """The loss of ``input`` logits for ``target`` classes, each sample (pixel) weighted by ``sample_weight``."""
-        may_ignore = check_class_batch(input, target, sample_weight, self.num_classes, self.ignore_index)
+        may_ignore = check_class_batch(input, target, sample_weight, self.num_classes, self.ignore_index, self.offsets)
         if input.dim() == 2 and sample_weight is None and self.weight is None and not may_ignore:
             if self.reduction == "mean":  # plain classification, the common case: no masks, no reshaping
                 log_prob = _offset_log_prob(input, target, self.offsets)
@@ -263,7 +265,7 @@ class _DividedBy(torch.autograd.Function):
 
 
 def check_class_batch(
-    input: object, target: object, sample_weight: object, num_classes: int, ignore_index: int
+    input: object, target: object, sample_weight: object, num_classes: int, ignore_index: int, dln: Tensor
 ) -> bool:
     """Raise ``TypeError``/``ValueError`` naming what is wrong with a classification loss's arguments.
 
@@ -272,6 +274,10 @@ def check_class_batch(
     """
     input = check_tensor(input, "input")
     target = check_tensor(target, "target")
+    named = {"input": input, "target": target}
+    if sample_weight is not None:
+        named["sample_weight"] = check_tensor(sample_weight, "sample_weight")
+    check_same_device(named, dln, "the DLN")  # dln: a tensor of the DLN's
     if not input.is_floating_point():
         raise TypeError(f"input must be floating-point logits, got dtype {input.dtype}")
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:

@@ -10,7 +10,15 @@ import torch
 from torch import Tensor, nn
 
 from dynaloss import functional as DF
-from dynaloss._checks import check_finite, check_floating, check_positive_int, check_same_device, check_tensor
+from dynaloss._checks import (
+    check_class_weight,
+    check_finite,
+    check_floating,
+    check_ignore_index,
+    check_positive_int,
+    check_same_device,
+    check_tensor,
+)
 from dynaloss._deprecation import renamed_keywords
 from dynaloss._state import ValidatedLoad
 from dynaloss.fast_pairwise import PairSurface, fast_pairwise_loss
@@ -128,23 +136,14 @@ class PairwiseDLN(ValidatedLoad):
         self.num_classes = check_positive_int(num_classes, "num_classes", minimum=2)
         self.init, self.features = _resolve_init_features(init, features)
         self.reduction = DF.check_reduction(reduction)
-        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-            raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
-        self.ignore_index = ignore_index
+        self.ignore_index = check_ignore_index(ignore_index)
         if max_pixels is not None:
             check_positive_int(max_pixels, "max_pixels")
             if reduction == "none":
                 raise ValueError("max_pixels subsamples pixels, so it needs reduction 'mean' or 'sum', not 'none'")
         self.max_pixels = max_pixels
-        if weight is not None:
-            check_floating(check_tensor(weight, "weight"), "weight", "floating-point class weights")
-            if weight.shape != (num_classes,):
-                raise ValueError(f"weight must have shape ({num_classes},), got {tuple(weight.shape)}")
-            check_finite(weight, "weight")
-            if bool((weight < 0).any()):  # a negative class weight makes the student maximise that class's loss
-                raise ValueError(f"weight must hold class weights >= 0, got {weight.tolist()}")
         self.weight: Tensor | None
-        self.register_buffer("weight", weight)
+        self.register_buffer("weight", check_class_weight(weight, num_classes))
         widths = [4] + [check_positive_int(hidden, "hidden")] * check_positive_int(depth, "depth") + [1]
         self.layers = nn.ParameterList(
             nn.Parameter(torch.empty(out_f, in_f)) for in_f, out_f in zip(widths[:-1], widths[1:])
