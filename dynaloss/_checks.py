@@ -149,3 +149,10 @@ def check_class_weight(weight: object, num_classes: int) -> Tensor | None:
     if bool((weight < 0).any()):  # a negative class weight makes the student maximise that class's loss
         raise ValueError(f"weight must hold class weights >= 0, got {weight.tolist()}")
     return weight
+
+
+def check_bool(value: object, name: str) -> bool:
+    """``value`` if it is a bool, else ``TypeError`` naming ``name``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from dynaloss._checks import (
     NonFiniteError,
+    check_bool,
     check_not_compiled,
     check_optimizer_excludes,
     check_positive_float,
@@ -132,12 +133,6 @@ class _State:
 def _check_val_loss(value: object, name: str) -> Any:
     if not callable(value):
         raise TypeError(f"{name} must be callable, got {type(value).__name__}")
-    return value
-
-
-def _check_bool(value: object, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
     return value
 
 
@@ -266,7 +261,7 @@ class Teacher:
     guard = _Checked(_check_guard)
     mode = _Checked(_check_mode)
     val_loss = _Checked(_check_val_loss)
-    checkpoint = _Checked(_check_bool)
+    checkpoint = _Checked(check_bool)
     autocast_dtype = _Checked(_check_autocast)
     loss_fn = _State()
     model = _State()

@@ -7,6 +7,8 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from test_hypergradient import CLASSES as FD_CLASSES
+from test_hypergradient import make_batches, make_student
 from torch import nn
 
 import dynaloss
@@ -123,23 +125,8 @@ def test_loss_is_proper_for_any_parameters() -> None:
     assert bool((grad.gather(1, target[:, None]) <= 0).all())
 
 
-def _student() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, CLASSES)).double()
-
-
-def _batches(count: int, size: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    generator = torch.Generator().manual_seed(seed)
-    return [
-        (
-            torch.randn(size, 4, generator=generator, dtype=torch.float64),
-            torch.randint(CLASSES, (size,), generator=generator),
-        )
-        for _ in range(count)
-    ]
-
-
 def _val_error(student: nn.Module, dln: nn.Module, batches: list, val: tuple, lr: float) -> float:
+    """The quantity differentiated: the validation CE after real torch.optim SGD steps with momentum."""
     student = copy.deepcopy(student)
     optimizer = torch.optim.SGD(student.parameters(), lr=lr, momentum=0.9)
     for x, y in batches:
@@ -153,25 +140,24 @@ def _val_error(student: nn.Module, dln: nn.Module, batches: list, val: tuple, lr
 @pytest.mark.parametrize("start", ["ce", "moved"])
 def test_hypergradient_matches_finite_differences(start: str) -> None:
     """At the cross-entropy start too: the loss is smooth in its parameters there (no kink)."""
-    student, dln = _student(), dynaloss.ClassAwareDLN(CLASSES).double()
+    student, dln = make_student(), dynaloss.ClassAwareDLN(FD_CLASSES).double()
     if start == "moved":
         with torch.no_grad():
-            dln.offsets.copy_(torch.tensor([0.3, -0.2, 0.1, 0.5]))
-            dln.robustness.copy_(torch.tensor([0.4, -0.3, 0.2, 0.0]))
-    batches, (val,) = _batches(3, 8, seed=2), _batches(1, 16, seed=3)
+            dln.offsets.copy_(torch.tensor([0.3, -0.2, 0.5]))
+            dln.robustness.copy_(torch.tensor([0.4, -0.3, 0.2]))
+    batches, (val,) = make_batches(3, 8, seed=2), make_batches(1, 16, seed=3)
     optimizer = torch.optim.SGD(student.parameters(), lr=0.3, momentum=0.9)
     grads = dynaloss.hypergradient(student, dln, batches, val, optimizer=optimizer)
-    analytic = torch.cat([grads["offsets"], grads["robustness"]])
+    names = ("offsets", "robustness")
+    analytic = torch.cat([grads[name] for name in names])
     numeric = []
-    for param in (dln.offsets, dln.robustness):
-        for i in range(CLASSES):
+    for name in names:
+        for i in range(FD_CLASSES):
             values = []
-            for sign in (1, -1):
+            for step in (1e-6, -1e-6):
                 probe = copy.deepcopy(dln)
                 with torch.no_grad():
-                    dict(probe.named_parameters())[next(n for n, p in dln.named_parameters() if p is param)][i] += (
-                        sign * 1e-6
-                    )
+                    getattr(probe, name)[i] += step
                 values.append(_val_error(student, probe, batches, val, 0.3))
             numeric.append((values[0] - values[1]) / 2e-6)
     numeric_t = torch.tensor(numeric, dtype=torch.float64)

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from dynaloss import functional as DF
 from dynaloss._checks import (
     NonFiniteError,
+    check_bool,
     check_class_weight,
     check_finite,
     check_ignore_index,
@@ -165,12 +166,8 @@ class ClassAwareDLN(ValidatedLoad):
         self.weight: Tensor | None
         self.register_buffer("weight", check_class_weight(weight, num_classes))
         self.offsets = nn.Parameter(torch.zeros(num_classes))
-        if not isinstance(keep_scale, bool):
-            raise TypeError(f"keep_scale must be a bool, got {type(keep_scale).__name__}")
-        self.keep_scale = keep_scale
-        if not isinstance(shared_robustness, bool):
-            raise TypeError(f"shared_robustness must be a bool, got {type(shared_robustness).__name__}")
-        self.shared_robustness = shared_robustness
+        self.keep_scale = check_bool(keep_scale, "keep_scale")
+        self.shared_robustness = check_bool(shared_robustness, "shared_robustness")
         self.robustness = nn.Parameter(torch.zeros(1 if shared_robustness else num_classes))
 
     def reset_parameters(self) -> None:
@@ -213,26 +210,32 @@ class ClassAwareDLN(ValidatedLoad):
     def forward(self, input: Tensor, target: Tensor, sample_weight: Tensor | None = None) -> Tensor:
         """The loss of ``input`` logits for ``target`` classes, each sample (pixel) weighted by ``sample_weight``."""
         may_ignore = check_class_batch(input, target, sample_weight, self.num_classes, self.ignore_index, self.offsets)
-        if input.dim() == 2 and sample_weight is None and self.weight is None and not may_ignore:
-            if self.reduction == "mean":  # plain classification, the common case: no masks, no reshaping
-                log_prob = _offset_log_prob(input, target, self.offsets)
-                q = _sample_q(self.robustness, target, input)
-                loss = generalized_ce(log_prob, q).mean()
-                if not self.keep_scale:
-                    return loss
-                return _DividedBy.apply(loss, torch.exp(q * log_prob).mean().clamp_min(torch.finfo(loss.dtype).tiny))
-        reduce = functools.partial(
-            DF.pairwise_dln_loss,
-            [],
-            target=target,
-            sample_weight=sample_weight,
-            class_weight=self.weight,
-            ignore_index=self.ignore_index,
-        )
-        loss = reduce(input, reduction=self.reduction, per_sample=self._per_sample)
+        if (
+            input.dim() == 2
+            and sample_weight is None
+            and self.weight is None
+            and not may_ignore
+            and self.reduction == "mean"
+        ):
+            # plain classification, the common case: no masks, no reshaping
+            log_prob = _offset_log_prob(input, target, self.offsets)
+            q = _sample_q(self.robustness, target, input)
+            loss, scale = generalized_ce(log_prob, q).mean(), torch.exp(q * log_prob).mean()
+        else:
+            reduce = functools.partial(
+                DF.pairwise_dln_loss,
+                [],
+                target=target,
+                sample_weight=sample_weight,
+                class_weight=self.weight,
+                ignore_index=self.ignore_index,
+            )
+            loss = reduce(input, reduction=self.reduction, per_sample=self._per_sample)
+            if not self.keep_scale:
+                return loss
+            scale = reduce(input, reduction="mean", per_sample=self._gradient_factor)
         if not self.keep_scale:
             return loss
-        scale = reduce(input, reduction="mean", per_sample=self._gradient_factor)
         return _DividedBy.apply(loss, scale.clamp_min(torch.finfo(scale.dtype).tiny))
 
     def _per_sample(self, logits: Tensor, target: Tensor) -> Tensor:

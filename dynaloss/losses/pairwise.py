@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from dynaloss import functional as DF
 from dynaloss._checks import (
+    check_bool,
     check_class_weight,
     check_finite,
     check_floating,
@@ -148,12 +149,8 @@ class PairwiseDLN(ValidatedLoad):
         self.layers = nn.ParameterList(
             nn.Parameter(torch.empty(out_f, in_f)) for in_f, out_f in zip(widths[:-1], widths[1:])
         )
-        if not isinstance(monotone, bool):
-            raise TypeError(f"monotone must be a bool, got {type(monotone).__name__}")
-        self.monotone = monotone
-        if not isinstance(fast, bool):
-            raise TypeError(f"fast must be a bool, got {type(fast).__name__}")
-        self.fast = fast
+        self.monotone = check_bool(monotone, "monotone")
+        self.fast = check_bool(fast, "fast")
         if pair_mean not in PAIR_MEANS:
             raise ValueError(f"pair_mean must be one of {PAIR_MEANS}, got {pair_mean!r}")
         self.pair_mean = pair_mean
