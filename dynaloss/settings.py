@@ -64,7 +64,7 @@ DEFAULT_TEACHER: Mapping[str, Any] = MappingProxyType(
     }
 )
 
-# What ClassAwareDLN's parameters (2C logit offsets and GCE exponents, in logit units) want instead, and what a
+# What ClassAwareDLN's parameters (logit offsets, pair offsets, GCE exponents; logit units) want instead, and what a
 # Teacher takes for them unless told otherwise (a loss module's ``teaching_defaults``): a plain Adam step of
 # 0.05 per round on each (the LSTM's bounded output at 1e-3 would need thousands of rounds to move an offset by
 # log(100)), no trust region (logit adjustment under a long tail sits some log(ratio) from the start), no

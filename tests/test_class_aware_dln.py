@@ -125,6 +125,44 @@ def test_loss_is_proper_for_any_parameters() -> None:
     assert bool((grad.gather(1, target[:, None]) <= 0).all())
 
 
+def test_pair_offsets_are_label_conditional_logit_offsets() -> None:
+    """Row y of the pair offsets shifts the logits of the samples labelled y, and only theirs."""
+    generator = torch.Generator().manual_seed(4)
+    logits = torch.randn(32, CLASSES, generator=generator, dtype=torch.float64)
+    target = torch.randint(CLASSES, (32,), generator=generator)
+    dln = dynaloss.ClassAwareDLN(CLASSES, reduction="none").double()
+    pair = torch.randn(CLASSES, CLASSES, generator=generator, dtype=torch.float64)
+    with torch.no_grad():
+        dln.pair_offsets.copy_(pair)
+    expected = F.cross_entropy(logits + pair[target], target, reduction="none")
+    torch.testing.assert_close(dln(logits, target), expected)
+    with torch.no_grad():  # a constant added to a row changes nothing
+        dln.pair_offsets.add_(torch.arange(CLASSES, dtype=torch.float64)[:, None])
+    torch.testing.assert_close(dln(logits, target), expected)
+
+
+def test_a_pair_offset_stops_the_push_away_from_the_class_a_label_is_confused_with() -> None:
+    """A sample labelled 1 that the model calls 0: B[1, 0] << 0 leaves logit 0 (almost) alone, as forward
+    correction does for a label 1 that samples of class 0 often get."""
+    logits = torch.tensor([[4.0, 0.0, 0.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([1])
+    dln = dynaloss.ClassAwareDLN(CLASSES, keep_scale=False).double()
+    (before,) = torch.autograd.grad(dln(logits, target), logits)
+    with torch.no_grad():
+        dln.pair_offsets[1, 0] = -20.0
+    (after,) = torch.autograd.grad(dln(logits, target), logits)
+    assert float(before[0, 0]) > 0.9 and abs(float(after[0, 0])) < 1e-6
+    assert float(after[0, 1]) < -0.5  # the labelled class is still pulled up
+
+
+def test_without_pair_offsets_the_loss_has_the_per_class_parameters_only() -> None:
+    dln = dynaloss.ClassAwareDLN(CLASSES, pair_offsets=False)
+    assert dln.pair_offsets is None
+    assert [name for name, _ in dln.named_parameters()] == ["offsets", "robustness"]
+    logits, target = torch.randn(8, CLASSES), torch.randint(CLASSES, (8,))
+    torch.testing.assert_close(dln(logits, target), F.cross_entropy(logits, target))
+
+
 def _val_error(student: nn.Module, dln: nn.Module, batches: list, val: tuple, lr: float) -> float:
     """The quantity differentiated: the validation CE after real torch.optim SGD steps with momentum."""
     student = copy.deepcopy(student)
@@ -145,19 +183,21 @@ def test_hypergradient_matches_finite_differences(start: str) -> None:
         with torch.no_grad():
             dln.offsets.copy_(torch.tensor([0.3, -0.2, 0.5]))
             dln.robustness.copy_(torch.tensor([0.4, -0.3, 0.2]))
+            dln.pair_offsets.copy_(torch.tensor([[0.0, -1.5, 0.4], [0.2, 0.1, -0.7], [-2.0, 0.3, 0.0]]))
     batches, (val,) = make_batches(3, 8, seed=2), make_batches(1, 16, seed=3)
     optimizer = torch.optim.SGD(student.parameters(), lr=0.3, momentum=0.9)
     grads = dynaloss.hypergradient(student, dln, batches, val, optimizer=optimizer)
-    names = ("offsets", "robustness")
-    analytic = torch.cat([grads[name] for name in names])
+    names = ("offsets", "robustness", "pair_offsets")
+    assert set(grads) == set(names)
+    analytic = torch.cat([grads[name].flatten() for name in names])
     numeric = []
     for name in names:
-        for i in range(FD_CLASSES):
+        for i in range(getattr(dln, name).numel()):
             values = []
             for step in (1e-6, -1e-6):
                 probe = copy.deepcopy(dln)
                 with torch.no_grad():
-                    getattr(probe, name)[i] += step
+                    getattr(probe, name).view(-1)[i] += step
                 values.append(_val_error(student, probe, batches, val, 0.3))
             numeric.append((values[0] - values[1]) / 2e-6)
     numeric_t = torch.tensor(numeric, dtype=torch.float64)
@@ -174,7 +214,11 @@ def test_state_dict_round_trip_and_refuses_another_size() -> None:
     torch.testing.assert_close(other.offsets, dln.offsets)
     with pytest.raises(ValueError, match="num_classes"):
         dynaloss.ClassAwareDLN(CLASSES + 1).load_state_dict(dln.state_dict())
-    for other_kind, option in (({"keep_scale": False}, "keep_scale"), ({"shared_robustness": True}, "robustness")):
+    for other_kind, option in (
+        ({"keep_scale": False}, "keep_scale"),
+        ({"shared_robustness": True}, "robustness"),
+        ({"pair_offsets": False}, "pair_offsets"),
+    ):
         with pytest.raises(ValueError, match=option):
             dynaloss.ClassAwareDLN(CLASSES, **other_kind).load_state_dict(dln.state_dict())
 

@@ -1,4 +1,4 @@
-"""ClassAwareDLN: a learnable classification loss of 2C interpretable parameters that starts as cross-entropy."""
+"""ClassAwareDLN: a learnable classification loss of interpretable per-class and per-pair parameters, CE at 0."""
 
 from __future__ import annotations
 
@@ -71,19 +71,26 @@ def q_to_robustness(q: float | Tensor) -> Tensor:
     return (torch.logit(q / (1 + _Q_FLOOR) + torch.sigmoid(shift)) - shift) / _Q_SLOPE
 
 
-def class_aware_loss(logits: Tensor, target: Tensor, offsets: Tensor, robustness: Tensor) -> Tensor:
+def class_aware_loss(
+    logits: Tensor, target: Tensor, offsets: Tensor, robustness: Tensor, pair_offsets: Tensor | None = None
+) -> Tensor:
     r"""Per-sample loss of :class:`ClassAwareDLN` (before ``keep_scale``) on ``(M, C)`` logits, ``(M,)`` classes.
 
-    :math:`\ell = \mathrm{GCE}_{q_y}(\mathrm{softmax}(z + b)_y)` with :math:`q =` :func:`robustness_to_q`:math:`(r)`;
-    at ``offsets = robustness = 0`` it is ``F.cross_entropy(z, y, reduction='none')``.
+    :math:`\ell = \mathrm{GCE}_{q_y}(\mathrm{softmax}(z + b + B_y)_y)` with :math:`q =`
+    :func:`robustness_to_q`:math:`(r)` and :math:`B_y` the row ``y`` of the ``(C, C)`` ``pair_offsets`` (none:
+    0); at ``offsets = robustness = pair_offsets = 0`` it is ``F.cross_entropy(z, y, reduction='none')``.
     """
-    return generalized_ce(_offset_log_prob(logits, target, offsets), _sample_q(robustness, target, logits))
+    log_prob = _offset_log_prob(logits, target, offsets, pair_offsets)
+    return generalized_ce(log_prob, _sample_q(robustness, target, logits))
 
 
-def _offset_log_prob(logits: Tensor, target: Tensor, offsets: Tensor) -> Tensor:
-    """``log softmax(z + b)_y``, ``(M,)`` from ``(M, C)``."""
-    shifted = torch.log_softmax(logits + offsets.to(logits.dtype), dim=-1)
-    return shifted.gather(1, target.long()[:, None])[:, 0]
+def _offset_log_prob(logits: Tensor, target: Tensor, offsets: Tensor, pair_offsets: Tensor | None) -> Tensor:
+    """``log softmax(z + b + B_y)_y``, ``(M,)`` from ``(M, C)``."""
+    target = target.long()
+    shifted = logits + offsets.to(logits.dtype)
+    if pair_offsets is not None:
+        shifted = shifted + pair_offsets.to(logits.dtype)[target]
+    return torch.log_softmax(shifted, dim=-1).gather(1, target[:, None])[:, 0]
 
 
 def _sample_q(robustness: Tensor, target: Tensor, logits: Tensor) -> Tensor:
@@ -98,26 +105,30 @@ class ClassAwareDLN(ValidatedLoad):
     offset logits,
 
     .. math::
-        \ell(z, y) = \frac{1 - p_y^{q_y}}{q_y}, \qquad p = \mathrm{softmax}(z + b),
+        \ell(z, y) = \frac{1 - p_y^{q_y}}{q_y}, \qquad p = \mathrm{softmax}(z + b + B_y),
 
-    with two learnable parameters per class: a logit offset :math:`b_c` (``offsets``) and a robustness
-    :math:`r_c` (``robustness``) that sets the exponent :math:`q_c \in (-0.1, 1)`, increasing in :math:`r_c`
-    (:func:`robustness_to_q`; :func:`q_to_robustness` inverts it). Both start at 0, where the loss *is*
-    ``F.cross_entropy`` (values and
-    gradients, to float rounding). A :class:`dynaloss.Teacher` validating on a small trusted set moves them
-    where the training labels call for it:
+    with learnable parameters that all start at 0, where the loss *is* ``F.cross_entropy`` (values and
+    gradients, to float rounding):
 
-    - :math:`q_c > 0` scales the gradient of a sample labelled :math:`c` by :math:`p_c^{q_c}`, so samples the
-      model finds implausible (most wrongly labelled ones) count less: GCE (Zhang & Sabuncu, 2018) with a
-      learned, per-class :math:`q`; :math:`q_c < 0` makes them count a little more (at most
-      :math:`p^{-0.1}` times: an unbounded weight would let a teacher make the student diverge).
-    - :math:`b` is logit adjustment (Menon et al., 2021) with learned offsets: training on :math:`z + b`
-      leaves the model's own logits :math:`z` free of a skewed training prior (:math:`b_c \approx \log
-      \pi_c`).
+    - a robustness :math:`r_c` per class (``robustness``) sets the exponent :math:`q_c \in (-0.1, 1)`,
+      increasing in :math:`r_c` (:func:`robustness_to_q`; :func:`q_to_robustness` inverts it). :math:`q_c > 0`
+      scales the gradient of a sample labelled :math:`c` by :math:`p_c^{q_c}`, so samples the model finds
+      implausible (most wrongly labelled ones) count less: GCE (Zhang & Sabuncu, 2018) with a learned,
+      per-class :math:`q`; :math:`q_c < 0` makes them count a little more (at most :math:`p^{-0.1}` times).
+    - a logit offset :math:`b_c` per class (``offsets``): logit adjustment (Menon et al., 2021) with learned
+      offsets. Training on :math:`z + b` leaves the model's own logits :math:`z` free of a skewed training
+      prior (:math:`b_c \approx \log \pi_c`).
+    - a ``(C, C)`` matrix of pair offsets :math:`B` (``pair_offsets``): :math:`B_{yc}` is added to logit
+      :math:`c` of a sample labelled :math:`y`. A label :math:`y` often given to samples of class :math:`c`
+      (class-dependent noise: pair flips, confusable classes) is corrected by :math:`B_{yc} < 0`: the loss
+      then stops pushing those samples away from :math:`c`, a learned, soft forward correction (Patrini et
+      al., 2017) that needs no transition matrix.
 
-    The model's predictions are its own logits, as always; only the training loss has the parameters. Every
-    parameter value gives a proper loss: it falls whenever the true class's offset logit rises relative to
-    the others. Adding a constant to every offset changes nothing.
+    A :class:`dynaloss.Teacher` validating on a small trusted set moves them where the training labels call
+    for it. The model's predictions are its own logits, as always; only the training loss has the
+    parameters. Every parameter value gives a proper loss: it falls whenever the true class's offset logit
+    rises relative to the others. Adding a constant to every offset, or to a row of ``pair_offsets``,
+    changes nothing.
 
     Args:
         num_classes: number of classes ``C`` (at least 2).
@@ -132,6 +143,8 @@ class ClassAwareDLN(ValidatedLoad):
             is GCE as published (default: ``True``).
         shared_robustness: one robustness (and ``q``) for every class instead of one per class; ``robustness``
             then has shape ``(1,)`` (default: ``False``).
+        pair_offsets: learn the ``(C, C)`` pair offsets; with ``False`` the loss has the ``2C`` per-class
+            parameters only and ``pair_offsets`` is ``None`` (default: ``True``).
 
     Shape:
         - input: ``(B, C)`` or ``(B, C, d1, ...)`` logits.
@@ -143,7 +156,7 @@ class ClassAwareDLN(ValidatedLoad):
 
         >>> loss_fn = ClassAwareDLN(num_classes=10)  # F.cross_entropy until a Teacher moves it
         >>> loss = loss_fn(torch.randn(8, 10, requires_grad=True), torch.randint(10, (8,)))
-        >>> loss_fn.q  # the per-class robustness exponents, tanh(robustness)
+        >>> loss_fn.q  # the per-class GCE exponents (robustness_to_q of robustness): 0 at the start
     """
 
     # a Teacher's defaults for these parameters (dynaloss.teaching_defaults): Adam steps of 0.05, no anchor
@@ -158,6 +171,7 @@ class ClassAwareDLN(ValidatedLoad):
         ignore_index: int = -100,
         keep_scale: bool = True,
         shared_robustness: bool = False,
+        pair_offsets: bool = True,
     ) -> None:
         super().__init__()
         self.num_classes = check_positive_int(num_classes, "num_classes", minimum=2)
@@ -169,12 +183,15 @@ class ClassAwareDLN(ValidatedLoad):
         self.keep_scale = check_bool(keep_scale, "keep_scale")
         self.shared_robustness = check_bool(shared_robustness, "shared_robustness")
         self.robustness = nn.Parameter(torch.zeros(1 if shared_robustness else num_classes))
+        self.pair_offsets: nn.Parameter | None = None
+        if check_bool(pair_offsets, "pair_offsets"):
+            self.pair_offsets = nn.Parameter(torch.zeros(num_classes, num_classes))
 
     def reset_parameters(self) -> None:
-        """Back to cross-entropy: every offset and robustness 0."""
+        """Back to cross-entropy: every offset, pair offset and robustness 0."""
         with torch.no_grad():
-            self.offsets.zero_()
-            self.robustness.zero_()
+            for parameter in self.parameters():
+                parameter.zero_()
 
     @property
     def q(self) -> Tensor:
@@ -183,7 +200,8 @@ class ClassAwareDLN(ValidatedLoad):
 
     def extra_repr(self) -> str:
         shared = ", shared_robustness=True" if self.shared_robustness else ""
-        return f"num_classes={self.num_classes}, reduction={self.reduction!r}{shared}"
+        pairs = "" if self.pair_offsets is not None else ", pair_offsets=False"
+        return f"num_classes={self.num_classes}, reduction={self.reduction!r}{shared}{pairs}"
 
     def get_extra_state(self) -> dict[str, Any]:
         # the same numbers are another loss with the other keep_scale or shape of robustness
@@ -191,6 +209,7 @@ class ClassAwareDLN(ValidatedLoad):
             "num_classes": self.num_classes,
             "shared_robustness": self.shared_robustness,
             "keep_scale": self.keep_scale,
+            "pair_offsets": self.pair_offsets is not None,
         }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
@@ -200,11 +219,12 @@ class ClassAwareDLN(ValidatedLoad):
                 f"the state is of a ClassAwareDLN with num_classes={found!r}, "
                 f"this one has num_classes={self.num_classes}"
             )
-        for option in ("shared_robustness", "keep_scale"):
-            if state.get(option) != getattr(self, option):
+        mine = self.get_extra_state()
+        for option in ("shared_robustness", "keep_scale", "pair_offsets"):
+            if state.get(option) != mine[option]:
                 raise ValueError(
                     f"the state is of a ClassAwareDLN with {option}={state.get(option)!r}, "
-                    f"this one has {option}={getattr(self, option)}"
+                    f"this one has {option}={mine[option]}"
                 )
 
     def forward(self, input: Tensor, target: Tensor, sample_weight: Tensor | None = None) -> Tensor:
@@ -218,7 +238,7 @@ class ClassAwareDLN(ValidatedLoad):
             and self.reduction == "mean"
         ):
             # plain classification, the common case: no masks, no reshaping
-            log_prob = _offset_log_prob(input, target, self.offsets)
+            log_prob = _offset_log_prob(input, target, self.offsets, self.pair_offsets)
             q = _sample_q(self.robustness, target, input)
             loss, scale = generalized_ce(log_prob, q).mean(), torch.exp(q * log_prob).mean()
         else:
@@ -239,12 +259,12 @@ class ClassAwareDLN(ValidatedLoad):
         return _DividedBy.apply(loss, scale.clamp_min(torch.finfo(scale.dtype).tiny))
 
     def _per_sample(self, logits: Tensor, target: Tensor) -> Tensor:
-        return class_aware_loss(logits, target, self.offsets, self.robustness)
+        return class_aware_loss(logits, target, self.offsets, self.robustness, self.pair_offsets)
 
     def _gradient_factor(self, logits: Tensor, target: Tensor) -> Tensor:
         """``p_y^q``: how much a sample's logit gradient is of cross-entropy's (on the offset logits)."""
         q = _sample_q(self.robustness, target, logits)
-        return torch.exp(q * _offset_log_prob(logits, target, self.offsets))
+        return torch.exp(q * _offset_log_prob(logits, target, self.offsets, self.pair_offsets))
 
 
 class _DividedBy(torch.autograd.Function):
