@@ -206,25 +206,22 @@ class Teacher:
         """Run one round of Algorithm 1 and commit it if every quantity in it is finite.
 
         Args:
-            student: the model being trained, on the device the round runs on; not a ``torch.compile``'d
-                module (nor one holding one: ``TypeError``): pass the module it wraps, ``model._orig_mod``.
+            student: the model being trained, on the device the round runs on; not a ``torch.compile``'d module
+                (nor one holding one): pass the module it wraps, ``model._orig_mod``.
             train_iter: iterator of ``(x, y)`` or ``(x, y, w)`` training batches; a round takes ``2N``
-                (``'paper'``) or ``N`` of them.
-            val_iter: iterator of ``(x, y)`` or ``(x, y, w)`` validation batches; a round takes one. A weighted
-                batch's ``w`` goes to ``val_loss`` as its third argument (the default's validation error is then
-                ``sum(w * ce) / sum(w)``); a ``val_loss`` that takes no weight raises ``TypeError``.
+                (``'paper'``) or ``N``.
+            val_iter: iterator of ``(x, y)`` or ``(x, y, w)`` validation batches; a round takes one, and gives its
+                ``w`` to ``val_loss`` as a third argument (the default's error is then ``sum(w * ce) / sum(w)``).
 
         Returns:
             A :class:`RoundRecord`. A round with a non-finite value, one that runs out of memory, and one whose
-            hypergradient is zero is skipped (``record.skipped``, ``record.reason`` saying why, with a logged
-            warning), and nothing changes.
+            hypergradient is zero is skipped (``record.reason`` says why, and a warning is logged): nothing changes.
 
         Raises:
-            TypeError, ValueError: the iterators or their batches are not what a round needs (too few batches,
-                a wrong structure, or batches the student, the DLN or ``val_loss`` cannot take); nothing changes.
-            RuntimeError: with a ``process_group``, the ranks no longer hold the same DLN, teacher or student;
-                called under ``torch.inference_mode()``; or called while another thread's round on this teacher
-                is running.
+            TypeError, ValueError: the student, the iterators or their batches are not what a round needs
+                (nothing changes).
+            RuntimeError: with a ``process_group``, the ranks no longer hold the same values; called under
+                ``torch.inference_mode()``, or while another thread's round on this teacher runs.
         """
         if not self._busy.acquire(blocking=False):
             raise RuntimeError(
@@ -290,19 +287,15 @@ class Teacher:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything that learns or remembers: ``loss_fn``, ``teacher_model``, ``teacher_optimizer``, ``memory``,
-        ``anchor_point``, ``rounds``, ``dln_lr`` and ``rollback`` (the watch's state).
-
-        As ``nn.Module.state_dict``, the DLN's and the teacher model's entries are the live tensors, which the next
-        round changes in place: ``copy.deepcopy`` it (or save it) to keep a snapshot.
-        """
+        ``anchor_point``, ``rounds``, ``dln_lr``, ``rollback``. As ``nn.Module.state_dict``, the modules' entries are
+        the live tensors, which the next round changes: ``copy.deepcopy`` it (or save it) to keep it."""
         return teacher_state(self)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output; the next round continues exactly where it left off.
 
         Raises:
-            TypeError, ValueError: the state does not fit this teacher (all of it is checked first:
-                :func:`dynaloss._teacher_state.check_teacher_state`), naming the entry; nothing is changed.
+            TypeError, ValueError: the state does not fit this teacher, naming the entry; nothing is changed.
         """
         checked = check_teacher_state(self, state)
         self.loss_fn.load_state_dict(state["loss_fn"])
