@@ -106,7 +106,7 @@ def run_job(job: Job) -> dict[str, Any]:
                 steps=job.unroll,
                 student_lr=0.1,
                 mode=job.mode,
-                anchor=spec.get("anchor", job.anchor),
+                anchor_strength=spec.get("anchor", job.anchor),
             )
         result = train_dln(student, teacher, split, name=job.arm, **common)
     return {

@@ -276,7 +276,7 @@ def round_updates(task: NoisyTask, checkpoint: Any, target: Tensor, rounds: int)
         "distance_median_coordinate": float(delta.abs().median()),
         "cos_fit_to_ones": cos(delta, torch.ones_like(delta)),
     }
-    for kind, extra in (("lstm", {}), ("adam", {"teacher": "adam", "anchor": 0.0})):
+    for kind, extra in (("lstm", {}), ("adam", {"teacher": "adam", "anchor_strength": 0.0})):
         model, optimizer = student(*checkpoint)
         with seeded(0):  # the LSTM's initial weights
             teacher = dynaloss.pairwise_teacher(10, "ce", optimizer=optimizer, **extra)
@@ -288,7 +288,7 @@ def round_updates(task: NoisyTask, checkpoint: Any, target: Tensor, rounds: int)
             updates.append(flat(teacher.loss_fn.layers) - before)
         u = torch.stack(updates)
         progress = float((u @ delta).mean() / delta.norm())  # per round, along the straight line
-        gamma, anchor = teacher.dln_lr, teacher.anchor
+        gamma, anchor = teacher.dln_lr, teacher.anchor_strength
         ceiling = gamma / anchor if anchor > 0 else math.inf
         out[kind] = {
             "dln_lr": gamma,

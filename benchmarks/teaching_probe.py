@@ -102,7 +102,11 @@ def main(arm: str, seed: int, opts: dict[str, str]) -> dict[str, object]:
             getattr(loss_fn, opts["freeze"]).requires_grad_(False)
         settings = {"teacher": opts.get("teacher", "adam"), "dln_lr": float(opts.get("dln_lr", 0.05))}
         teacher = dynaloss.Teacher(
-            loss_fn, optimizer=optimizer, steps=int(opts.get("N", 10)), anchor=float(opts.get("anchor", 0)), **settings
+            loss_fn,
+            optimizer=optimizer,
+            steps=int(opts.get("N", 10)),
+            anchor_strength=float(opts.get("anchor", 0)),
+            **settings,
         )
         train_iter = stream(x, labels, train, BATCH, seed + 77)
         if opts.get("val") == "all":

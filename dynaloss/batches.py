@@ -59,11 +59,16 @@ def as_batch(item: object, name: str, device: torch.device) -> Batch:
 
 
 def draw_batches(iterator: Iterator[object], count: int, name: str, device: torch.device) -> list[Batch]:
-    """Take ``count`` batches from ``iterator``; an iterator that ends early raises ``ValueError``."""
+    """Take ``count`` batches from ``iterator``, each as a :class:`Batch` on ``device`` (:func:`as_batch`).
+
+    Raises:
+        TypeError: ``iterator`` is not an iterator, or a batch is not of the structure :func:`as_batch` takes.
+        ValueError: ``iterator`` ended before ``count`` batches, or a batch is malformed (:func:`as_batch`).
+    """
     if not isinstance(iterator, Iterator):
         raise TypeError(
             f"{name} must be an iterator (something next() works on), got {type(iterator).__name__}; "
-            f"pass iter(loader) for one pass or itertools.cycle(loader) for an endless one"
+            f"pass iter(loader) for one pass or dynaloss.forever(loader) for an endless one"
         )
     batches = []
     for index in range(count):

@@ -1,38 +1,30 @@
 """Data-parallel teacher rounds: each rank unrolls its own shard, every SGD step uses the ranks' mean gradient.
 
-With ``W`` ranks holding equal-size shards of a batch, the mean of the shards' mean-reduced losses is the
-loss of the whole batch, so averaging the per-rank gradients in every unrolled step makes the unroll the
-single-process unroll on the concatenated batch. The average must be differentiable (the hypergradient
-flows back through it); :class:`RankMean` provides it with an autograd function whose backward is the same
-average again (the adjoint of a sum over ranks is a sum over ranks), so it can be differentiated to any
-order. Everything a rank decides on its own (is the round finite? is the update accepted?) is agreed on by
-a collective, and :meth:`RankMean.check_in_sync` verifies after each round that every rank holds the same
-DLN, teacher and student.
+With ``W`` ranks holding equal-size shards of a batch, averaging the per-rank gradients in every unrolled step
+makes the unroll the single-process unroll on the concatenated batch. :class:`RankMean` provides that average
+differentiably, to any order. Everything a rank decides on its own (did it draw its batches? is the round
+finite? is the update accepted?) is agreed on by a collective (:meth:`RankMean.all_true`, :func:`agree_on_draw`),
+and :meth:`RankMean.check_in_sync` verifies that every rank holds the same values.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx
 
-__all__ = ["RankMean", "shard_batches", "unwrap_data_parallel"]
+__all__ = ["RankMean", "agree_on_draw", "shard_batches", "unwrap_data_parallel"]
+
+T = TypeVar("T")
 
 
 class _MeanOverRanks(torch.autograd.Function):
-    """``all_reduce(x) / W`` with a backward that is the same operation, so it nests to any order.
-
-    Why not ``torch.distributed.nn.functional.all_reduce(x) / W``: it nests just as well (its backward is
-    itself again; on two gloo ranks the first and second derivatives through the mean, a whole teacher round
-    and a third derivative came out bitwise equal to this function's), but torch 2.14 deprecates it: every
-    call issues a ``FutureWarning`` (a round calls it at every unrolled step) and it refuses to run under
-    ``torch.compile``. The replacement that warning names, ``torch.distributed._functional_collectives``, is
-    private API. This function is the same dozen lines without either problem.
-    """
+    """``all_reduce(x) / W`` with a backward that is the same operation, so it nests to any order
+    (docs/design-notes.md, "Distributed rounds", says why not torch's own)."""
 
     @staticmethod
     def forward(ctx: FunctionCtx, tensor: Tensor, group: Any, world_size: int) -> Tensor:  # type: ignore[override]
@@ -50,9 +42,6 @@ class _MeanOverRanks(torch.autograd.Function):
 
 class RankMean:
     """Averages across the ranks of a process group; what a distributed :class:`dynaloss.Teacher` uses.
-
-    The differentiable mean is ``_MeanOverRanks`` above, not torch's deprecated
-    ``torch.distributed.nn.functional.all_reduce`` (which nests as well; its docstring says why not).
 
     Args:
         process_group: an initialised ``torch.distributed`` group, or ``None`` for the default (world) group.
@@ -125,6 +114,24 @@ class RankMean:
         if dist.get_backend(self.group) == "nccl":
             return torch.device("cuda", torch.cuda.current_device())
         return torch.device("cpu")
+
+
+def agree_on_draw(sync: RankMean | None, draw: Callable[[], T]) -> T:
+    """``draw()`` on every rank of ``sync``, or on none: a rank whose draw raises tells the others first.
+
+    Raises:
+        TypeError, ValueError: this rank's ``draw()`` raised it (after telling the other ranks).
+        ValueError: another rank's draw raised, so no rank goes on (none waits forever in a collective).
+    """
+    try:
+        drawn = draw()
+    except (TypeError, ValueError):
+        if sync is not None:
+            sync.any_rank(True)
+        raise
+    if sync is not None and sync.any_rank(False):
+        raise ValueError("another rank could not draw this round's batches (see its error); no rank ran it")
+    return drawn
 
 
 def unwrap_data_parallel(student: nn.Module) -> nn.Module:

@@ -31,7 +31,14 @@ FAMILIES: Mapping[str, type[nn.Module]] = MappingProxyType({"class_aware": Class
 
 
 # What the paper and the authors' code share besides N and the mode: their rates, no trust region, no rollback.
-_AS_PUBLISHED = {"student_lr": 0.1, "dln_lr": 1e-3, "teacher_lr": 1e-3, "anchor": 0.0, "guard": None, "rollback": False}
+_AS_PUBLISHED = {
+    "student_lr": 0.1,
+    "dln_lr": 1e-3,
+    "teacher_lr": 1e-3,
+    "anchor_strength": 0.0,
+    "guard": None,
+    "rollback": False,
+}
 
 # Read-only, all the way down: a preset is a name for one configuration, not a place to store another.
 # Each has four parts: "family" (a key of FAMILIES), "dln" (that family's arguments), "teacher" (Teacher's) and

@@ -1,4 +1,5 @@
-"""One round of Algorithm 1 as a pure computation: nothing is written until the caller commits it."""
+"""One round of Algorithm 1 as a pure computation: nothing is written until the caller commits it
+(:func:`dynaloss._commit.commit_round`)."""
 
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ class RoundOutcome:
 
         A round whose hypergradient is exactly zero has learned nothing (the student's learning rate is 0, so
         the unroll did not move it, or the DLN does not reach the validation error): it changes nothing, where
-        the teacher's output at a zero input (the LSTM's, the anchor's pull) would still move the DLN.
+        the teacher's output at a zero input (the LSTM's, the anchor point's pull) would still move the DLN.
 
         With ``sync`` every rank's flags are combined first, so all ranks skip or commit the round together.
         """
@@ -106,7 +107,7 @@ class RoundOutcome:
 def compute_round(
     student: nn.Module,
     loss_fn: nn.Module,
-    model: TeacherModel,
+    teacher_model: TeacherModel,
     memory: Memory | None,
     first: Sequence[Batch],
     second: Sequence[Batch],
@@ -117,7 +118,7 @@ def compute_round(
     dln_lr: float,
     val_loss: ValLoss,
     continue_stage_one: bool = True,
-    anchor: Tensor | None = None,
+    anchor_point: Tensor | None = None,
     anchor_strength: float = 0.0,
     checkpoint: bool = False,
     autocast_dtype: torch.dtype | None = None,
@@ -129,15 +130,15 @@ def compute_round(
     Args:
         student: read through ``functional_call`` only.
         loss_fn: the DLN; its current parameters are ``phi``.
-        model: the teacher model ``T``; ``memory`` is its memory (``None`` before the first round).
+        teacher_model: the teacher model ``T``; ``memory`` is its memory (``None`` before the first round).
         first: stage I's batches. ``second``: stage III's.
         student_lr, optimizer: the student's steps are plain SGD at ``student_lr``, or ``optimizer``'s own
             (SGD, Adam, AdamW) from its current state and param groups; pass exactly one.
         val: the validation batch both stages are scored on.
         continue_stage_one: stage III starts where stage I ended (the paper) or, if ``False``, from the
             student's current weights again (the research code).
-        anchor: flat DLN parameters the update is pulled back towards, with ``anchor_strength``:
-            ``phi' = phi + dln_lr * T(grad) - anchor_strength * (phi - anchor)`` (default: no pull).
+        anchor_point: flat DLN parameters the update is pulled back towards, by ``anchor_strength``:
+            ``phi' = phi + dln_lr * T(grad) - anchor_strength * (phi - anchor_point)`` (default: no pull).
         checkpoint, autocast_dtype: memory options of both unrolls (:func:`dynaloss.unroll.unroll`).
         sync: data-parallel ranks to average over: every unrolled step uses the ranks' mean gradient, and the
             hypergradient, the teacher's gradients and the validation errors are the ranks' means, so every
@@ -147,7 +148,7 @@ def compute_round(
             ``error_after`` is then ``None`` and its ``student`` stage I's end (default: ``True``).
 
     Returns:
-        The :class:`RoundOutcome`; ``teacher_grads`` is empty when ``model`` has nothing to learn.
+        The :class:`RoundOutcome`; ``teacher_grads`` is empty when ``teacher_model`` has nothing to learn.
 
     Nothing here reads a value back from the device (but a :class:`~dynaloss.PairwiseDLN`'s targets, once
     per unroll): a non-finite value is not raised on but reported by :meth:`RoundOutcome.first_problem`,
@@ -175,14 +176,14 @@ def compute_round(
 
     flat_phi = torch.cat([p.detach().flatten() for p in phi.values()])
     if memory is None:
-        memory = model.initial_memory(flat_phi.numel(), like=flat_phi)
-    direction, new_memory = _check_teacher_output(model(flat_grad, memory), flat_phi.numel(), model)
+        memory = teacher_model.initial_memory(flat_phi.numel(), like=flat_phi)
+    direction, new_memory = _check_teacher_output(teacher_model(flat_grad, memory), flat_phi.numel(), teacher_model)
     new_flat_phi = flat_phi + dln_lr * direction.to(flat_phi.dtype)
-    if anchor is not None and anchor_strength > 0:
-        new_flat_phi = new_flat_phi - anchor_strength * (flat_phi - anchor)
+    if anchor_point is not None and anchor_strength > 0:
+        new_flat_phi = new_flat_phi - anchor_strength * (flat_phi - anchor_point)
     new_phi = dict(zip(phi, _unflatten(new_flat_phi, list(phi.values()))))
 
-    learnable = model.learnable
+    learnable = teacher_model.learnable
     if not run_stage_three:
         if learnable:
             raise ValueError("run_stage_three=False: a learnable teacher model learns from stage III")
@@ -214,7 +215,7 @@ def compute_round(
         student, stage_three_start, loss_fn, new_phi, second, rule=rule, create_graph=learnable, **unroll_options
     )
     error_after = validation_error(student, stage_three, val, val_loss)
-    teacher_params = [p for p in model.parameters() if p.requires_grad]
+    teacher_params = [p for p in teacher_model.parameters() if p.requires_grad]
     teacher_grads = grads_or_zeros(error_after, teacher_params) if learnable else ()
     if sync is not None:
         error_after, *averaged = sync.mean_detached([error_after, *teacher_grads])

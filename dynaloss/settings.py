@@ -58,7 +58,7 @@ DEFAULT_TEACHER: Mapping[str, Any] = MappingProxyType(
         "dln_lr": 1e-3,
         "teacher_lr": 1e-3,
         "mode": "lookahead",
-        "anchor": 0.05,
+        "anchor_strength": 0.05,
         "guard": None,
         "rollback": True,
     }
@@ -71,7 +71,7 @@ DEFAULT_TEACHER: Mapping[str, Any] = MappingProxyType(
 # rollback (every parameter value is a proper loss; a rising validation error under label noise is the student
 # memorising wrong labels, which is what the loss is being taught to stop, not a loss to undo).
 CLASS_AWARE_TEACHING: Mapping[str, Any] = MappingProxyType(
-    {"teacher": "adam", "dln_lr": 0.05, "anchor": 0.0, "rollback": False}
+    {"teacher": "adam", "dln_lr": 0.05, "anchor_strength": 0.0, "rollback": False}
 )
 
 # The recommended PairwiseDLN: warm-started as one-vs-all binary cross-entropy, sign-constrained (monotone).

@@ -17,7 +17,8 @@ from torch.utils.data import DataLoader
 
 from dynaloss import RoundRecord, Teacher
 from dynaloss._checks import check_optimizer_excludes, check_positive_int
-from dynaloss.integrations.teaching import forever
+from dynaloss.settings import TEACH_EVERY
+from dynaloss.streams import forever
 
 try:
     import lightning.pytorch as pl
@@ -68,7 +69,8 @@ class TeacherCallback(pl.Callback):
 
     Args:
         teacher: a ``Teacher`` with ``mode='lookahead'`` on the DLN that ``training_step`` uses.
-        every: run a round after every ``every`` training batches (default: ``50``).
+        every: run a round after every ``every`` training batches (default: :data:`dynaloss.settings.TEACH_EVERY`,
+            ``20``).
         student: maps the ``LightningModule`` to the module whose forward maps a batch's inputs to logits,
             e.g. ``lambda pl_module: pl_module.model`` (default: ``None``, the ``LightningModule`` itself).
 
@@ -80,7 +82,7 @@ class TeacherCallback(pl.Callback):
         ValueError: ``every < 1``, or the teacher's mode is not ``'lookahead'``.
     """
 
-    def __init__(self, teacher: Teacher, every: int = 50, student: StudentFn | None = None) -> None:
+    def __init__(self, teacher: Teacher, every: int = TEACH_EVERY, student: StudentFn | None = None) -> None:
         if not isinstance(teacher, Teacher):
             raise TypeError(f"teacher must be a dynaloss.Teacher, got {type(teacher).__name__}")
         _check_lookahead(teacher.mode)

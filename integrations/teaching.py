@@ -10,7 +10,7 @@ from torch import nn
 
 from dynaloss import Teacher
 from dynaloss._checks import check_positive_float, check_positive_int
-from dynaloss.settings import DEFAULT_TEACHER, MODES, Mode
+from dynaloss.settings import DEFAULT_TEACHER, MODES, TEACH_EVERY, Mode
 from dynaloss.streams import forever
 
 __all__ = ["TeachingConfig", "forever", "resplit"]
@@ -23,9 +23,9 @@ class TeachingConfig:
     """When teacher rounds run inside a framework's training and what they see.
 
     Args:
-        every: run a round after every ``every`` student batches (default: ``10``).
-        steps: ``N``, unrolled student optimizer steps per stage (default: :class:`dynaloss.Teacher`'s, ``10``;
-            the paper used ``2`` for detection and segmentation, a fifth of the cost).
+        every: run a round after every ``every`` student batches (default:
+            :data:`dynaloss.settings.TEACH_EVERY`, ``20``).
+        steps: ``N``, unrolled student optimizer steps per stage (default: :class:`dynaloss.Teacher`'s, ``10``).
         student_lr: the student's SGD learning rate inside the unroll, used only when :meth:`make_teacher`
             is given no optimizer (the adapters give theirs, whose param groups' current learning rates the
             unroll then follows) (default: :class:`dynaloss.Teacher`'s, ``0.1``).
@@ -38,10 +38,10 @@ class TeachingConfig:
         val_ratio: share of the training images held out for the teacher's validation batches, re-drawn
             every epoch (default: ``0.5``, the paper's).
         teacher: extra keyword arguments for :class:`dynaloss.Teacher` (``teacher``, ``dln_lr``,
-            ``teacher_lr``, ``anchor``, ``guard``); unset ones keep the Teacher's defaults.
+            ``teacher_lr``, ``anchor_strength``, ``guard``); unset ones keep the Teacher's defaults.
     """
 
-    every: int = 10
+    every: int = TEACH_EVERY
     steps: int = DEFAULT_TEACHER["steps"]
     student_lr: float = DEFAULT_TEACHER["student_lr"]
     mode: Mode = DEFAULT_TEACHER["mode"]

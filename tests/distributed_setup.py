@@ -14,7 +14,7 @@ from dynaloss.unroll import default_val_loss
 
 WORLD_SIZE = 2
 ROUNDS = 5  # committed rounds, and (the one before last) a round that one rank's Inf makes every rank skip
-TEACHER_ARGS = {"steps": 2, "student_lr": 0.3, "dln_lr": 0.5, "anchor": 0.05, "mode": "paper"}
+TEACHER_ARGS = {"steps": 2, "student_lr": 0.3, "dln_lr": 0.5, "anchor_strength": 0.05, "mode": "paper"}
 
 
 def make_teacher_parts() -> tuple[nn.Module, dynaloss.PairwiseDLN, dynaloss.LSTMTeacher]:

@@ -73,7 +73,7 @@ def test_train_on_digits_saves_metrics_student_and_teacher(tmp_path: Path, mode:
     assert metrics["result"]["student_steps"] == 8 and metrics["result"]["steps"] == [0, 4, 8]
     assert len(metrics["result"]["rounds"]) == rounds  # 2N student steps a round in paper mode, N otherwise
     teacher_state = torch.load(tmp_path / "teacher.pt", weights_only=True)
-    assert {"loss_fn", "model", "memory", "rounds"} <= set(teacher_state)
+    assert {"loss_fn", "teacher_model", "memory", "rounds"} <= set(teacher_state)
     assert "net.1.weight" in torch.load(tmp_path / "student.pt", weights_only=True)
 
     assert main(["plot", str(tmp_path / "teacher.pt"), "--out", str(tmp_path / "fig.png")]) == 0

@@ -1,5 +1,6 @@
-"""One recommended configuration: Teacher(), PairwiseDLN(), the "default" preset, `dynaloss train`/`demo` and the
-adapters' TeachingConfig agree on every default, and each field is pinned here. Renamed names still work, warning."""
+"""One recommended configuration: Teacher(), PairwiseDLN(), the "default" preset, `dynaloss train`/`demo`, the
+adapters' TeachingConfig and the Lightning callback agree on every default, the round cadence included, and each
+field is pinned here. Renamed names still work, warning."""
 
 from __future__ import annotations
 
@@ -23,17 +24,17 @@ PINNED_TEACHER = {
     "dln_lr": 1e-3,
     "teacher_lr": 1e-3,
     "mode": "lookahead",
-    "anchor": 0.05,
+    "anchor_strength": 0.05,
     "guard": None,
     "rollback": True,
 }
 PINNED_DLN = {"init": "warm", "monotone": True}
 # What a ClassAwareDLN (the recommended DLN) is taught with instead: its parameters are logit offsets and GCE
 # exponents, moved by Adam steps; benchmarks/robust.py has the measurements.
-PINNED_CLASS_AWARE = {"teacher": "adam", "dln_lr": 0.05, "anchor": 0.0, "rollback": False}
+PINNED_CLASS_AWARE = {"teacher": "adam", "dln_lr": 0.05, "anchor_strength": 0.0, "rollback": False}
 PINNED_CADENCE = 20  # a round every 20 optimizer steps (dynaloss.settings.TEACH_EVERY)
 # the settings that depend on the loss's parameterisation: Teacher's signature leaves them to the loss
-PER_LOSS = ("teacher", "dln_lr", "anchor", "rollback")
+PER_LOSS = ("teacher", "dln_lr", "anchor_strength", "rollback")
 
 
 def signature_defaults(function: object, names: object) -> dict[str, object]:
@@ -49,7 +50,9 @@ def test_the_settings_are_the_pinned_configuration() -> None:
 
 
 def _built(teacher: Teacher) -> dict[str, object]:
-    return {name: getattr(teacher, name) for name in ("steps", "student_lr", "dln_lr", "mode", "anchor", "guard")}
+    return {
+        name: getattr(teacher, name) for name in ("steps", "student_lr", "dln_lr", "mode", "anchor_strength", "guard")
+    }
 
 
 def test_teacher_defaults_come_from_the_loss() -> None:
@@ -59,7 +62,7 @@ def test_teacher_defaults_come_from_the_loss() -> None:
     teacher = Teacher(dynaloss.ClassAwareDLN(10))
     expected = {**PINNED_TEACHER, **PINNED_CLASS_AWARE}
     assert _built(teacher) == {name: expected[name] for name in _built(teacher)}
-    assert isinstance(teacher.model, dynaloss.OptimizerTeacher) and teacher.model.kind == "adam"
+    assert isinstance(teacher.teacher_model, dynaloss.OptimizerTeacher) and teacher.teacher_model.kind == "adam"
     assert teacher.rollback is None
 
 
@@ -69,8 +72,11 @@ def test_teacher_and_pairwise_dln_default_to_it() -> None:
     assert (dln.init, dln.monotone) == (PINNED_DLN["init"], PINNED_DLN["monotone"])
     teacher = Teacher(dln)
     assert _built(teacher) == {name: PINNED_TEACHER[name] for name in _built(teacher)}
-    assert isinstance(teacher.model, dynaloss.LSTMTeacher) and teacher.rollback is not None
-    assert teacher.optimizer is not None and teacher.optimizer.param_groups[0]["lr"] == PINNED_TEACHER["teacher_lr"]
+    assert isinstance(teacher.teacher_model, dynaloss.LSTMTeacher) and teacher.rollback is not None
+    assert (
+        teacher.teacher_optimizer is not None
+        and teacher.teacher_optimizer.param_groups[0]["lr"] == PINNED_TEACHER["teacher_lr"]
+    )
 
 
 def test_the_default_preset_is_the_recommended_configuration() -> None:
@@ -83,14 +89,14 @@ def test_the_default_preset_is_the_recommended_configuration() -> None:
     assert isinstance(teacher.loss_fn, dynaloss.ClassAwareDLN) and teacher.student_optimizer is optimizer
     # the preset and Teacher(ClassAwareDLN(C)) are one configuration
     bare = Teacher(dynaloss.ClassAwareDLN(10), optimizer=optimizer)
-    assert _built(teacher) == _built(bare) and repr(teacher.model) == repr(bare.model)
+    assert _built(teacher) == _built(bare) and repr(teacher.teacher_model) == repr(bare.teacher_model)
 
 
 def test_the_pairwise_preset_is_pairwise_dlns_defaults() -> None:
     preset = PRESETS["pairwise"]
     assert (preset["family"], dict(preset["teacher"]), dict(preset["dln"])) == ("pairwise", PINNED_TEACHER, PINNED_DLN)
     teacher = pairwise_teacher(10, "pairwise")
-    assert isinstance(teacher.loss_fn, PairwiseDLN) and (teacher.steps, teacher.mode, teacher.anchor) == (
+    assert isinstance(teacher.loss_fn, PairwiseDLN) and (teacher.steps, teacher.mode, teacher.anchor_strength) == (
         10,
         "lookahead",
         0.05,
@@ -118,8 +124,30 @@ def test_the_adapters_teaching_config_defaults_to_it() -> None:
         PINNED_TEACHER["mode"],
     )
     teacher = config.make_teacher(PairwiseDLN(3), val_loss=nn.functional.cross_entropy)
-    built = {name: getattr(teacher, name) for name in ("steps", "student_lr", "dln_lr", "mode", "anchor", "guard")}
+    built = {
+        name: getattr(teacher, name) for name in ("steps", "student_lr", "dln_lr", "mode", "anchor_strength", "guard")
+    }
     assert built == {name: PINNED_TEACHER[name] for name in built}
+
+
+def test_the_round_cadence_is_one_setting() -> None:
+    from dynaloss.integrations.teaching import TeachingConfig
+
+    assert TeachingConfig().every == PINNED_CADENCE
+    pytest.importorskip("lightning")
+    from dynaloss.integrations.lightning import TeacherCallback
+
+    assert signature_defaults(TeacherCallback, ["every"]) == {"every": PINNED_CADENCE}
+
+
+def test_the_constructor_and_the_setter_check_a_setting_alike() -> None:
+    # a zero student_lr (a schedule's warm-up) is a rate both take; a negative one both refuse
+    teacher = Teacher(PairwiseDLN(3), student_lr=0)
+    assert teacher.student_lr == 0.0
+    teacher.student_lr = 0.1
+    for make in (lambda: Teacher(PairwiseDLN(3), student_lr=-0.1), lambda: setattr(teacher, "student_lr", -0.1)):
+        with pytest.raises(ValueError, match="student_lr must be a finite number >= 0, got -0.1"):
+            make()
 
 
 def test_modes_are_a_literal_type_and_presets_are_read_only() -> None:

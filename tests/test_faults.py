@@ -31,7 +31,7 @@ class RunsOutOfMemory(PairwiseDLN):
 
 
 def all_finite(teacher: Teacher) -> bool:
-    tensors = [*teacher.loss_fn.parameters(), *teacher.model.parameters(), *(teacher.memory or ())]
+    tensors = [*teacher.loss_fn.parameters(), *teacher.teacher_model.parameters(), *(teacher.memory or ())]
     return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 

@@ -189,7 +189,7 @@ def test_teacher_construction_works_or_raises_a_boundary_error(
     teacher, steps, student_lr, dln_lr, mode, anchor, guard, checkpoint, autocast_dtype
 ) -> None:
     loss_fn = dln(CLASSES, "mean", False, -100)
-    args = {"student_lr": student_lr, "dln_lr": dln_lr, "anchor": anchor, "guard": guard}
+    args = {"student_lr": student_lr, "dln_lr": dln_lr, "anchor_strength": anchor, "guard": guard}
     try:
         built = Teacher(
             loss_fn,
@@ -204,9 +204,9 @@ def test_teacher_construction_works_or_raises_a_boundary_error(
         return
     # what was accepted is what the docs promise
     assert isinstance(built.steps, int) and built.steps >= 1 and not isinstance(built.steps, bool)
-    assert math.isfinite(built.student_lr) and built.student_lr > 0
+    assert math.isfinite(built.student_lr) and built.student_lr >= 0
     assert math.isfinite(built.dln_lr) and built.dln_lr > 0
-    assert 0 <= built.anchor < 1 and built.mode in ("paper", "lookahead", "research")
+    assert 0 <= built.anchor_strength < 1 and built.mode in ("paper", "lookahead", "research")
 
 
 X, Y = torch.randn(6, 4), torch.randint(3, (6,))

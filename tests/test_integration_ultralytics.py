@@ -265,7 +265,7 @@ def test_trainer_unrolls_ultralytics_sgd_and_moves_the_gains_relatively(dataset)
     7.5 could have moved by at most ``3 * dln_lr`` = 0.03 (0.4 %).
     """
     dln_lr = 1e-2
-    teacher = {"teacher": "adam", "dln_lr": dln_lr, "anchor": 0.0}
+    teacher = {"teacher": "adam", "dln_lr": dln_lr, "anchor_strength": 0.0}
     teaching = TeachingConfig(every=1, steps=2, val_batch=4, mode="paper", teacher=teacher)  # 3 batches, 3 rounds
     overrides = train_overrides(dataset, "sgd", epochs=1, optimizer="SGD")
     trainer = DLNDetectionTrainer(overrides=overrides, teaching=teaching)

@@ -12,8 +12,8 @@ def test_paper_preset_is_the_published_configuration() -> None:
     torch.manual_seed(0)
     teacher = dynaloss.pairwise_teacher(10, "paper")
     assert teacher.loss_fn.init == "paper" and not teacher.loss_fn.monotone
-    assert isinstance(teacher.model, dynaloss.LSTMTeacher)
-    assert (teacher.steps, teacher.student_lr, teacher.dln_lr, teacher.mode, teacher.anchor) == (
+    assert isinstance(teacher.teacher_model, dynaloss.LSTMTeacher)
+    assert (teacher.steps, teacher.student_lr, teacher.dln_lr, teacher.mode, teacher.anchor_strength) == (
         25,
         0.1,
         1e-3,
@@ -24,7 +24,7 @@ def test_paper_preset_is_the_published_configuration() -> None:
 
 def test_pairwise_preset_is_warm_and_anchored_and_takes_overrides() -> None:
     teacher = dynaloss.pairwise_teacher(3, "pairwise", steps=4, mode="lookahead")
-    assert teacher.loss_fn.init == "warm" and teacher.loss_fn.monotone and teacher.anchor > 0
+    assert teacher.loss_fn.init == "warm" and teacher.loss_fn.monotone and teacher.anchor_strength > 0
     assert (teacher.steps, teacher.mode) == (4, "lookahead")
 
 

@@ -183,12 +183,12 @@ def make_problem(num_classes: int, seed: int) -> tuple[nn.Module, list, list]:
 def to_float64(teacher: Teacher) -> Teacher:
     """What a user does to run a teacher in float64: move its DLN and its model (before the first round)."""
     teacher.loss_fn.double()
-    teacher.model.double()
+    teacher.teacher_model.double()
     # .double() converts the parameters in place, so the teacher's Adam still holds the model's own tensors
-    assert teacher.optimizer is not None
-    held = {id(p) for group in teacher.optimizer.param_groups for p in group["params"]}
-    assert held == {id(p) for p in teacher.model.parameters()}
-    assert all(p.dtype == torch.float64 for p in [*teacher.loss_fn.parameters(), *teacher.model.parameters()])
+    assert teacher.teacher_optimizer is not None
+    held = {id(p) for group in teacher.teacher_optimizer.param_groups for p in group["params"]}
+    assert held == {id(p) for p in teacher.teacher_model.parameters()}
+    assert all(p.dtype == torch.float64 for p in [*teacher.loss_fn.parameters(), *teacher.teacher_model.parameters()])
     return teacher
 
 
@@ -206,7 +206,7 @@ def research_teacher(num_classes: int, **flipped: Any) -> Teacher:
         student_lr=STUDENT_LR,
         dln_lr=DLN_LR,
         teacher_lr=TEACHER_LR,
-        anchor=0.0,
+        anchor_strength=0.0,
         rollback=False,
     )
     return to_float64(teacher)
@@ -214,9 +214,9 @@ def research_teacher(num_classes: int, **flipped: Any) -> Teacher:
 
 def lstm_tensors(teacher: Teacher) -> list[list[Tensor]]:
     """The LSTM teacher's cells as ``[w_ih, w_hh, b_ih, b_hh]``; they must be all of its parameters."""
-    cells = [[cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh] for cell in teacher.model.cells]
-    assert [c.hidden_size for c in teacher.model.cells] == [64, 64, 64, 1]
-    assert {id(w) for cell in cells for w in cell} == {id(p) for p in teacher.model.parameters()}
+    cells = [[cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh] for cell in teacher.teacher_model.cells]
+    assert [c.hidden_size for c in teacher.teacher_model.cells] == [64, 64, 64, 1]
+    assert {id(w) for cell in cells for w in cell} == {id(p) for p in teacher.teacher_model.parameters()}
     return [[w.detach().clone() for w in cell] for cell in cells]
 
 
@@ -306,13 +306,18 @@ def test_research_preset_reproduces_the_authors_round(num_classes: int) -> None:
     torch.manual_seed(1500 + num_classes)
     teacher = to_float64(dynaloss.pairwise_teacher(num_classes, "research", steps=N))
     # the preset is the research configuration (issue 15) ...
-    dln, lstm = teacher.loss_fn, teacher.model
+    dln, lstm = teacher.loss_fn, teacher.teacher_model
     assert isinstance(dln, PairwiseDLN) and isinstance(lstm, LSTMTeacher)
     assert (dln.init, dln.monotone, dln.features, dln.pair_mean) == ("paper", False, "sigmoid", "all")
     assert (lstm.preprocess_eps, lstm.output_sign, lstm.preprocess_k) == (1e-8, -1, 10.0)
     assert (teacher.mode, teacher.steps, teacher.student_lr, teacher.dln_lr) == ("research", N, 0.1, 1e-3)
-    assert (teacher.anchor, teacher.rollback, teacher.guard, teacher.student_optimizer) == (0.0, None, None, None)
-    assert teacher.optimizer.defaults["lr"] == 1e-3
+    assert (teacher.anchor_strength, teacher.rollback, teacher.guard, teacher.student_optimizer) == (
+        0.0,
+        None,
+        None,
+        None,
+    )
+    assert teacher.teacher_optimizer.defaults["lr"] == 1e-3
     assert dynaloss.pairwise_teacher(num_classes, "research").steps == 15  # the research code's N
     # the preset's DLN keeps fast=True, as a user gets it: the teacher's unroll and dynaloss.hypergradient call
     # it with substituted parameters, which always takes the exact MLP

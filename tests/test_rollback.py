@@ -10,44 +10,70 @@ import torch
 from torch import nn
 
 import dynaloss
-from dynaloss.rollback import Rollback
+from dynaloss.rollback import Learned, Rollback, Snapshot
 from dynaloss.teachers import TeacherModel
+
+
+def snap(round: int) -> Snapshot:
+    """A stand-in snapshot: the watch compares errors, never what a snapshot holds."""
+    return Snapshot(round, {"w": torch.full((2,), float(round))}, {}, None)
 
 
 def test_a_rise_over_the_window_returns_the_state_at_the_start_of_the_best_window() -> None:
     watch = Rollback(window=2, rise=0.5)
-    assert watch.observe(1.0, "s0") is None  # not a full window yet
-    assert watch.observe(0.8, "s1") is None  # first window: mean 0.9, best so far; it began at s0
-    assert watch.observe(0.6, "s2") is None  # mean 0.7: best, its window began at s1
-    assert watch.observe(1.2, "s3") is None  # mean 0.9 <= 0.7 + 0.5 * 0.7
-    assert watch.observe(1.6, "s4") == "s1"  # mean 1.4 > 1.05: back to where the best window began
+    assert watch.observe(1.0, snap(0)) is None  # not a full window yet
+    assert watch.observe(0.8, snap(1)) is None  # first window: mean 0.9, best so far; it began at 0
+    assert watch.observe(0.6, snap(2)) is None  # mean 0.7: best, its window began at 1
+    assert watch.observe(1.2, snap(3)) is None  # mean 0.9 <= 0.7 + 0.5 * 0.7
+    target = watch.observe(1.6, snap(4))  # mean 1.4 > 1.05: back to where the best window began
+    assert target is not None and target.round == 1
     assert watch.count == 1 and watch.best == math.inf and not watch.recent  # the watch starts over
 
 
 def test_before_a_full_window_the_fallback_is_where_teaching_started() -> None:
     watch = Rollback(window=3, rise=0.5)
-    for error, state in [(0.3, "start"), (5.0, "a"), (9.0, "b")]:
-        assert watch.observe(error, state) is None
-    assert watch.best_state == "start"  # the first window's best state is its first round's
+    for error, round in [(0.3, 0), (5.0, 1), (9.0, 2)]:
+        assert watch.observe(error, snap(round)) is None
+    assert watch.best_state is not None and watch.best_state.round == 0  # the first window's first round
 
 
 def test_tiny_errors_do_not_roll_back_on_noise() -> None:
     """Late in training the error is ~1e-3: a rise is measured against a quarter of the first window's mean."""
     watch = Rollback(window=2, rise=0.5)
-    for error in [2.0, 2.0, 1e-3, 1e-3, 3e-3, 3e-3]:  # tripled, but far below 0.25 * 2.0
-        assert watch.observe(error, None) is None
+    for round, error in enumerate([2.0, 2.0, 1e-3, 1e-3, 3e-3, 3e-3]):  # tripled, but far below 0.25 * 2.0
+        assert watch.observe(error, snap(round)) is None
     assert watch.count == 0
 
 
 def test_non_finite_errors_are_ignored_and_state_round_trips() -> None:
     watch = Rollback(window=2)
-    watch.observe(1.0, {"x": 1})
-    watch.observe(math.nan, {"x": 2})
+    watch.observe(1.0, snap(0))
+    watch.observe(math.nan, snap(1))
+    assert len(watch.recent) == 1
     copy = Rollback(window=2)
     copy.load_state_dict(watch.state_dict())
-    assert copy.state_dict() == watch.state_dict()
+    assert repr(copy.state_dict()) == repr(watch.state_dict())
+    assert copy.best_state is not None and copy.best_state.round == 0
     with pytest.raises(ValueError, match="'recent'"):
         copy.load_state_dict({**watch.state_dict(), "recent": "x"})
+    with pytest.raises(ValueError, match="rollback snapshot"):
+        copy.load_state_dict({**watch.state_dict(), "best_state": {"x": 1}})
+
+
+def test_a_snapshot_holds_exactly_the_dln_the_teacher_model_and_its_optimizer_and_restores_them() -> None:
+    teacher = dynaloss.Teacher(dynaloss.PairwiseDLN(3), teacher="lstm")
+    learned = Learned(teacher.loss_fn, teacher.teacher_model, teacher.teacher_optimizer)
+    snapshot = learned.snapshot(7)
+    assert set(snapshot.as_dict()) == {"round", "loss_fn", "teacher_model", "teacher_optimizer"}
+    assert Snapshot.from_dict(snapshot.as_dict()).round == 7
+    with torch.no_grad():
+        for p in [*teacher.loss_fn.parameters(), *teacher.teacher_model.parameters()]:
+            p.add_(1.0)
+    learned.restore(snapshot)
+    for name, value in teacher.loss_fn.state_dict().items():
+        torch.testing.assert_close(value, snapshot.loss_fn[name], rtol=0, atol=0)
+    for name, value in teacher.teacher_model.state_dict().items():
+        torch.testing.assert_close(value, snapshot.teacher_model[name], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(
@@ -91,7 +117,7 @@ def drop_in_run(rollback: bool) -> tuple[float, list[dynaloss.RoundRecord]]:
         optimizer=optimizer,
         dln_lr=1e-3,
         mode="lookahead",
-        anchor=0.0,
+        anchor_strength=0.0,
         rollback=rollback,
     )
 

@@ -151,7 +151,7 @@ def taught(mode: str, name: str) -> tuple[nn.Module, torch.optim.Optimizer, dyna
     optimizer = grouped(OPTIMIZERS[name], student)
     warm_up(student, optimizer, 2)
     torch.manual_seed(3)
-    teacher = dynaloss.Teacher(dln, steps=2, optimizer=optimizer, dln_lr=0.5, mode=mode, anchor=0.0)
+    teacher = dynaloss.Teacher(dln, steps=2, optimizer=optimizer, dln_lr=0.5, mode=mode, anchor_strength=0.0)
     return student, optimizer, teacher
 
 
@@ -252,7 +252,7 @@ def test_an_assigned_optimizer_is_checked_too() -> None:
         ("steps", 0, ValueError),
         ("steps", 2.0, TypeError),
         ("mode", "bogus", ValueError),
-        ("anchor", 1.0, ValueError),
+        ("anchor_strength", 1.0, ValueError),
         ("guard", -1.0, ValueError),
     ],
 )

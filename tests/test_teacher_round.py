@@ -160,7 +160,7 @@ def test_state_dict_round_trip_resumes_identically(teacher_kind: str) -> None:
 
     _, resumed = make_teacher("paper", teacher_kind)  # a fresh teacher whose own init is thrown away
     torch.manual_seed(99)
-    resumed.model.apply(lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None)
+    resumed.teacher_model.apply(lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None)
     resumed.load_state_dict(saved)
 
     for run_teacher, run_student in ((teacher, student), (resumed, saved_student)):
@@ -178,7 +178,9 @@ def test_state_dict_round_trip_resumes_identically(teacher_kind: str) -> None:
         )
     for (key, value), other in zip(teacher.state_dict()["loss_fn"].items(), resumed.state_dict()["loss_fn"].values()):
         assert torch.equal(value, other) if torch.is_tensor(value) else value == other, key
-    for (key, value), other in zip(teacher.model.state_dict().items(), resumed.model.state_dict().values()):
+    for (key, value), other in zip(
+        teacher.teacher_model.state_dict().items(), resumed.teacher_model.state_dict().values()
+    ):
         assert torch.equal(value, other) if torch.is_tensor(value) else value == other, key
     for a, b in zip(student.parameters(), saved_student.parameters()):
         assert torch.equal(a, b)
@@ -201,7 +203,7 @@ def test_optimizer_teachers_update_the_dln_without_learning() -> None:
     teacher.step(student, iter(batches), iter([val]))
     after = torch.cat([p.detach().flatten() for p in teacher.loss_fn.parameters()])
     torch.testing.assert_close(after, before - DLN_LR * expected, rtol=1e-12, atol=1e-14)
-    assert teacher.optimizer is None
+    assert teacher.teacher_optimizer is None
 
 
 # ------------------------------------------------------------------------------------------------ anchor
@@ -219,7 +221,7 @@ class AlwaysPush(dynaloss.TeacherModel):
 def test_anchor_bounds_how_far_the_dln_can_walk(anchor: float) -> None:
     student, dln = make_student(), make_dln()
     start = torch.cat([p.detach().flatten().clone() for p in dln.parameters()])
-    teacher = dynaloss.Teacher(dln, teacher=AlwaysPush(), steps=1, student_lr=0.01, dln_lr=0.01, anchor=anchor)
+    teacher = dynaloss.Teacher(dln, teacher=AlwaysPush(), steps=1, student_lr=0.01, dln_lr=0.01, anchor_strength=anchor)
     data = make_batches(40, 8, seed=70)
     for i in range(20):
         teacher.step(student, iter(data[2 * i : 2 * i + 2]), iter(make_batches(1, 8, seed=71)))
