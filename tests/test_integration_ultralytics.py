@@ -314,16 +314,6 @@ def test_an_optimizer_the_unroll_cannot_follow_raises_type_error(dataset):
         trainer.train()
 
 
-def test_resuming_a_run_saved_before_log_gains_raises(dataset):
-    """Its DLN would load (as logs), but the teacher's anchor and memory live in the space of the gains."""
-    trainer = DLNDetectionTrainer(overrides=train_overrides(dataset, "old"))
-    criterion = DLNDetectionLoss(tiny_model())
-    trainer.teacher = Teacher(criterion.objective, steps=2, val_loss=criterion.validation_error)
-    old_state = {"teacher": {"loss_fn": {"dln.weight": torch.tensor(GAINS)}}, "batches_seen": 3, "history": []}
-    with pytest.raises(ValueError, match="learned its gains directly.*start a new run"):
-        trainer._restore(old_state)
-
-
 def test_classes_beyond_the_head_raise_value_error():
     model = tiny_model()
     batch = synthetic_batch()
