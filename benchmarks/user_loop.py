@@ -67,7 +67,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+
+from dynaloss.harness.progress import progress
 
 STUDENTS = ("cnn", "mlp", "resmlp")
 DATASETS = ("mnist1d", "digits")
@@ -436,7 +437,7 @@ def run_phase(
     pending = list(dict.fromkeys(job for job in jobs if job not in store))
     if not pending:
         return
-    with tqdm(total=len(pending), desc=desc, unit="job", dynamic_ncols=True) as bar:
+    with progress(len(pending), desc, unit="job") as bar:
         if pool is None:
             for job in pending:
                 store.add(job, run(job))

@@ -33,8 +33,6 @@ from dynaloss.harness.checkpoint import RunCheckpoint, load_saved
 from dynaloss.harness.data import Dataset
 from dynaloss.harness.noisy import NoisyTask, batches, gce_loss, make_noisy_task, user_loop
 from dynaloss.harness.plot import SURFACE_KINDS, plot_curves, plot_loss_profile, plot_loss_surface, plot_sample_weight
-from dynaloss.harness.step_cost import E2E_STEPS, STEP_REPEATS, run_step_cost
-from dynaloss.harness.step_cost import ROWS as STEP_ROWS
 from dynaloss.harness.training import (
     DATASETS,
     LR_FLOOR,
@@ -246,85 +244,27 @@ def _add_plot(commands: Any) -> None:
 
 
 def _add_bench(commands: Any) -> None:
-    bench = commands.add_parser(
-        "bench", help="seconds and memory of a teacher round vs 2N plain CE steps (--step-cost: a student step)"
-    )
-    bench.add_argument(
-        "--step-cost",
-        action="store_true",
-        help="measure instead what a student's training step costs with PairwiseDLN vs CE, and the README's "
-        "loop vs CE end to end (dynaloss.harness.step_cost)",
-    )
-    rounds = bench.add_argument_group("teacher rounds (without --step-cost)")
-    rounds.add_argument("--student", choices=sorted(STUDENTS), help="(default: resnet8 on a GPU, mnist1d-cnn on a CPU)")
-    rounds.add_argument("--unroll", type=_positive_int, nargs="+", help="N values (default: 1 5 10 25 GPU, 10 CPU)")
-    rounds.add_argument("--checkpoint", action="store_true", help="recompute each unrolled step in the backward")
-    rounds.add_argument("--autocast", choices=sorted(AUTOCAST_NAMES), help="autocast dtype of the unrolls")
-    steps = bench.add_argument_group("step cost (with --step-cost)")
-    steps.add_argument("--rows", choices=list(STEP_ROWS), nargs="+", help="students to time (default: all)")
-    steps.add_argument(
-        "--e2e-steps", type=_positive_int, help=f"student steps per end-to-end arm (default: {E2E_STEPS})"
-    )
-    steps.add_argument("--skip-e2e", action="store_true", help="leave out the end-to-end comparison")
-    steps.add_argument("--threads", type=_positive_int, help="torch threads (default: 1)")
-    steps.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
-    bench.add_argument(
-        "--repeats",
-        type=_positive_int,
-        help=f"timed repeats, median reported (default: 5 rounds per N; {STEP_REPEATS} with --step-cost)",
-    )
-    bench.add_argument(
-        "--device", type=_device, help="torch device (default: cuda if available, else cpu; cpu with --step-cost)"
-    )
-    bench.add_argument(
-        "--out", type=Path, help="writes OUT.json and OUT.md (default: round_time; step_cost with --step-cost)"
-    )
+    bench = commands.add_parser("bench", help="seconds and memory of a teacher round vs 2N plain CE steps")
+    bench.add_argument("--student", choices=sorted(STUDENTS), help="(default: resnet8 on a GPU, mnist1d-cnn on a CPU)")
+    bench.add_argument("--unroll", type=_positive_int, nargs="+", help="N values (default: 1 5 10 25 GPU, 10 CPU)")
+    bench.add_argument("--checkpoint", action="store_true", help="recompute each unrolled step in the backward")
+    bench.add_argument("--autocast", choices=sorted(AUTOCAST_NAMES), help="autocast dtype of the unrolls")
+    bench.add_argument("--repeats", type=_positive_int, default=5, help="timed rounds per N, median reported (5)")
+    bench.add_argument("--device", type=_device, help="torch device (default: cuda if available, else cpu)")
+    bench.add_argument("--out", type=Path, default=Path("round_time"), help="writes OUT.json and OUT.md")
     bench.set_defaults(handler=run_bench)
 
 
-# options that belong to one measurement of `dynaloss bench`: (dest, flag, value when not given)
-_ROUND_ONLY = (("student", "--student", None), ("unroll", "--unroll", None), ("checkpoint", "--checkpoint", False))
-_STEP_ONLY = (
-    ("rows", "--rows", None),
-    ("e2e_steps", "--e2e-steps", None),
-    ("skip_e2e", "--skip-e2e", False),
-    ("threads", "--threads", None),
-    ("progress", "--no-progress", True),
-)
-
-
-def _check_bench_options(args: argparse.Namespace) -> None:
-    """Refuse an option of the other measurement, which would otherwise be silently ignored."""
-    other = (*_ROUND_ONLY, ("autocast", "--autocast", None)) if args.step_cost else _STEP_ONLY
-    given = [flag for dest, flag, unset in other if getattr(args, dest) != unset]
-    if given:
-        need = "cannot be used with" if args.step_cost else "needs" if len(given) == 1 else "need"
-        raise ValueError(f"{', '.join(given)} {need} --step-cost")
-
-
 def run_bench(args: argparse.Namespace) -> None:
-    """``dynaloss bench``: :func:`dynaloss.harness.bench.run_benchmark` with the device's default configuration, or
-    with ``--step-cost`` :func:`dynaloss.harness.step_cost.run_step_cost` (one torch thread unless ``--threads``)."""
-    _check_bench_options(args)
-    if args.step_cost:
-        torch.set_num_threads(args.threads or 1)
-        run_step_cost(
-            [STEP_ROWS[name] for name in args.rows or STEP_ROWS],
-            device=torch.device(args.device or "cpu"),
-            out=args.out or Path("step_cost"),
-            repeats=args.repeats or STEP_REPEATS,
-            e2e_steps=None if args.skip_e2e else args.e2e_steps or E2E_STEPS,
-            progress=args.progress,
-        )
-        return
+    """``dynaloss bench``: :func:`dynaloss.harness.bench.run_benchmark` with the device's default configuration."""
     device = torch.device(args.device or _default_device())
     gpu = device.type == "cuda"
     run_benchmark(
         args.student or ("resnet8" if gpu else "mnist1d-cnn"),
         args.unroll or ([1, 5, 10, 25] if gpu else [10]),
         device=device,
-        out=args.out or Path("round_time"),
-        repeats=args.repeats or 5,
+        out=args.out,
+        repeats=args.repeats,
         checkpoint=args.checkpoint,
         autocast_dtype=None if args.autocast is None else AUTOCAST_NAMES[args.autocast],
     )

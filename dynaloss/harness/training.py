@@ -24,12 +24,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler
-from tqdm.auto import tqdm
 
 from dynaloss._deprecation import renamed_keywords
 from dynaloss.harness.checkpoint import RunCheckpoint
 from dynaloss.harness.data import Dataset, EpochSplit, augment_cifar, load_cifar, load_digits, load_mnist1d
 from dynaloss.harness.models import MNIST1DCNN, DigitsMLP, ResNet8
+from dynaloss.harness.progress import progress as progress_report
 from dynaloss.teacher import Teacher
 
 __all__ = [
@@ -308,14 +308,7 @@ def _run(
     if not result.steps:  # a resumed run has its step-0 evaluation already
         result.steps.append(0)
         result.accuracy.append(evaluate(student))
-    with tqdm(
-        total=total_steps,
-        initial=result.student_steps,
-        desc=result.name,
-        unit="step",
-        disable=not progress,
-        dynamic_ncols=True,
-    ) as bar:
+    with progress_report(total_steps, result.name, enabled=progress, initial=result.student_steps) as bar:
         while result.student_steps < total_steps:
             taken = advance()
             failures = 0 if taken else failures + 1

@@ -297,6 +297,6 @@ class PSPNetTrainer:
 def _progress(total: int, enabled: bool) -> Any:
     if not enabled:
         return None
-    from tqdm.auto import tqdm
+    from dynaloss.harness.progress import progress
 
-    return tqdm(total=total, desc="train", unit="step", mininterval=1.0, leave=False)
+    return progress(total, "train", leave=False)
