@@ -16,9 +16,8 @@ from dynaloss.integrations.smp import (  # noqa: E402
     PSPNetDLNLoss,
     PSPNetTrainer,
     VOCSegmentation,
-    confusion_matrix,
-    mean_iou,
 )
+from dynaloss.integrations.smp.metrics import confusion_matrix, mean_iou  # noqa: E402
 from dynaloss.integrations.teaching import TeachingConfig  # noqa: E402
 
 NUM_CLASSES = 4

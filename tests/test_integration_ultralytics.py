@@ -22,16 +22,11 @@ from ultralytics.utils.loss import v8DetectionLoss  # noqa: E402
 
 from dynaloss import Teacher, hypergradient  # noqa: E402
 from dynaloss.harness.synthetic import write_detection_dataset  # noqa: E402
+from dynaloss.harness.yolo import scaled_config, write_scaled_config  # noqa: E402
 from dynaloss.integrations.teaching import TeachingConfig  # noqa: E402
-from dynaloss.integrations.ultralytics import (  # noqa: E402
-    CHECKPOINT_KEY,
-    DLNDetectionLoss,
-    DLNDetectionTrainer,
-    pad_targets,
-    scaled_config,
-    unpad_targets,
-    write_scaled_config,
-)
+from dynaloss.integrations.ultralytics import DLNDetectionLoss, DLNDetectionTrainer  # noqa: E402
+from dynaloss.integrations.ultralytics.targets import pad_targets, unpad_targets  # noqa: E402
+from dynaloss.integrations.ultralytics.trainer import CHECKPOINT_KEY  # noqa: E402
 
 NUM_CLASSES = 3
 IMGSZ = 64
