@@ -90,32 +90,6 @@ class TrainingStopped(RuntimeError):
     """``dynaloss train`` gave up: too many teacher rounds in a row failed."""
 
 
-class _RenamedOption(argparse.Action):
-    """An option's old spelling, kept for one release: hidden from --help, stores into the new option's ``dest``
-    and prints a deprecation note to stderr."""
-
-    def __init__(self, option_strings: Sequence[str], dest: str, *, replacement: str, note: str, **kwargs: Any):
-        self.replacement, self.note = replacement, note
-        super().__init__(option_strings, dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
-
-    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None) -> None:
-        print(f"dynaloss: {option_string} is deprecated, use {self.replacement} ({self.note})", file=sys.stderr)
-        setattr(namespace, self.dest, values)
-
-
-def _add_total_steps(command: argparse.ArgumentParser, default: int | None, help: str) -> None:
-    """``--total-steps``, the student-step budget, and ``--steps``, its deprecated spelling."""
-    command.add_argument("--total-steps", type=_positive_int, default=default, help=help)
-    command.add_argument(
-        "--steps",
-        dest="total_steps",
-        type=_positive_int,
-        action=_RenamedOption,
-        replacement="--total-steps",
-        note="the total student-step budget; --unroll is N, the steps per stage",
-    )
-
-
 def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -182,7 +156,11 @@ def _add_demo(commands: Any) -> None:
         "demo", help="tuned CE, GCE and dynaloss on MNIST-1D with 40%% wrong labels and a clean trusted set"
     )
     defaults = DEMO_DEFAULTS
-    _add_total_steps(demo, None, f"SGD steps per arm, a third of it per tuning run ({defaults['total_steps']})")
+    demo.add_argument(
+        "--total-steps",
+        type=_positive_int,
+        help=f"SGD steps per arm, a third of it per tuning run ({defaults['total_steps']})",
+    )
     demo.add_argument("--eval-every", type=_positive_int, help=f"steps between evaluations ({defaults['eval_every']})")
     demo.add_argument("--quick", action="store_true", help=f"a tiny budget for a smoke test ({DEMO_QUICK})")
     _add_common(demo, Path("dynaloss-out"))
@@ -208,7 +186,9 @@ def _add_train(commands: Any) -> None:
     )
     train.add_argument("--mode", choices=MODES, default=teacher["mode"], help="Teacher mode (default: %(default)s)")
     train.add_argument("--unroll", type=_positive_int, default=teacher["steps"], help="N (default: %(default)s)")
-    _add_total_steps(train, 2000, "student SGD steps (default: %(default)s)")
+    train.add_argument(
+        "--total-steps", type=_positive_int, default=2000, help="student SGD steps (default: %(default)s)"
+    )
     train.add_argument("--eval-every", type=_positive_int, default=500, help="(default: %(default)s)")
     train.add_argument("--val-ratio", type=_ratio, default=0.5, help="val share of the train set (default: 0.5)")
     train.add_argument(
