@@ -61,7 +61,7 @@ __all__ = ["DEMO_DEFAULTS", "DEMO_QUICK", "TrainingStopped", "build_parser", "ma
 AUTOCAST_NAMES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # `dynaloss train` runs the library's recommended PairwiseDLN configuration (dynaloss.settings: DEFAULT_TEACHER
 # and DEFAULT_DLN) unless an option says otherwise.
-# `dynaloss demo` shows the case where teaching pays (issue 20): standard MNIST-1D, a clean trusted set of 500,
+# `dynaloss demo` shows the case where teaching pays: standard MNIST-1D, a clean trusted set of 500,
 # 40 % of the other 3,500 labels wrong; cross-entropy at its tuned rate, GCE (the strongest fixed loss there) and
 # the README's loop with the "default" preset, all with the user's SGD recipe. Its defaults are its budget.
 DEMO_DEFAULTS = {"total_steps": 6000, "eval_every": 500}
