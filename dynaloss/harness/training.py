@@ -368,11 +368,11 @@ def train_dln(
     total_steps: int,
     evaluate: Evaluate,
     eval_every: int,
+    max_failures: int = MAX_FAILURES,
+    batches: tuple[Iterator[Any], Iterator[Any]] | None = None,
     name: str = "L2T-DLN",
     progress: bool = True,
-    max_failures: int = MAX_FAILURES,
     checkpoint: RunCheckpoint | None = None,
-    batches: tuple[Iterator[Any], Iterator[Any]] | None = None,
     lr_schedule: LRSchedule = "constant",
 ) -> ArmResult:
     """L2T-DLN: ``teacher.step`` rounds until the student has taken ``total_steps`` SGD steps.
