@@ -1,4 +1,4 @@
-"""Why does the teacher not find the better loss? Measurements for the paper's pairwise DLN (issue 20, part 2).
+"""Why does the teacher not find the better loss? Measurements for the paper's pairwise DLN.
 
 The case: standard MNIST-1D, 500 clean trusted samples, 40 % of the other 3,500 labels replaced by another class
 (:func:`dynaloss.harness.noisy.make_noisy_task`), the 1-D CNN, SGD(0.05, momentum 0.9, wd 5e-4) + cosine over
@@ -267,7 +267,7 @@ def horizon_errors(
 
 # ------------------------------------------------------------------------------------------------ part 2: rounds
 def round_updates(task: NoisyTask, checkpoint: Any, target: Tensor, rounds: int) -> dict[str, Any]:
-    """A fresh "ce" preset teacher (LSTM) and its Adam twin (anchor 0, as in the issue's run) take ``rounds``
+    """A fresh "ce" preset teacher (LSTM) and its Adam twin (anchor 0, as in the grid's run) take ``rounds``
     lookahead rounds at one checkpoint (the student stays as it is); each round's change against ``target - start``."""
     delta = target - flat(make_dln("pinned").layers)
     out: dict[str, Any] = {

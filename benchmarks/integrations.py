@@ -28,9 +28,11 @@ import torch  # noqa: E402
 
 from dynaloss import Teacher  # noqa: E402
 from dynaloss.harness.synthetic import SyntheticShapes, draw_squares, write_detection_dataset  # noqa: E402
+from dynaloss.harness.yolo import scaled_config, train_yolo  # noqa: E402
 from dynaloss.integrations.smp import PSPNetAux, PSPNetCELoss, PSPNetDLNLoss, PSPNetTrainer  # noqa: E402
 from dynaloss.integrations.teaching import TeachingConfig  # noqa: E402
-from dynaloss.integrations.ultralytics import DLNDetectionLoss, pad_targets, scaled_config, train_yolo  # noqa: E402
+from dynaloss.integrations.ultralytics import DLNDetectionLoss  # noqa: E402
+from dynaloss.integrations.ultralytics.targets import pad_targets  # noqa: E402
 
 N, TRAIN_BATCH, VAL_BATCH = 2, 2, 8
 
@@ -195,7 +197,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        from dynaloss.integrations.ultralytics import write_scaled_config
+        from dynaloss.harness.yolo import write_scaled_config
 
         write_scaled_config(root / "w0.25-yolov3-tiny.yaml", "yolov3-tiny.yaml", 0.25)
         detection = [detection_accuracy(seed, args.det_epochs, root) for seed in range(args.seeds)]

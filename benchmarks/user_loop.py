@@ -1,4 +1,4 @@
-"""The user's-loop benchmark (issue 11): does the drop-in DLN + teacher beat a *tuned* cross-entropy in YOUR loop?
+"""The user's-loop benchmark: does the drop-in DLN + teacher beat a *tuned* cross-entropy in YOUR loop?
 
 A user replaces ``nn.CrossEntropyLoss()`` in their own training loop (their optimizer, their learning-rate
 schedule, stepped every iteration) with the library's recommended drop-in::
@@ -24,7 +24,7 @@ protocol; ``sgdm``: momentum 0.9, weight decay 5e-4, cosine; ``adamw``: weight d
 - ``dln-taught-legacy``: the README's OLD loop (``Teacher(PairwiseDLN(C), steps=10, mode="lookahead")``,
   ``teacher.student_lr`` synced from the optimizer before each round, no ``optimizer=``), on today's library
   (whose ``Teacher`` rolls back by default); ``dln-taught-legacy-no-rollback``: the same with ``rollback=False``,
-  the library as it was when issue 11 was filed. Both are arms of ``--case repro``.
+  as the library was before rollback. Both are arms of ``--case repro``.
 
 Protocol (benchmarks/README.md): every arm takes ``--steps`` steps (batch 25) from the same weights per seed. Each
 arm's learning rate is tuned per cell (student, data, recipe) over the recipe's 3-value grid (:data:`RECIPES`)
@@ -39,13 +39,13 @@ each other K is tuned as an arm of its own.
 
     OMP_NUM_THREADS=1 python benchmarks/user_loop.py --fast          # ~10 min on 2 cores
     OMP_NUM_THREADS=1 python benchmarks/user_loop.py                 # full grid, 5 seeds
-    OMP_NUM_THREADS=1 python benchmarks/user_loop.py --case repro    # issue 11's reproduction
+    OMP_NUM_THREADS=1 python benchmarks/user_loop.py --case repro    # the old loop's reproduction
     OMP_NUM_THREADS=1 python benchmarks/user_loop.py --students cnn --data mnist1d --recipes sgdm \\
         --arms ce dln-taught --teach-every 50 100 200                # a K sweep on one cell
 
 ``--fast`` runs the ``cnn`` and ``resmlp`` students on both data sets with all three recipes, every default arm,
 seeds 0 and 1, 2,000 steps, at a fixed learning rate per recipe (the middle of its grid: no tuning phase):
-4 cells x (4 arms x 3 recipes + ``paper``) x 2 seeds = 104 jobs. ``--case repro`` is issue 11's setting: standard
+4 cells x (4 arms x 3 recipes + ``paper``) x 2 seeds = 104 jobs. ``--case repro`` is the old loop's case: standard
 MNIST-1D, the 1-D CNN, SGD(lr=0.05, momentum=0.9, weight_decay=5e-4) + cosine over 8,000 iterations, K = 100,
 seeds 0-2, arms ce, dln-fixed, dln-taught and both legacy loops, test accuracy every 1,000 iterations.
 """
@@ -67,15 +67,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+
+from dynaloss.harness.progress import progress
 
 STUDENTS = ("cnn", "mlp", "resmlp")
 DATASETS = ("mnist1d", "digits")
-# The learning-rate grid each arm is tuned over, per recipe; --fast and --fixed-lr take its middle value.
-# Chosen with a CE probe (4,000 steps, tuning split, rates a factor ~3 beyond each end too): the 1-D CNN on
-# MNIST-1D peaks at 0.2 (plain SGD), 0.1 (momentum; 0.3 diverges) and 1e-2 (AdamW; 3e-2 is worse), the residual
-# MLP on MNIST-1D at 0.01 (momentum; 3e-3 is worse) and 3e-3 (AdamW), and the digits cells are flat within
-# about a point. The report marks a pick at an end of its grid.
+# The learning-rate grid each arm is tuned over, per recipe; --fast and --fixed-lr take its middle value (how it
+# was chosen: docs/design-notes-harness.md). The report marks a pick at an end of its grid.
 RECIPES: dict[str, dict[str, Any]] = {
     "sgd": {"lrs": (0.1, 0.2, 0.4)},
     "sgdm": {"lrs": (0.01, 0.03, 0.1)},
@@ -341,7 +339,7 @@ def run_job(job: Job) -> dict[str, Any]:
         with seeded(job.seed):
             if kind == "dln-taught":  # the recommended drop-in: rounds unroll the user's optimizer rule
                 teacher = dynaloss.pairwise_teacher(classes, job.preset, optimizer=optimizer, mode="lookahead")
-            else:  # the README's old loop, kept to show what issue 11 reported
+            else:  # the README's old loop, kept as the reproduction's baseline
                 extra = {"rollback": False} if kind == "dln-taught-legacy-no-rollback" else {}
                 teacher = dynaloss.Teacher(dynaloss.PairwiseDLN(classes), steps=10, mode="lookahead", **extra)
 
@@ -436,7 +434,7 @@ def run_phase(
     pending = list(dict.fromkeys(job for job in jobs if job not in store))
     if not pending:
         return
-    with tqdm(total=len(pending), desc=desc, unit="job", dynamic_ncols=True) as bar:
+    with progress(len(pending), desc, unit="job") as bar:
         if pool is None:
             for job in pending:
                 store.add(job, run(job))
@@ -703,7 +701,7 @@ def curve_table(runs: list[dict[str, Any]]) -> list[str]:
 # ------------------------------------------------------------------------------------------------- CLI
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--case", choices=["grid", "repro"], default="grid", help="repro: issue 11's reproduction")
+    parser.add_argument("--case", choices=["grid", "repro"], default="grid", help="repro: the README's old loop")
     parser.add_argument("--students", nargs="+", default=list(STUDENTS), choices=STUDENTS)
     parser.add_argument("--data", nargs="+", default=list(DATASETS), choices=DATASETS)
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
@@ -730,7 +728,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if parser.parse_args(argv).fast:  # defaults, not overrides: filters given with --fast still apply
         parser.set_defaults(students=["cnn", "resmlp"], seeds=2, steps=2000, eval_every=500, fixed_lr=True)
     args = parser.parse_args(argv)
-    if args.case == "repro":  # issue 11: SGD(0.05, momentum 0.9, wd 5e-4) + cosine over 8,000 iterations
+    if args.case == "repro":  # SGD(0.05, momentum 0.9, wd 5e-4) + cosine over 8,000 iterations
         args.students, args.data, args.recipes, args.lr = ["cnn"], ["mnist1d"], ["sgdm"], 0.05
         if args.arms == list(DEFAULT_ARMS):  # unless --arms names some
             args.arms = ["ce", "dln-fixed", "dln-taught", *LEGACY_ARMS]

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from dynaloss.harness.synthetic import SyntheticShapes
-from dynaloss.integrations.smp import LOSSES, VOC_CLASSES, PSPNetAux, PSPNetTrainer, VOCSegmentation
+from dynaloss.integrations.smp import VOC_CLASSES, PSPNetAux, PSPNetTrainer, VOCSegmentation
+from dynaloss.integrations.smp.trainer import LOSSES
 from dynaloss.integrations.teaching import TeachingConfig
 
 

@@ -15,8 +15,8 @@ import json
 from pathlib import Path
 
 from dynaloss.harness.synthetic import write_detection_dataset
+from dynaloss.harness.yolo import ARMS, train_yolo, write_scaled_config
 from dynaloss.integrations.teaching import TeachingConfig
-from dynaloss.integrations.ultralytics import ARMS, train_yolo, write_scaled_config
 
 
 def parse_args() -> argparse.Namespace:

@@ -42,22 +42,6 @@ def test_quick_demo_trains_three_arms_at_the_tuned_rate_and_draws_the_loss(
     assert 0 < captured.err.count("\n") < 100 and "\r" not in captured.err
 
 
-@pytest.mark.parametrize("command", ["train", "demo"])
-def test_steps_is_a_hidden_deprecated_alias_of_total_steps(
-    tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    argv = [command, "--steps", "4", "--eval-every", "4", "--out", str(tmp_path), "--no-progress"]
-    argv += ["--data", "digits", "--unroll", "2"] if command == "train" else []
-    assert main(argv) == 0
-    assert "--steps is deprecated, use --total-steps" in capsys.readouterr().err
-    written = tmp_path / ("metrics.json" if command == "train" else "results.json")
-    assert json.loads(written.read_text())["config"]["total_steps"] == 4
-    with pytest.raises(SystemExit):
-        main([command, "--help"])
-    shown = capsys.readouterr().out
-    assert "--total-steps" in shown and "--steps" not in shown
-
-
 def test_train_and_demo_defaults_are_the_librarys() -> None:
     assert parser_defaults("train") == {**DEFAULT_TEACHER, **DEFAULT_DLN}
     # the demo runs the README's dynaloss.pairwise_teacher(C, optimizer=optimizer): the "default" preset

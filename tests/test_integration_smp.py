@@ -16,9 +16,8 @@ from dynaloss.integrations.smp import (  # noqa: E402
     PSPNetDLNLoss,
     PSPNetTrainer,
     VOCSegmentation,
-    confusion_matrix,
-    mean_iou,
 )
+from dynaloss.integrations.smp.metrics import confusion_matrix, mean_iou  # noqa: E402
 from dynaloss.integrations.teaching import TeachingConfig  # noqa: E402
 
 NUM_CLASSES = 4
@@ -192,16 +191,6 @@ def test_the_poly_schedule_is_torchs_polynomial_lr_with_the_old_closed_form_rate
     closed_form = [0.05 * (1 - min(s, total) / total) ** 0.9 for s in range(total + 1)]
     assert rates == pytest.approx(closed_form, rel=1e-12, abs=1e-15)
     assert rates[-1] == 0.0
-
-
-def test_steps_is_a_deprecated_alias_of_total_steps():
-    with pytest.warns(DeprecationWarning, match="steps= is deprecated, use total_steps="):
-        trainer = PSPNetTrainer(tiny_pspnet(), shapes(), steps=2, loss="ce", batch_size=4)
-    assert trainer.total_steps == 2 and trainer.fit() == [] and trainer.step == 2
-    with pytest.warns(DeprecationWarning, match="PSPNetTrainer.steps is deprecated, use total_steps"):
-        assert trainer.steps == 2
-    with pytest.raises(TypeError, match="missing the keyword argument total_steps"):
-        PSPNetTrainer(tiny_pspnet(), shapes(), loss="ce")
 
 
 # ---------------------------------------------------------------------------------------------- metrics

@@ -22,16 +22,11 @@ from ultralytics.utils.loss import v8DetectionLoss  # noqa: E402
 
 from dynaloss import Teacher, hypergradient  # noqa: E402
 from dynaloss.harness.synthetic import write_detection_dataset  # noqa: E402
+from dynaloss.harness.yolo import scaled_config, write_scaled_config  # noqa: E402
 from dynaloss.integrations.teaching import TeachingConfig  # noqa: E402
-from dynaloss.integrations.ultralytics import (  # noqa: E402
-    CHECKPOINT_KEY,
-    DLNDetectionLoss,
-    DLNDetectionTrainer,
-    pad_targets,
-    scaled_config,
-    unpad_targets,
-    write_scaled_config,
-)
+from dynaloss.integrations.ultralytics import DLNDetectionLoss, DLNDetectionTrainer  # noqa: E402
+from dynaloss.integrations.ultralytics.targets import pad_targets, unpad_targets  # noqa: E402
+from dynaloss.integrations.ultralytics.trainer import CHECKPOINT_KEY  # noqa: E402
 
 NUM_CLASSES = 3
 IMGSZ = 64
@@ -312,16 +307,6 @@ def test_an_optimizer_the_unroll_cannot_follow_raises_type_error(dataset):
         TypeError, match=r"optimizer='RMSprop' built a RMSprop.*pass optimizer='SGD', 'Adam' or 'AdamW'"
     ):
         trainer.train()
-
-
-def test_resuming_a_run_saved_before_log_gains_raises(dataset):
-    """Its DLN would load (as logs), but the teacher's anchor and memory live in the space of the gains."""
-    trainer = DLNDetectionTrainer(overrides=train_overrides(dataset, "old"))
-    criterion = DLNDetectionLoss(tiny_model())
-    trainer.teacher = Teacher(criterion.objective, steps=2, val_loss=criterion.validation_error)
-    old_state = {"teacher": {"loss_fn": {"dln.weight": torch.tensor(GAINS)}}, "batches_seen": 3, "history": []}
-    with pytest.raises(ValueError, match="learned its gains directly.*start a new run"):
-        trainer._restore(old_state)
 
 
 def test_classes_beyond_the_head_raise_value_error():

@@ -117,18 +117,6 @@ def test_non_positive_init_weights_raise_naming_them(weights):
         MultiPartDLN(3, weights)
 
 
-def test_old_state_dict_with_gains_loads_as_log_gains():
-    dln = MultiPartDLN(3, [1.0, 1.0, 1.0])
-    dln.load_state_dict({"weight": torch.tensor([7.25, 0.5, 1.75])})
-    torch.testing.assert_close(dln.weight.detach(), torch.tensor([7.25, 0.5, 1.75]), **ULP)
-    assert list(dln.state_dict()) == ["log_weight"]
-    parent = torch.nn.ModuleDict({"dln": MultiPartDLN(3, GAINS)})  # nested: the key carries a prefix
-    parent.load_state_dict({"dln.weight": torch.tensor([2.0, 3.0, 4.0])})
-    assert torch.equal(parent["dln"].weight.detach(), torch.tensor([2.0, 3.0, 4.0]))
-    with pytest.raises(ValueError, match=r"state_dict\['weight'\] \(the old gains\) must all be > 0.*-1\.0"):
-        dln.load_state_dict({"weight": torch.tensor([1.0, -1.0, 1.0])})
-
-
 @pytest.mark.parametrize("shape", [(4,), (2, 2), (2, 3, 1), (1, 2, 3), ()])
 def test_bad_part_shapes_raise(shape):
     with pytest.raises(ValueError, match=r"parts must be \(3,\) or \(B, 3\)"):

@@ -1,35 +1,55 @@
-"""The step-cost benchmark runs end to end and writes what it promises (a smoke test: its numbers are not checked)."""
+"""benchmarks/step_cost.py runs end to end and writes what it promises (a smoke test: its numbers are not checked)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
-from dynaloss.harness.cli import main
+from dynaloss.harness.cli import main as dynaloss_main
 from dynaloss.harness.data import Dataset
-from dynaloss.harness.step_cost import ARMS, Row, measure_end_to_end, run_step_cost
 
 CPU = torch.device("cpu")
-# tiny stand-ins for the real rows: a classifier and a per-pixel net with ignored pixels and a pixel budget
-TINY_ROWS = [
-    Row("tiny-mlp", "MLP 8-5", lambda: nn.Linear(8, 5), (8,), 4, 5, steps_per_block=2),
-    Row(
-        "tiny-pixel",
-        "FCN 3-4",
-        lambda: nn.Conv2d(3, 4, 3, padding=1),
-        (3, 6, 6),
-        2,
-        4,
-        spatial=(6, 6),
-        ignore_index=255,
-        ignore_share=0.2,
-        max_pixels=8,
-    ),
-]
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "step_cost.py"
+
+
+@pytest.fixture(scope="module")
+def step_cost() -> Iterator[ModuleType]:
+    spec = importlib.util.spec_from_file_location("step_cost", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["step_cost"] = module  # the Row dataclass looks its module up
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("step_cost", None)
+
+
+def tiny_rows(step_cost: ModuleType) -> list[Any]:
+    """Tiny stand-ins for the real rows: a classifier and a per-pixel net with ignored pixels and a pixel budget."""
+    Row = step_cost.Row
+    return [
+        Row("tiny-mlp", "MLP 8-5", lambda: nn.Linear(8, 5), (8,), 4, 5, steps_per_block=2),
+        Row(
+            "tiny-pixel",
+            "FCN 3-4",
+            lambda: nn.Conv2d(3, 4, 3, padding=1),
+            (3, 6, 6),
+            2,
+            4,
+            spatial=(6, 6),
+            ignore_index=255,
+            ignore_share=0.2,
+            max_pixels=8,
+        ),
+    ]
 
 
 def _tiny_mnist1d_like() -> Dataset:
@@ -39,10 +59,12 @@ def _tiny_mnist1d_like() -> Dataset:
     return Dataset(x, y, x[:10], y[:10])
 
 
-def test_step_cost_times_every_arm_and_the_readme_loop(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_step_cost_times_every_arm_and_the_readme_loop(
+    step_cost: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "step_cost"
-    report = run_step_cost(
-        TINY_ROWS,
+    report = step_cost.run_step_cost(
+        tiny_rows(step_cost),
         device=CPU,
         out=out,
         repeats=1,
@@ -58,8 +80,8 @@ def test_step_cost_times_every_arm_and_the_readme_loop(tmp_path: Path, capsys: p
     for row in report["rows"]:
         for measured in ("step", "loss"):
             times, ratios = row[f"{measured}_ms"], row[f"{measured}_ratio"]
-            assert set(times) == set(ARMS) and all(ms > 0 for ms in times.values())
-            assert set(ratios) == set(ARMS) - {"ce"}
+            assert set(times) == set(step_cost.ARMS) and all(ms > 0 for ms in times.values())
+            assert set(ratios) == set(step_cost.ARMS) - {"ce"}
             assert all(ratios[arm] == times[arm] / times["ce"] for arm in ratios)
     assert report["rows"][1]["logits"] == [2, 4, 6, 6] and report["rows"][1]["max_pixels"] == 8
 
@@ -76,33 +98,17 @@ def test_step_cost_times_every_arm_and_the_readme_loop(tmp_path: Path, capsys: p
     assert "machine:" in printed and "config:" in printed and "| share in rounds |" in printed
 
 
-def test_bench_step_cost_is_reachable_from_the_command_line(tmp_path: Path) -> None:
+def test_the_script_times_a_row_from_the_command_line(step_cost: ModuleType, tmp_path: Path) -> None:
     out = tmp_path / "cli"
-    argv = ["bench", "--step-cost", "--rows", "mlp-40", "--repeats", "1", "--skip-e2e", "--no-progress"]
-    assert main([*argv, "--out", str(out)]) == 0
+    argv = ["--rows", "mlp-40", "--repeats", "1", "--skip-e2e", "--no-progress", "--out", str(out)]
+    assert step_cost.main(argv) == 0
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["end_to_end"] is None and report["machine"]["device"] == "cpu"
     (row,) = report["rows"]
     assert row["row"] == "mlp-40" and row["logits"] == [25, 10] and row["step_ms"]["ce"] > 0
 
 
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["--step-cost", "--unroll", "3"], "--unroll cannot be used with --step-cost"),
-        (["--rows", "mlp-40", "--skip-e2e"], "--rows, --skip-e2e need --step-cost"),
-    ],
-)
-def test_bench_refuses_an_option_of_the_other_measurement(
-    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_the_dynaloss_command_times_teacher_rounds_only(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as stopped:
-        main(["bench", *argv])
-    assert stopped.value.code == 2 and message in capsys.readouterr().err
-
-
-def test_measure_end_to_end_takes_total_steps_and_steps_as_its_deprecated_name() -> None:
-    with pytest.warns(DeprecationWarning, match="steps= is deprecated, use total_steps="):
-        old = measure_end_to_end(device=CPU, steps=2, every=2, unroll=1, data=_tiny_mnist1d_like())
-    new = measure_end_to_end(device=CPU, total_steps=2, every=2, unroll=1, data=_tiny_mnist1d_like())
-    assert old["steps"] == new["steps"] == 2 and old["rounds"] == new["rounds"] == 1
+        dynaloss_main(["bench", "--step-cost"])
+    assert stopped.value.code == 2 and "unrecognized arguments: --step-cost" in capsys.readouterr().err

@@ -1,5 +1,5 @@
-"""The training loops' learning-rate schedule (torch's CosineAnnealingLR, stepped once per student step), their
-``total_steps`` budget, and the deprecated spellings of both."""
+"""The training loops' learning-rate schedule (torch's CosineAnnealingLR, stepped once per student step) and their
+``total_steps`` budget."""
 
 from __future__ import annotations
 
@@ -11,11 +11,9 @@ import torch
 import dynaloss
 from dynaloss.harness.training import LR_FLOOR, load_dataset, make_split, make_student, train_ce, train_dln
 
-STEPS_RENAMED = "steps= is deprecated, use total_steps="
-
 
 def closed_form_cosine(lr: float, total: int, step: int, floor: float = LR_FLOOR) -> float:
-    """The half cosine from ``lr`` to ``floor`` over ``total`` steps, written out (what cosine_schedule was)."""
+    """The half cosine from ``lr`` to ``floor`` over ``total`` steps, written out."""
     return floor + (lr - floor) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
 
 
@@ -94,49 +92,7 @@ def test_constant_is_the_default_and_leaves_the_rate(sgd_rates: list[float]) -> 
         train_ce(make_student("digits", 10, seed=0), split, lr=0.1, lr_schedule="linear", **quiet(2))  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("arm", ["ce", "dln"])
-def test_steps_is_a_deprecated_alias_of_total_steps(arm: str) -> None:
+def test_total_steps_is_required() -> None:
     data, split = digits()
-    student = make_student("digits", data.num_classes, seed=0)
-    common = {"eval_every": 4, "evaluate": lambda model: 0.0, "progress": False}
-    with pytest.warns(DeprecationWarning, match=STEPS_RENAMED) as caught:
-        if arm == "ce":
-            result = train_ce(student, split, lr=0.1, steps=4, **common)
-        else:
-            teacher = dynaloss.Teacher(dynaloss.PairwiseDLN(data.num_classes), steps=2, mode="paper")
-            result = train_dln(student, teacher, split, steps=4, **common)
-    assert result.student_steps == 4
-    assert caught[0].filename == __file__  # the warning points at the caller
-    with pytest.raises(TypeError, match="total_steps= alone"), pytest.warns(DeprecationWarning):
-        train_ce(student, split, lr=0.1, steps=4, total_steps=4, **common)
-    with pytest.raises(TypeError, match="missing the keyword argument total_steps"):
-        train_ce(student, split, lr=0.1, **common)
-
-
-def test_cosine_schedule_is_deprecated_and_still_drives_a_run(sgd_rates: list[float]) -> None:
-    with pytest.warns(DeprecationWarning, match="cosine_schedule is deprecated"):
-        schedule = dynaloss.harness.training.cosine_schedule(0.1, 8)
-    assert schedule(0) == pytest.approx(0.1) and schedule(8) == pytest.approx(LR_FLOOR) == schedule(500)
-    data, split = digits()
-    with pytest.warns(DeprecationWarning, match="lr_schedule= as a function of the step is deprecated"):
-        train_ce(make_student("digits", data.num_classes, seed=0), split, lr=0.1, lr_schedule=schedule, **quiet(8))
-    for step, rate in enumerate(sgd_rates):
-        assert math.isclose(rate, schedule(step), rel_tol=1e-12)
-
-
-@pytest.mark.parametrize("arm", ["ce", "dln"])
-def test_a_zero_rate_from_a_step_function_freezes_the_student(arm: str) -> None:
-    data, split = digits()
-    student = make_student("digits", data.num_classes, seed=0)
-    before = [p.detach().clone() for p in student.parameters()]
-    with pytest.warns(DeprecationWarning, match="lr_schedule= as a function"):
-        if arm == "ce":
-            train_ce(student, split, lr=0.1, lr_schedule=lambda step: 0.0, **quiet(4))
-        else:
-            teacher = dynaloss.Teacher(dynaloss.PairwiseDLN(data.num_classes), steps=2, student_lr=0.1, mode="paper")
-            result = train_dln(student, teacher, split, lr_schedule=lambda step: 0.0, **quiet(4))
-            # at rate 0 a round learns nothing: skipped (issue 22), its steps counted, so the run is not stopped
-            assert result.rounds and all("learned nothing" in r["reason"] for r in result.rounds)
-            assert result.student_steps == 4 and not result.stopped
-            assert teacher.student_lr == 0.0
-    assert all(torch.equal(a, b) for a, b in zip(before, student.parameters()))
+    with pytest.raises(TypeError, match="total_steps"):
+        train_ce(make_student("digits", data.num_classes, seed=0), split, lr=0.1, eval_every=4, evaluate=lambda m: 0.0)  # type: ignore[call-arg]

@@ -33,8 +33,6 @@ from dynaloss.harness.checkpoint import RunCheckpoint, load_saved
 from dynaloss.harness.data import Dataset
 from dynaloss.harness.noisy import NoisyTask, batches, gce_loss, make_noisy_task, user_loop
 from dynaloss.harness.plot import SURFACE_KINDS, plot_curves, plot_loss_profile, plot_loss_surface, plot_sample_weight
-from dynaloss.harness.step_cost import E2E_STEPS, STEP_REPEATS, run_step_cost
-from dynaloss.harness.step_cost import ROWS as STEP_ROWS
 from dynaloss.harness.training import (
     DATASETS,
     LR_FLOOR,
@@ -63,7 +61,7 @@ __all__ = ["DEMO_DEFAULTS", "DEMO_QUICK", "TrainingStopped", "build_parser", "ma
 AUTOCAST_NAMES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # `dynaloss train` runs the library's recommended PairwiseDLN configuration (dynaloss.settings: DEFAULT_TEACHER
 # and DEFAULT_DLN) unless an option says otherwise.
-# `dynaloss demo` shows the case where teaching pays (issue 20): standard MNIST-1D, a clean trusted set of 500,
+# `dynaloss demo` shows the case where teaching pays: standard MNIST-1D, a clean trusted set of 500,
 # 40 % of the other 3,500 labels wrong; cross-entropy at its tuned rate, GCE (the strongest fixed loss there) and
 # the README's loop with the "default" preset, all with the user's SGD recipe. Its defaults are its budget.
 DEMO_DEFAULTS = {"total_steps": 6000, "eval_every": 500}
@@ -90,32 +88,6 @@ RESUMABLE_CHANGES = ("resume", "checkpoint_every", "max_failures", "out", "devic
 
 class TrainingStopped(RuntimeError):
     """``dynaloss train`` gave up: too many teacher rounds in a row failed."""
-
-
-class _RenamedOption(argparse.Action):
-    """An option's old spelling, kept for one release: hidden from --help, stores into the new option's ``dest``
-    and prints a deprecation note to stderr."""
-
-    def __init__(self, option_strings: Sequence[str], dest: str, *, replacement: str, note: str, **kwargs: Any):
-        self.replacement, self.note = replacement, note
-        super().__init__(option_strings, dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
-
-    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None) -> None:
-        print(f"dynaloss: {option_string} is deprecated, use {self.replacement} ({self.note})", file=sys.stderr)
-        setattr(namespace, self.dest, values)
-
-
-def _add_total_steps(command: argparse.ArgumentParser, default: int | None, help: str) -> None:
-    """``--total-steps``, the student-step budget, and ``--steps``, its deprecated spelling."""
-    command.add_argument("--total-steps", type=_positive_int, default=default, help=help)
-    command.add_argument(
-        "--steps",
-        dest="total_steps",
-        type=_positive_int,
-        action=_RenamedOption,
-        replacement="--total-steps",
-        note="the total student-step budget; --unroll is N, the steps per stage",
-    )
 
 
 def _non_negative_int(text: str) -> int:
@@ -184,7 +156,11 @@ def _add_demo(commands: Any) -> None:
         "demo", help="tuned CE, GCE and dynaloss on MNIST-1D with 40%% wrong labels and a clean trusted set"
     )
     defaults = DEMO_DEFAULTS
-    _add_total_steps(demo, None, f"SGD steps per arm, a third of it per tuning run ({defaults['total_steps']})")
+    demo.add_argument(
+        "--total-steps",
+        type=_positive_int,
+        help=f"SGD steps per arm, a third of it per tuning run ({defaults['total_steps']})",
+    )
     demo.add_argument("--eval-every", type=_positive_int, help=f"steps between evaluations ({defaults['eval_every']})")
     demo.add_argument("--quick", action="store_true", help=f"a tiny budget for a smoke test ({DEMO_QUICK})")
     _add_common(demo, Path("dynaloss-out"))
@@ -210,7 +186,9 @@ def _add_train(commands: Any) -> None:
     )
     train.add_argument("--mode", choices=MODES, default=teacher["mode"], help="Teacher mode (default: %(default)s)")
     train.add_argument("--unroll", type=_positive_int, default=teacher["steps"], help="N (default: %(default)s)")
-    _add_total_steps(train, 2000, "student SGD steps (default: %(default)s)")
+    train.add_argument(
+        "--total-steps", type=_positive_int, default=2000, help="student SGD steps (default: %(default)s)"
+    )
     train.add_argument("--eval-every", type=_positive_int, default=500, help="(default: %(default)s)")
     train.add_argument("--val-ratio", type=_ratio, default=0.5, help="val share of the train set (default: 0.5)")
     train.add_argument(
@@ -246,85 +224,27 @@ def _add_plot(commands: Any) -> None:
 
 
 def _add_bench(commands: Any) -> None:
-    bench = commands.add_parser(
-        "bench", help="seconds and memory of a teacher round vs 2N plain CE steps (--step-cost: a student step)"
-    )
-    bench.add_argument(
-        "--step-cost",
-        action="store_true",
-        help="measure instead what a student's training step costs with PairwiseDLN vs CE, and the README's "
-        "loop vs CE end to end (dynaloss.harness.step_cost)",
-    )
-    rounds = bench.add_argument_group("teacher rounds (without --step-cost)")
-    rounds.add_argument("--student", choices=sorted(STUDENTS), help="(default: resnet8 on a GPU, mnist1d-cnn on a CPU)")
-    rounds.add_argument("--unroll", type=_positive_int, nargs="+", help="N values (default: 1 5 10 25 GPU, 10 CPU)")
-    rounds.add_argument("--checkpoint", action="store_true", help="recompute each unrolled step in the backward")
-    rounds.add_argument("--autocast", choices=sorted(AUTOCAST_NAMES), help="autocast dtype of the unrolls")
-    steps = bench.add_argument_group("step cost (with --step-cost)")
-    steps.add_argument("--rows", choices=list(STEP_ROWS), nargs="+", help="students to time (default: all)")
-    steps.add_argument(
-        "--e2e-steps", type=_positive_int, help=f"student steps per end-to-end arm (default: {E2E_STEPS})"
-    )
-    steps.add_argument("--skip-e2e", action="store_true", help="leave out the end-to-end comparison")
-    steps.add_argument("--threads", type=_positive_int, help="torch threads (default: 1)")
-    steps.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
-    bench.add_argument(
-        "--repeats",
-        type=_positive_int,
-        help=f"timed repeats, median reported (default: 5 rounds per N; {STEP_REPEATS} with --step-cost)",
-    )
-    bench.add_argument(
-        "--device", type=_device, help="torch device (default: cuda if available, else cpu; cpu with --step-cost)"
-    )
-    bench.add_argument(
-        "--out", type=Path, help="writes OUT.json and OUT.md (default: round_time; step_cost with --step-cost)"
-    )
+    bench = commands.add_parser("bench", help="seconds and memory of a teacher round vs 2N plain CE steps")
+    bench.add_argument("--student", choices=sorted(STUDENTS), help="(default: resnet8 on a GPU, mnist1d-cnn on a CPU)")
+    bench.add_argument("--unroll", type=_positive_int, nargs="+", help="N values (default: 1 5 10 25 GPU, 10 CPU)")
+    bench.add_argument("--checkpoint", action="store_true", help="recompute each unrolled step in the backward")
+    bench.add_argument("--autocast", choices=sorted(AUTOCAST_NAMES), help="autocast dtype of the unrolls")
+    bench.add_argument("--repeats", type=_positive_int, default=5, help="timed rounds per N, median reported (5)")
+    bench.add_argument("--device", type=_device, help="torch device (default: cuda if available, else cpu)")
+    bench.add_argument("--out", type=Path, default=Path("round_time"), help="writes OUT.json and OUT.md")
     bench.set_defaults(handler=run_bench)
 
 
-# options that belong to one measurement of `dynaloss bench`: (dest, flag, value when not given)
-_ROUND_ONLY = (("student", "--student", None), ("unroll", "--unroll", None), ("checkpoint", "--checkpoint", False))
-_STEP_ONLY = (
-    ("rows", "--rows", None),
-    ("e2e_steps", "--e2e-steps", None),
-    ("skip_e2e", "--skip-e2e", False),
-    ("threads", "--threads", None),
-    ("progress", "--no-progress", True),
-)
-
-
-def _check_bench_options(args: argparse.Namespace) -> None:
-    """Refuse an option of the other measurement, which would otherwise be silently ignored."""
-    other = (*_ROUND_ONLY, ("autocast", "--autocast", None)) if args.step_cost else _STEP_ONLY
-    given = [flag for dest, flag, unset in other if getattr(args, dest) != unset]
-    if given:
-        need = "cannot be used with" if args.step_cost else "needs" if len(given) == 1 else "need"
-        raise ValueError(f"{', '.join(given)} {need} --step-cost")
-
-
 def run_bench(args: argparse.Namespace) -> None:
-    """``dynaloss bench``: :func:`dynaloss.harness.bench.run_benchmark` with the device's default configuration, or
-    with ``--step-cost`` :func:`dynaloss.harness.step_cost.run_step_cost` (one torch thread unless ``--threads``)."""
-    _check_bench_options(args)
-    if args.step_cost:
-        torch.set_num_threads(args.threads or 1)
-        run_step_cost(
-            [STEP_ROWS[name] for name in args.rows or STEP_ROWS],
-            device=torch.device(args.device or "cpu"),
-            out=args.out or Path("step_cost"),
-            repeats=args.repeats or STEP_REPEATS,
-            e2e_steps=None if args.skip_e2e else args.e2e_steps or E2E_STEPS,
-            progress=args.progress,
-        )
-        return
+    """``dynaloss bench``: :func:`dynaloss.harness.bench.run_benchmark` with the device's default configuration."""
     device = torch.device(args.device or _default_device())
     gpu = device.type == "cuda"
     run_benchmark(
         args.student or ("resnet8" if gpu else "mnist1d-cnn"),
         args.unroll or ([1, 5, 10, 25] if gpu else [10]),
         device=device,
-        out=args.out or Path("round_time"),
-        repeats=args.repeats or 5,
+        out=args.out,
+        repeats=args.repeats,
         checkpoint=args.checkpoint,
         autocast_dtype=None if args.autocast is None else AUTOCAST_NAMES[args.autocast],
     )

@@ -7,22 +7,20 @@ user's optimizer and scheduler, a teacher round every K steps) with evaluations 
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from types import TracebackType
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from dynaloss.harness.data import Dataset, _generator
+from dynaloss.harness.progress import progress as progress_report
 from dynaloss.harness.training import ArmResult, Evaluate
 from dynaloss.settings import TEACH_EVERY
 
-__all__ = ["NoisyTask", "batches", "gce_loss", "make_noisy_task", "progress_bar", "user_loop"]
+__all__ = ["NoisyTask", "batches", "gce_loss", "make_noisy_task", "user_loop"]
 
 Pair = tuple[Tensor, Tensor]
 Loss = Callable[[Tensor, Tensor], Tensor]
@@ -137,7 +135,7 @@ def user_loop(
     started = time.perf_counter()
     score(0)
     model.train()
-    with progress_bar(total_steps, name, progress) as bar:
+    with progress_report(total_steps, name, enabled=progress) as bar:
         for it in range(total_steps):
             x, y = next(train)
             loss = loss_fn(model(x), y)
@@ -155,38 +153,3 @@ def user_loop(
             bar.update(1)
     result.seconds = time.perf_counter() - started - evaluating
     return result
-
-
-# ------------------------------------------------------------------------------------------------ progress
-class _LineProgress:
-    """A progress report for a log file: one line on stderr at every tenth of the run (tqdm's bar, rewritten in
-    place, needs a terminal)."""
-
-    def __init__(self, total: int, name: str) -> None:
-        self.total, self.name, self.done, self.shown, self.postfix = total, name, 0, 0, ""
-        self.started = time.perf_counter()
-
-    def update(self, steps: int) -> None:
-        self.done += steps
-        tenths = 10 * self.done // self.total
-        if tenths > self.shown:
-            self.shown = tenths
-            seconds = time.perf_counter() - self.started
-            note = f", {self.postfix}" if self.postfix else ""
-            print(f"{self.name}: {self.done}/{self.total} steps, {seconds:.0f} s{note}", file=sys.stderr, flush=True)
-
-    def set_postfix_str(self, text: str) -> None:
-        self.postfix = text
-
-    def __enter__(self) -> _LineProgress:
-        return self
-
-    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
-        return None
-
-
-def progress_bar(total: int, name: str, enabled: bool) -> Any:
-    """A tqdm bar on a terminal, else :class:`_LineProgress`'s ten lines; nothing when not ``enabled``."""
-    if enabled and not sys.stderr.isatty():
-        return _LineProgress(total, name)
-    return tqdm(total=total, desc=name, unit="step", disable=not enabled, dynamic_ncols=True)

@@ -23,13 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler
-from tqdm.auto import tqdm
+from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler
 
-from dynaloss._deprecation import renamed_keywords
 from dynaloss.harness.checkpoint import RunCheckpoint
 from dynaloss.harness.data import Dataset, EpochSplit, augment_cifar, load_cifar, load_digits, load_mnist1d
 from dynaloss.harness.models import MNIST1DCNN, DigitsMLP, ResNet8
+from dynaloss.harness.progress import progress as progress_report
 from dynaloss.teacher import Teacher
 
 __all__ = [
@@ -41,7 +40,6 @@ __all__ = [
     "Evaluate",
     "LRSchedule",
     "align_steps",
-    "cosine_schedule",
     "evaluate_accuracy",
     "load_dataset",
     "machine_info",
@@ -181,25 +179,8 @@ LR_SCHEDULES: tuple[str, ...] = get_args(LRSchedule)
 LR_FLOOR = 1e-4
 
 
-def _require_total_steps(total_steps: int | None) -> int:
-    if total_steps is None:
-        raise TypeError("missing the keyword argument total_steps= (the total student-step budget)")
-    return total_steps
-
-
-def _make_scheduler(
-    optimizer: Optimizer, lr_schedule: LRSchedule | Callable[[int], float], total_steps: int
-) -> LRScheduler | None:
+def _make_scheduler(optimizer: Optimizer, lr_schedule: LRSchedule, total_steps: int) -> LRScheduler | None:
     """The scheduler of ``optimizer`` for ``lr_schedule`` over ``total_steps`` student steps (``None``: constant)."""
-    if callable(lr_schedule):
-        warnings.warn(
-            "lr_schedule= as a function of the step is deprecated: pass lr_schedule='cosine' or 'constant'",
-            DeprecationWarning,
-            stacklevel=3,
-        )
-        base = optimizer.param_groups[0]["lr"]
-        # LambdaLR scales the optimizer's starting rate: the function's rate divided by it
-        return LambdaLR(optimizer, lambda step: lr_schedule(step) / base)
     if lr_schedule == "cosine":
         return CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=LR_FLOOR)
     if lr_schedule == "constant":
@@ -217,21 +198,6 @@ def _advance_scheduler(scheduler: LRScheduler | None, steps: int) -> None:
         warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step\\(\\)` before", UserWarning)
         for _ in range(steps):
             scheduler.step()
-
-
-def cosine_schedule(lr: float, steps: int, floor: float = LR_FLOOR) -> Callable[[int], float]:
-    """Deprecated: pass ``lr_schedule='cosine'`` to :func:`train_ce` / :func:`train_dln` (torch's
-    ``CosineAnnealingLR`` with ``eta_min=LR_FLOOR`` over ``total_steps``).
-
-    ``lr`` decaying to ``floor`` along a half cosine over ``steps`` student steps, as a function of the step.
-    """
-    warnings.warn(
-        "cosine_schedule is deprecated: pass lr_schedule='cosine' to train_ce / train_dln "
-        "(torch.optim.lr_scheduler.CosineAnnealingLR)",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return lambda step: floor + (lr - floor) * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
 
 
 # ------------------------------------------------------------------------------------------------------ arms
@@ -308,14 +274,7 @@ def _run(
     if not result.steps:  # a resumed run has its step-0 evaluation already
         result.steps.append(0)
         result.accuracy.append(evaluate(student))
-    with tqdm(
-        total=total_steps,
-        initial=result.student_steps,
-        desc=result.name,
-        unit="step",
-        disable=not progress,
-        dynamic_ncols=True,
-    ) as bar:
+    with progress_report(total_steps, result.name, enabled=progress, initial=result.student_steps) as bar:
         while result.student_steps < total_steps:
             taken = advance()
             failures = 0 if taken else failures + 1
@@ -341,12 +300,11 @@ def _run(
 _RESUMED_FIELDS = ("steps", "accuracy", "seconds", "student_steps", "rounds", "stopped")
 
 
-@renamed_keywords(steps="total_steps")
 def train_ce(
     student: nn.Module,
     split: EpochSplit,
     *,
-    total_steps: int | None = None,
+    total_steps: int,
     lr: float,
     evaluate: Evaluate,
     eval_every: int,
@@ -355,7 +313,7 @@ def train_ce(
     loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
     checkpoint: RunCheckpoint | None = None,
     train_iter: Iterator[Any] | None = None,
-    lr_schedule: LRSchedule | Callable[[int], float] = "constant",
+    lr_schedule: LRSchedule = "constant",
 ) -> ArmResult:
     """Plain SGD with a fixed loss (cross-entropy by default) on ``split``'s train batches (its val part is not used).
 
@@ -369,11 +327,8 @@ def train_ce(
         checkpoint: save the run every ``checkpoint.every`` steps, and resume from it (default: none).
         train_iter: the train batches (default: ``split.train_batches()``; a distributed run passes its shard).
         lr_schedule: ``'constant'`` (default) or ``'cosine'``: torch's ``CosineAnnealingLR`` from ``lr`` to
-            :data:`LR_FLOOR` over ``total_steps``, stepped after every student step. A function of the steps
-            taken (what ``cosine_schedule`` returned) is deprecated.
-        steps: deprecated name of ``total_steps`` (a warning).
+            :data:`LR_FLOOR` over ``total_steps``, stepped after every student step.
     """
-    total_steps = _require_total_steps(total_steps)
     device = next(student.parameters()).device
     optimizer = torch.optim.SGD(student.parameters(), lr=lr)
     scheduler = _make_scheduler(optimizer, lr_schedule, total_steps)
@@ -405,21 +360,20 @@ def train_ce(
     )
 
 
-@renamed_keywords(steps="total_steps")
 def train_dln(
     student: nn.Module,
     teacher: Teacher,
     split: EpochSplit,
     *,
-    total_steps: int | None = None,
+    total_steps: int,
     evaluate: Evaluate,
     eval_every: int,
+    max_failures: int = MAX_FAILURES,
+    batches: tuple[Iterator[Any], Iterator[Any]] | None = None,
     name: str = "L2T-DLN",
     progress: bool = True,
-    max_failures: int = MAX_FAILURES,
     checkpoint: RunCheckpoint | None = None,
-    batches: tuple[Iterator[Any], Iterator[Any]] | None = None,
-    lr_schedule: LRSchedule | Callable[[int], float] = "constant",
+    lr_schedule: LRSchedule = "constant",
 ) -> ArmResult:
     """L2T-DLN: ``teacher.step`` rounds until the student has taken ``total_steps`` SGD steps.
 
@@ -427,8 +381,7 @@ def train_dln(
     ``N`` steps a round). In ``'lookahead'`` mode the teacher leaves the student alone, so each round first
     takes ``N`` plain SGD steps (learning rate ``teacher.student_lr``) with the DLN as the loss, as a user's
     own loop would, then calls ``teacher.step``. Pass ``total_steps`` and ``eval_every`` as multiples of
-    :func:`round_size` so the evaluations fall where another arm's do. A round at a rate of 0 learns nothing
-    and the teacher skips it; its student steps, which at rate 0 would not move the student, count as taken.
+    :func:`round_size` so the evaluations fall where another arm's do.
 
     Args:
         total_steps: student SGD steps (the budget; required).
@@ -438,11 +391,8 @@ def train_dln(
         lr_schedule: ``'constant'`` (default) or ``'cosine'``: torch's ``CosineAnnealingLR`` from
             ``teacher.student_lr`` to :data:`LR_FLOOR` over ``total_steps``, on an SGD optimizer of the student.
             It is stepped once per student step taken (``2N`` times after a ``'paper'`` round) and its rate is
-            written into ``teacher.student_lr`` before every round, so a round's steps share one rate. A
-            function of the steps taken (what ``cosine_schedule`` returned) is deprecated.
-        steps: deprecated name of ``total_steps`` (``teacher.steps`` is N).
+            written into ``teacher.student_lr`` before every round, so a round's steps share one rate.
     """
-    total_steps = _require_total_steps(total_steps)
     train_iter, val_iter = (split.train_batches(), split.val_batches()) if batches is None else batches
     optimizer = torch.optim.SGD(student.parameters(), lr=teacher.student_lr)
     scheduler = _make_scheduler(optimizer, lr_schedule, total_steps)
@@ -465,14 +415,9 @@ def train_dln(
         if scheduler is not None:
             teacher.student_lr = optimizer.param_groups[0]["lr"]
         taken = own_steps() if teacher.mode == "lookahead" else 0
-        lr = teacher.student_lr
         record = teacher.step(student, train_iter, val_iter)
         result.rounds.append(record.as_dict())
         taken += record.student_steps
-        if record.skipped and record.hypergradient_norm == 0.0 and lr == 0 and teacher.mode != "lookahead":
-            # a round at rate 0 learned nothing and the teacher skipped it; its plain SGD steps would not have moved
-            # the student either, so they count as taken (a schedule's zero does not stall the run)
-            taken += round_size(teacher.mode, teacher.steps)
         _advance_scheduler(scheduler, taken)
         return taken
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -46,9 +45,6 @@ class MultiPartDLN(ValidatedLoad):
         weight: the effective gains ``exp(log_weight)`` (read-only, differentiable; ``.detach()`` to read
             values, write ``log_weight`` to set them).
 
-    A state dict of the old parameterisation (key ``weight``, the gains themselves) loads: its gains are
-    converted to ``log_weight``.
-
     Examples::
 
         >>> loss_fn = MultiPartDLN(3, [7.5, 0.5, 1.5])
@@ -70,13 +66,6 @@ class MultiPartDLN(ValidatedLoad):
     def weight(self) -> Tensor:
         """The effective gains ``exp(log_weight)``, ``(k,)``, differentiable with respect to ``log_weight``."""
         return self.log_weight.exp()
-
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-        # checkpoints from before the log parameterisation hold the gains themselves under "weight"
-        old, new = prefix + "weight", prefix + "log_weight"
-        if old in state_dict and new not in state_dict:
-            state_dict[new] = _log_gains(state_dict.pop(old), f"state_dict[{old!r}] (the old gains)")
-        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def extra_repr(self) -> str:
         return f"num_parts={self.num_parts}, reduction={self.reduction!r}"

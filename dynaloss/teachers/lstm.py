@@ -114,11 +114,5 @@ class LSTMTeacher(TeacherModel):
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         mine = self.get_extra_state()
-        theirs = {**mine, **{key: state[key] for key in mine if key in state}}  # states from before the options
-        if theirs != mine:
-            raise ValueError(f"the state is of an LSTMTeacher with {theirs}, this one has {mine}")
-
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-        # states saved before the options existed have no extra state: they are of the default teacher
-        state_dict.setdefault(prefix + "_extra_state", {})
-        super()._load_from_state_dict(state_dict, prefix, *args)
+        if state != mine:
+            raise ValueError(f"the state is of an LSTMTeacher with {state}, this one has {mine}")

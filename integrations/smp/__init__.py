@@ -2,19 +2,18 @@
 
 :class:`PSPNetAux` is smp's PSPNet with the paper's auxiliary segmentation head, :class:`PSPNetDLNLoss` the
 objective ``DLN(p, y) + 0.4 DLN(aux_p, y)``, :class:`PSPNetTrainer` the training loop with teacher rounds,
-mIoU evaluation and resumable checkpoints. Encoders are built with ``encoder_weights=None`` unless you ask
-for weights, so nothing is downloaded.
+mIoU evaluation and resumable checkpoints, :class:`VOCSegmentation` PASCAL VOC 2012 read from a local
+directory. Encoders are built with ``encoder_weights=None`` unless you ask for weights, so nothing is
+downloaded.
 """
 
-from dynaloss.integrations.smp.metrics import confusion_matrix, mean_iou
 from dynaloss.integrations.smp.model import PSPNetAux, PSPNetOutput
 from dynaloss.integrations.smp.objective import AUX_WEIGHT, VOC_IGNORE_INDEX, PSPNetCELoss, PSPNetDLNLoss
-from dynaloss.integrations.smp.trainer import LOSSES, PSPNetTrainer
+from dynaloss.integrations.smp.trainer import PSPNetTrainer
 from dynaloss.integrations.smp.voc import VOC_CLASSES, VOCSegmentation
 
 __all__ = [
     "AUX_WEIGHT",
-    "LOSSES",
     "VOC_CLASSES",
     "VOC_IGNORE_INDEX",
     "PSPNetAux",
@@ -23,6 +22,4 @@ __all__ = [
     "PSPNetOutput",
     "PSPNetTrainer",
     "VOCSegmentation",
-    "confusion_matrix",
-    "mean_iou",
 ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,6 @@ from torch.utils.data import Dataset
 
 from dynaloss import RoundRecord, Teacher
 from dynaloss._checks import check_positive_float, check_positive_int
-from dynaloss._deprecation import renamed_keywords
 from dynaloss.integrations.smp.metrics import confusion_matrix, mean_iou
 from dynaloss.integrations.smp.model import PSPNetAux
 from dynaloss.integrations.smp.objective import VOC_IGNORE_INDEX, PSPNetCELoss, PSPNetDLNLoss
@@ -56,16 +54,14 @@ class PSPNetTrainer:
         ignore_index: mask value that does not count (default: ``255``).
         max_pixels: pixels per image the DLN evaluates (default: ``4096``; see :class:`PSPNetDLNLoss`).
         seed: seed of every data stream (default: ``0``).
-        steps: deprecated name of ``total_steps`` (``teaching.steps`` is N, the steps of one teacher stage).
     """
 
-    @renamed_keywords(steps="total_steps")
     def __init__(
         self,
         model: PSPNetAux,
         train_set: SegmentationSet,
         *,
-        total_steps: int | None = None,
+        total_steps: int,
         loss: str = "dln",
         teaching: TeachingConfig | None = None,
         batch_size: int = 8,
@@ -76,8 +72,6 @@ class PSPNetTrainer:
         max_pixels: int | None = 4096,
         seed: int = 0,
     ) -> None:
-        if total_steps is None:
-            raise TypeError("PSPNetTrainer() missing the keyword argument total_steps= (the total SGD steps)")
         if not isinstance(model, PSPNetAux):
             raise TypeError(f"model must be a PSPNetAux, got {type(model).__name__}")
         if loss not in LOSSES:
@@ -128,17 +122,6 @@ class PSPNetTrainer:
         self._teacher_streams: tuple[IndexBatches, IndexBatches] | None = None
 
     # ------------------------------------------------------------------------------------------ training
-    @property
-    def steps(self) -> int:
-        """Deprecated: :attr:`total_steps` (``teaching.steps`` is N, the steps of one teacher stage)."""
-        warnings.warn(
-            "PSPNetTrainer.steps is deprecated, use total_steps (the total SGD steps; steps means N per stage in "
-            "Teacher)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return self.total_steps
-
     @property
     def epoch(self) -> int:
         """Passes over the training set started so far (0-based)."""
@@ -297,6 +280,6 @@ class PSPNetTrainer:
 def _progress(total: int, enabled: bool) -> Any:
     if not enabled:
         return None
-    from tqdm.auto import tqdm
+    from dynaloss.harness.progress import progress
 
-    return tqdm(total=total, desc="train", unit="step", mininterval=1.0, leave=False)
+    return progress(total, "train", leave=False)

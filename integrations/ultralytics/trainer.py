@@ -228,12 +228,6 @@ class DLNDetectionTrainer(DetectionTrainer):
 
     def _restore(self, state: dict[str, Any]) -> None:
         assert self.teacher is not None
-        if "dln.weight" in state["teacher"]["loss_fn"]:
-            # the teacher's anchor and memory are in the space of the gains, not of their logs: no resume
-            raise ValueError(
-                f"{self.args.resume} was saved when the DLN learned its gains directly (now their logs); its "
-                "teacher state does not carry over: start a new run from it instead of resuming"
-            )
         self.teacher.load_state_dict(state["teacher"])
         self.batches_seen = int(state["batches_seen"])
         self.dln_history = list(state["history"])
