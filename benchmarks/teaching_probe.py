@@ -7,8 +7,10 @@ batch 25, 6,000 iterations; test accuracy every 1,000. Arms: ``ce``, ``gce`` (``
 the training prior), all on noisy ∪ trusted; ``ca``: ``ClassAwareDLN`` taught as the README's loop (a round every
 ``every`` iterations, N = ``N``, the Adam teacher at ``dln_lr`` or ``teacher=lstm``, ``anchor``, validating on
 batches of 100 of the trusted set or ``val=all`` of it, training on noisy ∪ trusted or ``use=val``: the noisy
-part only; ``freeze=offsets|robustness`` holds one parameter group at 0, ``shared=1`` one robustness for every
-class, ``keep=0`` turns ``keep_scale`` off). One JSON line per run is appended to ``out``
+part only; ``freeze=offsets,robustness,pair_offsets`` holds the named parameter groups at 0, ``shared=1`` one
+robustness for every class, ``keep=0`` turns ``keep_scale`` off, ``pairs=0`` drops the pair offsets; the Adam
+teacher's variants: ``gate`` a dead zone on its normalised step, ``norm=tensor`` one second moment per parameter
+tensor, ``beta1`` its momentum). One JSON line per run is appended to ``out``
 (default ``benchmarks/results/teaching_probe/runs.jsonl``), with the mean q every 15 rounds.
 
     OMP_NUM_THREADS=1 python benchmarks/teaching_probe.py ca 0                      # the recommended loop, seed 0
@@ -27,6 +29,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +82,38 @@ def fixed_loss(arm: str, opts: dict[str, str], labels: Tensor, train: Tensor) ->
     raise SystemExit(f"arm must be ce, gce, la or ca, got {arm!r}")
 
 
+class ProbeAdam(dynaloss.OptimizerTeacher):
+    """Adam as the teacher, with the probe's variants: ``gate`` drops normalised steps below it (a dead zone:
+    a coordinate moves only where rounds agree on its direction), ``norm=tensor`` shares the second moment
+    within each parameter tensor (a coordinate with a small gradient then takes a small step)."""
+
+    def __init__(self, gate: float, sizes: list[int] | None, beta1: float) -> None:
+        super().__init__("adam", betas=(beta1, 0.999))
+        self.gate, self.sizes = gate, sizes
+
+    def forward(self, grad: Tensor, memory: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Any]:
+        first, second, step = memory
+        step = step + 1
+        beta1, beta2 = self.betas
+        first = beta1 * first + (1 - beta1) * grad
+        second = beta2 * second + (1 - beta2) * grad * grad
+        first_hat, second_hat = first / (1 - beta1**step), second / (1 - beta2**step)
+        if self.sizes is not None:
+            second_hat = torch.cat([part.mean().expand(len(part)) for part in torch.split(second_hat, self.sizes)])
+        direction = -first_hat / (second_hat.sqrt() + self.eps)
+        if self.gate:
+            direction = direction.sign() * (direction.abs() - self.gate).clamp_min(0) / (1 - self.gate)
+        return direction, (first, second, step)
+
+
+def probe_teacher(opts: dict[str, str], loss_fn: torch.nn.Module) -> Any:
+    """``opts['teacher']`` (default ``'adam'``), or a :class:`ProbeAdam` if a variant is asked for."""
+    if not {"gate", "norm", "beta1"} & set(opts):
+        return opts.get("teacher", "adam")
+    sizes = [p.numel() for p in loss_fn.parameters() if p.requires_grad] if opts.get("norm") == "tensor" else None
+    return ProbeAdam(float(opts.get("gate", 0)), sizes, float(opts.get("beta1", 0.9)))
+
+
 def main(arm: str, seed: int, opts: dict[str, str]) -> dict[str, object]:
     torch.set_num_threads(1)
     data = load_dataset("mnist1d")
@@ -96,11 +131,14 @@ def main(arm: str, seed: int, opts: dict[str, str]) -> dict[str, object]:
     teacher = None
     if arm == "ca":
         loss_fn = dynaloss.ClassAwareDLN(
-            CLASSES, shared_robustness=opts.get("shared") == "1", keep_scale=opts.get("keep", "1") == "1"
+            CLASSES,
+            shared_robustness=opts.get("shared") == "1",
+            keep_scale=opts.get("keep", "1") == "1",
+            pair_offsets=opts.get("pairs", "1") == "1",
         )
-        if opts.get("freeze"):
-            getattr(loss_fn, opts["freeze"]).requires_grad_(False)
-        settings = {"teacher": opts.get("teacher", "adam"), "dln_lr": float(opts.get("dln_lr", 0.05))}
+        for name in filter(None, opts.get("freeze", "").split(",")):
+            getattr(loss_fn, name).requires_grad_(False)
+        settings = {"teacher": probe_teacher(opts, loss_fn), "dln_lr": float(opts.get("dln_lr", 0.05))}
         teacher = dynaloss.Teacher(
             loss_fn,
             optimizer=optimizer,
@@ -145,6 +183,9 @@ def main(arm: str, seed: int, opts: dict[str, str]) -> dict[str, object]:
             qtrace=q_trace[::15],
             q=[round(v, 3) for v in loss_fn.q.tolist()],
             b=[round(v, 2) for v in loss_fn.offsets.tolist()],
+            pair_offsets=None
+            if loss_fn.pair_offsets is None
+            else torch.round(loss_fn.pair_offsets.detach(), decimals=2).tolist(),
         )
     return result
 
