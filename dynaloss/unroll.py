@@ -19,7 +19,6 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from dynaloss._checks import check_loss_value, check_not_compiled
-from dynaloss._deprecation import renamed_keywords
 from dynaloss.batches import Batch, as_batch
 from dynaloss.stage_loss import StageLoss
 from dynaloss.update_rules import PlainSGD, SlotState, UpdateRule, optimizer_rule
@@ -277,7 +276,6 @@ def validation_error(student: nn.Module, state: StudentState, batch: Batch, val_
     return check_loss_value(val_loss(outputs, batch.targets, *extra), "val_loss", outputs)
 
 
-@renamed_keywords(lr="student_lr")
 def hypergradient(
     student: nn.Module,
     loss_fn: nn.Module,
@@ -300,10 +298,10 @@ def hypergradient(
         train_batches: ``(x, y)`` or ``(x, y, w)`` batches, one per step.
         val_batch: ``(x, y)``, or ``(x, y, w)``, whose weights go to ``val_loss`` as its third argument (the
             default's: a weighted mean).
-        student_lr: the student's learning rate, for plain SGD steps (give this or ``optimizer``; ``lr=`` is
-            its deprecated name).
+        student_lr: the student's learning rate, for plain SGD steps (give this or ``optimizer``).
         optimizer: the student's ``torch.optim`` SGD, Adam or AdamW: the steps are its steps, from its
-            current state and param groups (give this or ``lr``).
+            current state and param groups (give this or ``student_lr``).
+        val_loss: the validation error (default: cross-entropy that ignores what ``loss_fn`` ignores).
 
     Returns:
         ``{name: gradient}`` for every learnable parameter of ``loss_fn``.

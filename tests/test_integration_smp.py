@@ -194,9 +194,10 @@ def test_the_poly_schedule_is_torchs_polynomial_lr_with_the_old_closed_form_rate
     assert rates[-1] == 0.0
 
 
-def test_steps_is_a_deprecated_alias_of_total_steps():
-    with pytest.warns(DeprecationWarning, match="steps= is deprecated, use total_steps="):
-        trainer = PSPNetTrainer(tiny_pspnet(), shapes(), steps=2, loss="ce", batch_size=4)
+def test_the_budget_is_total_steps_and_steps_is_a_deprecated_property():
+    with pytest.raises(TypeError, match="steps"):
+        PSPNetTrainer(tiny_pspnet(), shapes(), steps=2, loss="ce", batch_size=4)
+    trainer = PSPNetTrainer(tiny_pspnet(), shapes(), total_steps=2, loss="ce", batch_size=4)
     assert trainer.total_steps == 2 and trainer.fit() == [] and trainer.step == 2
     with pytest.warns(DeprecationWarning, match="PSPNetTrainer.steps is deprecated, use total_steps"):
         assert trainer.steps == 2

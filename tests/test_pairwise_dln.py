@@ -470,16 +470,22 @@ def test_unconstrained_dln_can_reward_a_wrong_prediction():
 
 def test_the_constraint_is_saved_with_the_state_and_checked_on_load():
     monotone, free = PairwiseDLN(3), PairwiseDLN(3, monotone=False)
-    assert monotone.state_dict()["_extra_state"] == {
+    extra = monotone.state_dict()["_extra_state"]
+    assert extra == {
         "monotone": True,
         "target_range": monotone.target_range,
         "num_classes": 3,
+        "features": "sigmoid",
+        "pair_mean": "wrong",
     }
     PairwiseDLN(3, init="paper").load_state_dict(monotone.state_dict())
     with pytest.raises(ValueError, match="monotone=True"):
         free.load_state_dict(monotone.state_dict())
-    incomplete = {**monotone.state_dict(), "_extra_state": {"monotone": True}}
+    unpinned = {**monotone.state_dict(), "_extra_state": {**extra, "target_range": None}}
     with pytest.raises(ValueError, match="pinned range"):
+        PairwiseDLN(3).load_state_dict(unpinned)
+    incomplete = {**monotone.state_dict(), "_extra_state": {"monotone": True, "target_range": 1.0}}
+    with pytest.raises(ValueError, match=r"must hold \['num_classes', 'features', 'pair_mean'\]"):
         PairwiseDLN(3).load_state_dict(incomplete)
     with pytest.raises(TypeError, match="monotone must be a bool"):
         PairwiseDLN(3, monotone="yes")  # type: ignore[arg-type]

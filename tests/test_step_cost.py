@@ -101,8 +101,8 @@ def test_bench_refuses_an_option_of_the_other_measurement(
     assert stopped.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_measure_end_to_end_takes_total_steps_and_steps_as_its_deprecated_name() -> None:
-    with pytest.warns(DeprecationWarning, match="steps= is deprecated, use total_steps="):
-        old = measure_end_to_end(device=CPU, steps=2, every=2, unroll=1, data=_tiny_mnist1d_like())
+def test_measure_end_to_end_takes_total_steps() -> None:
     new = measure_end_to_end(device=CPU, total_steps=2, every=2, unroll=1, data=_tiny_mnist1d_like())
-    assert old["steps"] == new["steps"] == 2 and old["rounds"] == new["rounds"] == 1
+    assert new["steps"] == 2 and new["rounds"] == 1
+    with pytest.raises(TypeError, match="steps"):
+        measure_end_to_end(device=CPU, steps=2, every=2, unroll=1, data=_tiny_mnist1d_like())  # type: ignore[call-arg]

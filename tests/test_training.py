@@ -1,5 +1,5 @@
 """The training loops' learning-rate schedule (torch's CosineAnnealingLR, stepped once per student step), their
-``total_steps`` budget, and the deprecated spellings of both."""
+``total_steps`` budget, and the deprecated spellings of the schedule."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ import torch
 
 import dynaloss
 from dynaloss.harness.training import LR_FLOOR, load_dataset, make_split, make_student, train_ce, train_dln
-
-STEPS_RENAMED = "steps= is deprecated, use total_steps="
 
 
 def closed_form_cosine(lr: float, total: int, step: int, floor: float = LR_FLOOR) -> float:
@@ -95,20 +93,18 @@ def test_constant_is_the_default_and_leaves_the_rate(sgd_rates: list[float]) -> 
 
 
 @pytest.mark.parametrize("arm", ["ce", "dln"])
-def test_steps_is_a_deprecated_alias_of_total_steps(arm: str) -> None:
+def test_the_budget_is_total_steps_and_steps_is_no_alias(arm: str) -> None:
     data, split = digits()
     student = make_student("digits", data.num_classes, seed=0)
     common = {"eval_every": 4, "evaluate": lambda model: 0.0, "progress": False}
-    with pytest.warns(DeprecationWarning, match=STEPS_RENAMED) as caught:
-        if arm == "ce":
-            result = train_ce(student, split, lr=0.1, steps=4, **common)
-        else:
-            teacher = dynaloss.Teacher(dynaloss.PairwiseDLN(data.num_classes), steps=2, mode="paper")
-            result = train_dln(student, teacher, split, steps=4, **common)
+    if arm == "ce":
+        result = train_ce(student, split, lr=0.1, total_steps=4, **common)
+    else:
+        teacher = dynaloss.Teacher(dynaloss.PairwiseDLN(data.num_classes), steps=2, mode="paper")
+        result = train_dln(student, teacher, split, total_steps=4, **common)
     assert result.student_steps == 4
-    assert caught[0].filename == __file__  # the warning points at the caller
-    with pytest.raises(TypeError, match="total_steps= alone"), pytest.warns(DeprecationWarning):
-        train_ce(student, split, lr=0.1, steps=4, total_steps=4, **common)
+    with pytest.raises(TypeError, match="steps"):
+        train_ce(student, split, lr=0.1, steps=4, **common)  # type: ignore[call-arg]
     with pytest.raises(TypeError, match="missing the keyword argument total_steps"):
         train_ce(student, split, lr=0.1, **common)
 

@@ -31,7 +31,6 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from dynaloss._deprecation import renamed_keywords
 from dynaloss.harness.data import Dataset
 from dynaloss.harness.training import load_dataset, machine_info, make_split, make_student, seeded
 from dynaloss.losses.pairwise import PairwiseDLN
@@ -376,7 +375,6 @@ def _arm_loop(
     )
 
 
-@renamed_keywords(steps="total_steps")
 def measure_end_to_end(
     *,
     device: torch.device,
@@ -397,7 +395,6 @@ def measure_end_to_end(
     Args:
         total_steps: student steps of each arm (default: :data:`E2E_STEPS`).
         data: the data set (default: MNIST-1D, generated locally).
-        steps: deprecated name of ``total_steps``.
 
     Returns:
         ``ce_s``, ``taught_s`` and their ``ratio``; ``rounds``, ``rounds_skipped``, ``rounds_s`` (seconds in

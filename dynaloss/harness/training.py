@@ -26,7 +26,6 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler
 from tqdm.auto import tqdm
 
-from dynaloss._deprecation import renamed_keywords
 from dynaloss.harness.checkpoint import RunCheckpoint
 from dynaloss.harness.data import Dataset, EpochSplit, augment_cifar, load_cifar, load_digits, load_mnist1d
 from dynaloss.harness.models import MNIST1DCNN, DigitsMLP, ResNet8
@@ -341,7 +340,6 @@ def _run(
 _RESUMED_FIELDS = ("steps", "accuracy", "seconds", "student_steps", "rounds", "stopped")
 
 
-@renamed_keywords(steps="total_steps")
 def train_ce(
     student: nn.Module,
     split: EpochSplit,
@@ -371,7 +369,6 @@ def train_ce(
         lr_schedule: ``'constant'`` (default) or ``'cosine'``: torch's ``CosineAnnealingLR`` from ``lr`` to
             :data:`LR_FLOOR` over ``total_steps``, stepped after every student step. A function of the steps
             taken (what ``cosine_schedule`` returned) is deprecated.
-        steps: deprecated name of ``total_steps`` (a warning).
     """
     total_steps = _require_total_steps(total_steps)
     device = next(student.parameters()).device
@@ -405,7 +402,6 @@ def train_ce(
     )
 
 
-@renamed_keywords(steps="total_steps")
 def train_dln(
     student: nn.Module,
     teacher: Teacher,
@@ -440,7 +436,6 @@ def train_dln(
             It is stepped once per student step taken (``2N`` times after a ``'paper'`` round) and its rate is
             written into ``teacher.student_lr`` before every round, so a round's steps share one rate. A
             function of the steps taken (what ``cosine_schedule`` returned) is deprecated.
-        steps: deprecated name of ``total_steps`` (``teacher.steps`` is N).
     """
     total_steps = _require_total_steps(total_steps)
     train_iter, val_iter = (split.train_batches(), split.val_batches()) if batches is None else batches

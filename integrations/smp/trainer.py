@@ -14,7 +14,6 @@ from torch.utils.data import Dataset
 
 from dynaloss import RoundRecord, Teacher
 from dynaloss._checks import check_positive_float, check_positive_int
-from dynaloss._deprecation import renamed_keywords
 from dynaloss.integrations.smp.metrics import confusion_matrix, mean_iou
 from dynaloss.integrations.smp.model import PSPNetAux
 from dynaloss.integrations.smp.objective import VOC_IGNORE_INDEX, PSPNetCELoss, PSPNetDLNLoss
@@ -56,10 +55,8 @@ class PSPNetTrainer:
         ignore_index: mask value that does not count (default: ``255``).
         max_pixels: pixels per image the DLN evaluates (default: ``4096``; see :class:`PSPNetDLNLoss`).
         seed: seed of every data stream (default: ``0``).
-        steps: deprecated name of ``total_steps`` (``teaching.steps`` is N, the steps of one teacher stage).
     """
 
-    @renamed_keywords(steps="total_steps")
     def __init__(
         self,
         model: PSPNetAux,
