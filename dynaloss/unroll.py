@@ -39,7 +39,8 @@ __all__ = [
 
 Params = dict[str, Tensor]
 ValLoss = Callable[..., Tensor]
-"""``val_loss(outputs, targets)``, or ``val_loss(outputs, targets, weight)`` for weighted validation batches."""
+"""``val_loss(outputs, targets)``, or ``val_loss(outputs, targets, sample_weight)`` for weighted validation batches
+(the weights by position)."""
 GradMean = Callable[[Sequence[Tensor]], list[Tensor]]
 
 
@@ -98,18 +99,18 @@ def dln_parameters(loss_fn: nn.Module) -> Params:
 class CrossEntropyValLoss:
     """Cross-entropy that ignores ``ignore_index``: the default validation error (a class, so it pickles).
 
-    ``loss(outputs, targets)`` is ``F.cross_entropy``; ``loss(outputs, targets, weight)``, for a weighted
+    ``loss(outputs, targets)`` is ``F.cross_entropy``; ``loss(outputs, targets, sample_weight)``, for a weighted
     validation batch ``(x, y, w)``, the weighted mean ``sum(w * ce) / sum(w)`` over the counted elements.
     """
 
     def __init__(self, ignore_index: int = -100) -> None:
         self.ignore_index = ignore_index
 
-    def __call__(self, outputs: Tensor, targets: Tensor, weight: Tensor | None = None) -> Tensor:
-        if weight is None:
+    def __call__(self, outputs: Tensor, targets: Tensor, sample_weight: Tensor | None = None) -> Tensor:
+        if sample_weight is None:
             return F.cross_entropy(outputs, targets, ignore_index=self.ignore_index)
         per_sample = F.cross_entropy(outputs, targets, ignore_index=self.ignore_index, reduction="none")
-        counted = weight * (targets != self.ignore_index)
+        counted = sample_weight * (targets != self.ignore_index)
         return (per_sample * counted).sum() / counted.sum()
 
     def __eq__(self, other: object) -> bool:
@@ -128,7 +129,7 @@ def default_val_loss(loss_fn: nn.Module) -> ValLoss:
 
 
 def check_val_loss_takes_weight(val_loss: Callable[..., Tensor], name: str) -> None:
-    """Raise ``TypeError`` unless ``val_loss`` can be called as ``val_loss(outputs, targets, weight)``.
+    """Raise ``TypeError`` unless ``val_loss`` can be called as ``val_loss(outputs, targets, sample_weight)``.
 
     A weighted validation batch ``(x, y, w)`` hands its weights to ``val_loss``; one that takes two arguments
     would drop them (or fail inside the round), so it is refused before the round starts.
