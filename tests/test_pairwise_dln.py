@@ -504,3 +504,13 @@ def test_monotone_dln_size_is_pinned_only_its_shape_can_change(seed, layer, fact
         dln.layers[layer].mul_(factor)
     torch.testing.assert_close(dln(logits, target), before, rtol=1e-9, atol=1e-12)
     assert float(loss_range(dln.mlp_weights()).detach()) == pytest.approx(dln.target_range, rel=1e-9)
+
+
+def test_every_feature_name_of_the_settings_has_its_family():
+    from dynaloss._features import FAMILIES, feature_family
+    from dynaloss.settings import FEATURES
+
+    assert tuple(FAMILIES) == FEATURES and all(feature_family(name).name == name for name in FEATURES)
+    assert PairwiseDLN(3, init="paper", features="softmax").family is FAMILIES["softmax"]
+    with pytest.raises(ValueError, match="features must be one of"):
+        feature_family("tanh")
