@@ -35,6 +35,7 @@ __all__ = [
     "Coordinates",
     "FeatureFamily",
     "SigmoidFeatures",
+    "SoftmaxCoordinates",
     "SoftmaxFeatures",
     "feature_family",
     "logit_cell",
@@ -61,16 +62,21 @@ class Coordinates:
         v: ``(M, C)``: every class's coordinate (the true class's own row is left out by the caller).
         u_source: ``(M, 1)``: what the table's ``u`` axis is indexed by (:meth:`FeatureFamily.u_cell`).
         v_source: ``(M, C)``: what its ``v`` axis is indexed by (:func:`logit_cell`).
-        true_log_prob: ``(M, 1)`` ``log p_y`` (softmax features only, else ``None``).
-        log_probs: ``(M, C)`` ``log p`` (softmax features only, else ``None``).
     """
 
     u: Tensor
     v: Tensor
     u_source: Tensor
     v_source: Tensor
-    true_log_prob: Tensor | None = None
-    log_probs: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class SoftmaxCoordinates(Coordinates):
+    """:class:`Coordinates` of softmax rows, with what their chain rule needs: ``log p_y`` ``(M, 1)`` and
+    ``log p`` ``(M, C)``."""
+
+    true_log_prob: Tensor
+    log_probs: Tensor
 
 
 class FeatureFamily(ABC):
@@ -148,10 +154,7 @@ class SigmoidFeatures(FeatureFamily):
 class SoftmaxFeatures(FeatureFamily):
     """Rows that hold softmax cross-entropy: ``a_y = 1 - d`` with the *deficit* ``d = min(-log p_y, U) / U``, and
     ``a_j = sigmoid(z_j - z_y) = p_j / (p_y + p_j)``, with ``p = softmax(z)`` and ``U =`` :data:`LOG_PROB_SPAN`;
-    ``(u, v) = (d, a_j)``.
-
-    The deficit is the coordinate rather than ``1 - d`` because ``1 - d`` rounds. The wrong class's feature is
-    a function of the pair's margin only, so that a monotone DLN never pushes a wrong logit up.
+    ``(u, v) = (d, a_j)`` (docs/design-notes-core.md says why these).
     """
 
     name = "softmax"
@@ -174,10 +177,10 @@ class SoftmaxFeatures(FeatureFamily):
         true_log_prob = log_probs.gather(1, index)
         u = true_log_prob.clamp_min(-LOG_PROB_SPAN) / -LOG_PROB_SPAN
         margin = logits - logits.gather(1, index)
-        return Coordinates(u, torch.sigmoid(margin), u, margin, true_log_prob, log_probs)
+        return SoftmaxCoordinates(u, torch.sigmoid(margin), u, margin, true_log_prob, log_probs)
 
     def logit_grad(self, slope_u: Tensor, slope_v: Tensor, at: Coordinates, index: Tensor) -> Tensor:
-        assert at.true_log_prob is not None and at.log_probs is not None
+        assert isinstance(at, SoftmaxCoordinates)
         pair = slope_v * at.v * (1 - at.v)  # d f / d (the wrong class's margin)
         # d margin_j = d z_j - d z_y; d u = -(1/U) d log p_y = (p - onehot) / U, unless clamped.
         # p - onehot with the true class's entry as expm1(log p_y): exact where p_y rounds to 1
