@@ -13,14 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dynaloss._deprecation import renamed_keywords
+from dynaloss._features import LOG_PROB_SPAN, feature_family
 from dynaloss.settings import FEATURES, REDUCTIONS
 
 __all__ = [
     "FEATURES",
     "LOG_PROB_SPAN",
     "REDUCTIONS",
-    "check_features",
     "check_reduction",
     "leaky_mlp",
     "loss_range",
@@ -30,21 +29,11 @@ __all__ = [
     "pairwise_row_loss",
     "pin_loss_range",
     "reduce_loss",
-    "softmax_features",
 ]
 
 
-# The softmax rows' true-class feature is 1 + log p_y / LOG_PROB_SPAN, clamped to [0, 1]: cross-entropy
-# -log p_y is then linear in it up to LOG_PROB_SPAN nats (p_y >= 1.3e-14), which a bias-free LeakyReLU MLP
-# represents exactly. Beyond, the feature is 0 and the gradient through it is cut (the true logit must be
-# some 32 below the others); a wider span would cover more of that but leave the typical losses (under ~10
-# nats) less of [0, 1].
-LOG_PROB_SPAN = 32.0
-# loss_range reads the pair loss this far inside the corners of the unit square. The built DLNs (init 'warm'
-# and 'ce') put a unit's kink exactly on a corner (a LeakyReLU at 0), so the range, and with it every loss a
-# pinned DLN computes, would have a kink in the DLN's parameters at its start: one-sided derivatives that
-# differ by a factor of 3 and a first hypergradient that is an arbitrary subgradient. Inside, every unit of
-# those starts is strictly on one side of its kink.
+# loss_range reads the pair loss this far inside the corners of the unit square, where every unit of the built
+# starts is strictly on one side of its kink (docs/design-notes-core.md).
 _CORNER_INSET = 1e-3
 
 
@@ -55,19 +44,11 @@ def check_reduction(reduction: object) -> str:
     return reduction  # type: ignore[return-value]
 
 
-def check_features(features: object) -> str:
-    """Return ``features`` if it is one of :data:`FEATURES`, else raise ``ValueError``."""
-    if features not in FEATURES:
-        raise ValueError(f"features must be one of {FEATURES}, got {features!r}")
-    return features  # type: ignore[return-value]
-
-
-@renamed_keywords(weights="layers")
-def leaky_mlp(layers: Sequence[Tensor], rows: Tensor, negative_slope: float = 0.01) -> Tensor:
+def leaky_mlp(matrices: Sequence[Tensor], rows: Tensor, negative_slope: float = 0.01) -> Tensor:
     """Bias-free MLP with LeakyReLU between layers.
 
     Args:
-        layers: layer matrices ``(out, in)``, first to last; the last has ``out = 1``.
+        matrices: layer matrices ``(out, in)``, first to last; the last has ``out = 1``.
         rows: ``(..., in)`` inputs.
         negative_slope: LeakyReLU slope (default: ``0.01``, PyTorch's).
 
@@ -75,9 +56,9 @@ def leaky_mlp(layers: Sequence[Tensor], rows: Tensor, negative_slope: float = 0.
         ``(...)``: the network's scalar output per row.
     """
     hidden = rows
-    for matrix in layers[:-1]:
+    for matrix in matrices[:-1]:
         hidden = F.leaky_relu(hidden @ matrix.T, negative_slope)
-    return (hidden @ layers[-1].T).squeeze(-1)
+    return (hidden @ matrices[-1].T).squeeze(-1)
 
 
 def monotone_weights(raw: Sequence[Tensor]) -> list[Tensor]:
@@ -101,8 +82,7 @@ def monotone_weights(raw: Sequence[Tensor]) -> list[Tensor]:
     return [signed, *(matrix.abs() for matrix in raw[1:])]
 
 
-@renamed_keywords(weights="layers")
-def loss_range(layers: Sequence[Tensor]) -> Tensor:
+def loss_range(matrices: Sequence[Tensor]) -> Tensor:
     """The pair loss near its worst corner minus near its best: ``f(e, 1 - e) - f(1 - e, e)``, ``e = 1e-3``.
 
     For a monotone DLN (:func:`monotone_weights`) these points hold the loss's largest and smallest values
@@ -110,58 +90,24 @@ def loss_range(layers: Sequence[Tensor]) -> Tensor:
     the parameters of the built starts, whose units have their kinks on the corners themselves.
     """
     inner = 1.0 - _CORNER_INSET
-    corners = layers[0].new_tensor([[_CORNER_INSET, inner], [inner, _CORNER_INSET]])
-    worst, best = pairwise_row_loss(layers, corners[:, 0], corners[:, 1])
+    corners = matrices[0].new_tensor([[_CORNER_INSET, inner], [inner, _CORNER_INSET]])
+    worst, best = pairwise_row_loss(matrices, corners[:, 0], corners[:, 1])
     return worst - best
 
 
-@renamed_keywords(weights="layers")
-def pin_loss_range(layers: Sequence[Tensor], target_range: float) -> list[Tensor]:
-    """``layers`` with the last layer rescaled so that :func:`loss_range` is ``target_range``.
+def pin_loss_range(matrices: Sequence[Tensor], target_range: float) -> list[Tensor]:
+    """``matrices`` with the last layer rescaled so that :func:`loss_range` is ``target_range``.
 
     The MLP is linear in its last layer, so this is the same loss divided by its range: a loss whose size
     no parameter can change, only its shape. A teacher then cannot buy a shorter-horizon gain by turning
     the student's effective learning rate up (which it otherwise does, until the student diverges).
     """
-    current = loss_range(layers).clamp_min(torch.finfo(layers[-1].dtype).tiny)
-    return [*layers[:-1], layers[-1] * (target_range / current)]
+    current = loss_range(matrices).clamp_min(torch.finfo(matrices[-1].dtype).tiny)
+    return [*matrices[:-1], matrices[-1] * (target_range / current)]
 
 
-def softmax_features(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-    """What the ``'softmax'`` rows are made of: the true class's *deficit* and every class's pair probability.
-
-    The deficit is ``d = min(-log p_y, U) / U`` in ``[0, 1]``, ``p = softmax(z)`` and ``U =``
-    :data:`LOG_PROB_SPAN` (cross-entropy over ``U``), and the row's true-class feature is ``1 - d``: like a
-    probability it is 1 for a perfect prediction, so the monotone constraint and :func:`loss_range` keep
-    their meaning. The deficit is returned rather than ``1 - d`` because ``1 - d`` rounds: in float32 it
-    would cost cross-entropy an absolute ``U * 2**-24`` (2 % of the loss of a sample with ``p_y = 1 - 1e-4``).
-
-    A wrong class's feature is its probability within the pair, ``q_j = p_j / (p_y + p_j) = sigmoid(z_j - z_y)``,
-    rather than ``p_j``: a function of the pair's margin only, so that a monotone DLN's loss, which is
-    non-decreasing in every ``q_j`` and in the cross-entropy, never pushes a wrong logit up. (On ``p_j`` it
-    can: raising ``z_k`` lowers every other ``p_j``.)
-
-    Args:
-        logits: ``(M, C)``.
-        target: ``(M,)`` class indices in ``[0, C)``.
-
-    Returns:
-        ``(deficit, pair_probs)``: ``(M, 1)`` and ``(M, C)`` (the true class's own pair probability is 1/2).
-    """
-    true_log_prob, pair_probs = _softmax_parts(logits, target)
-    return true_log_prob / -LOG_PROB_SPAN, pair_probs
-
-
-def _softmax_parts(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-    """:func:`softmax_features` before the division: ``(max(log p_y, -U), pair_probs)``."""
-    target = target[:, None].long()
-    true_log_prob = torch.log_softmax(logits, dim=-1).gather(1, target)
-    return true_log_prob.clamp_min(-LOG_PROB_SPAN), torch.sigmoid(logits - logits.gather(1, target))
-
-
-@renamed_keywords(weights="layers")
 def pairwise_mean_loss(
-    layers: Sequence[Tensor],
+    matrices: Sequence[Tensor],
     logits: Tensor,
     target: Tensor,
     negative_slope: float = 0.01,
@@ -177,16 +123,14 @@ def pairwise_mean_loss(
 
     - ``'sigmoid'``: ``a_y = sigmoid(z_y)``, ``a_j = sigmoid(z_j)`` (the paper's).
     - ``'softmax'``: ``a_y = 1 - min(-log p_y, U) / U`` and ``a_j = sigmoid(z_j - z_y) = p_j / (p_y + p_j)``,
-      with ``p = softmax(z)`` and ``U =`` :data:`LOG_PROB_SPAN` (:func:`softmax_features`): cross-entropy
-      is ``U (1 - a_y)``.
+      with ``p = softmax(z)`` and ``U =`` :data:`LOG_PROB_SPAN`: cross-entropy is ``U (1 - a_y)``.
 
     The first layer's product with a row ``[a_y, a_j, 1, 0]`` is ``a_y W[:, 0] + a_j W[:, 1] + W[:, 2]``,
-    which broadcasting forms for every class at once. The true class's own pair is computed too and left
-    out of the mean: cheaper than gathering the ``C - 1`` wrong classes and stacking four features (a few
-    batched kernels instead of a dozen small ones, which is what a teacher's unroll pays for every step).
+    formed for every class at once (:meth:`dynaloss._features.FeatureFamily.first_layer`); the true class's own
+    row is computed too and left out of the mean.
 
     Args:
-        layers: the MLP's matrices (see :func:`leaky_mlp`).
+        matrices: the MLP's matrices (see :func:`leaky_mlp`).
         logits: ``(M, C)``.
         target: ``(M,)`` class indices in ``[0, C)``.
         negative_slope: LeakyReLU slope.
@@ -198,31 +142,22 @@ def pairwise_mean_loss(
         matrices' float32).
     """
     num_classes = logits.shape[-1]
-    dtype = torch.promote_types(logits.dtype, layers[0].dtype)
-    if layers[0].dtype != dtype:
-        layers = [matrix.to(dtype) for matrix in layers]  # differentiable: a teacher's hypergradient passes
-    first = layers[0]
-    if features == "softmax":
-        # in the weights' dtype before the softmax: half-precision log-probabilities would be coarse
-        true_log_prob, probs = _softmax_parts(logits.to(first.dtype), target)
-        # a_y W0 + W2 with a_y = 1 - d = 1 + log p_y / U, formed without rounding 1 - d (see softmax_features)
-        true_term = torch.addcmul(first[:, 0] + first[:, 2], true_log_prob, first[:, 0], value=1 / LOG_PROB_SPAN)
-    else:
-        probs = torch.sigmoid(logits).to(first.dtype)
-        true_prob = probs.gather(1, target[:, None].long())
-        true_term = true_prob * first[:, 0] + first[:, 2]
+    dtype = torch.promote_types(logits.dtype, matrices[0].dtype)
+    if matrices[0].dtype != dtype:
+        matrices = [matrix.to(dtype) for matrix in matrices]  # differentiable: a teacher's hypergradient passes
+    first = matrices[0]
+    true_term, probs = feature_family(features).first_layer(first, logits, target)
     hidden = true_term[:, None, :] + probs[..., None] * first[:, 1]
     hidden = F.leaky_relu(hidden, negative_slope)
-    for matrix in layers[1:-1]:
+    for matrix in matrices[1:-1]:
         hidden = F.leaky_relu(hidden @ matrix.T, negative_slope)
-    pair_loss = (hidden @ layers[-1].T).squeeze(-1)  # (M, C)
+    pair_loss = (hidden @ matrices[-1].T).squeeze(-1)  # (M, C)
     wrong = torch.ones_like(pair_loss).scatter_(1, target[:, None].long(), 0.0)
     return (pair_loss * wrong).sum(-1) / (num_classes - 1)
 
 
-@renamed_keywords(weights="layers")
 def pairwise_row_loss(
-    layers: Sequence[Tensor], true_prob: Tensor, wrong_prob: Tensor, negative_slope: float = 0.01
+    matrices: Sequence[Tensor], true_prob: Tensor, wrong_prob: Tensor, negative_slope: float = 0.01
 ) -> Tensor:
     """DLN value of the pair (true-class prediction, wrong-class prediction), elementwise.
 
@@ -231,7 +166,7 @@ def pairwise_row_loss(
     """
     ones = torch.ones_like(true_prob)
     rows = torch.stack([true_prob, wrong_prob, ones, torch.zeros_like(ones)], -1)
-    return leaky_mlp(layers, rows.to(layers[0].dtype), negative_slope)
+    return leaky_mlp(matrices, rows.to(matrices[0].dtype), negative_slope)
 
 
 def reduce_loss(per_element: Tensor, element_weight: Tensor, normaliser: Tensor, reduction: str) -> Tensor:
@@ -274,9 +209,8 @@ def _subsample_pixels(valid: Tensor, max_pixels: int, generator: torch.Generator
     return index, scale
 
 
-@renamed_keywords(weight="sample_weight", weights="layers")
 def pairwise_dln_loss(
-    layers: Sequence[Tensor],
+    matrices: Sequence[Tensor],
     logits: Tensor,
     target: Tensor,
     *,
@@ -298,11 +232,10 @@ def pairwise_dln_loss(
     valid; :class:`dynaloss.PairwiseDLN` checks them.
 
     Args:
-        layers: the DLN's layer matrices (see :func:`leaky_mlp`).
+        matrices: the DLN's layer matrices (see :func:`leaky_mlp`).
         logits: ``(B, C)`` or ``(B, C, d1, ...)``.
         target: ``(B,)`` or ``(B, d1, ...)`` class indices; ``ignore_index`` marks elements that don't count.
-        sample_weight: per-sample (or per-pixel) weights of the target's shape, the paper's ``w`` (default: 1;
-            ``weight=`` is its deprecated name, to become the class weights as in ``F.cross_entropy``).
+        sample_weight: per-sample (or per-pixel) weights of the target's shape, the paper's ``w`` (default: 1).
         class_weight: ``(C,)`` class weights, as ``nn.CrossEntropyLoss(weight=...)``.
         ignore_index: target value that is left out (default: ``-100``).
         reduction: ``'none'`` | ``'mean'`` | ``'sum'`` (default: ``'mean'``).
@@ -312,8 +245,9 @@ def pairwise_dln_loss(
         negative_slope: LeakyReLU slope.
         features: ``'sigmoid'`` | ``'softmax'``, what the rows are made of (default: ``'sigmoid'``).
         per_sample: computes the per-sample loss from ``(M, C)`` logits and ``(M,)`` targets in place of
-            :func:`pairwise_mean_loss` with ``layers`` (a fixed DLN's fast path,
-            :func:`dynaloss.fast_pairwise.fast_pairwise_loss`); the reduction around it is the same.
+            :func:`pairwise_mean_loss` with ``matrices`` (a fixed DLN's fast path,
+            :func:`dynaloss.fast_pairwise.fast_pairwise_loss`); the reduction around it is the same
+            (default: ``None``).
         pair_mean: ``'wrong'``: a sample's loss is the mean over its ``C - 1`` wrong-class rows; ``'all'``:
             the mean over all ``C`` rows with the true class's row counted as 0, i.e. ``(C - 1) / C`` times
             that (the authors' code) (default: ``'wrong'``).
@@ -350,7 +284,7 @@ def pairwise_dln_loss(
 
     flat_logits, safe_target = flat_logits.reshape(-1, num_classes), safe_target.reshape(-1)
     if per_sample is None:
-        per_element = pairwise_mean_loss(layers, flat_logits, safe_target, negative_slope, features=features)
+        per_element = pairwise_mean_loss(matrices, flat_logits, safe_target, negative_slope, features=features)
     else:
         per_element = per_sample(flat_logits, safe_target)
     if pair_mean == "all":

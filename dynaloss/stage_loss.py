@@ -3,14 +3,14 @@
 Within a stage the DLN's parameters do not change. A loss module that knows what in it depends only on them
 says so through the *stage-loss protocol*: a method
 
-    ``stage_loss(params, targets) -> loss(outputs, target, weight=None) | None``
+    ``stage_loss(params, targets) -> loss(outputs, target, sample_weight=None) | None``
 
 which gets the stage's parameters (by name, as in ``named_parameters``) and every target of the stage, and
-returns the stage's loss function, or ``None`` to decline. :class:`dynaloss.PairwiseDLN` implements it: its
-constrained, range-pinned matrices (some 30 small operations) are computed once instead of at every step
-(and differentiated through once, not twice, in the hypergradient), and the stage's targets are checked with
-one read-back from the device. A module that wraps a DLN (the PSPNet objective) passes the protocol on to it.
-Any other loss module goes through ``functional_call`` unchanged.
+returns the stage's loss function, or ``None`` to decline. A weighted batch's weights are the loss's third
+argument, by position. :class:`dynaloss.PairwiseDLN` implements it: its constrained, range-pinned matrices
+are computed once per stage, and the stage's targets are checked at once. A module that wraps a DLN (the
+PSPNet objective) passes the protocol on to it. Any other loss module goes through ``functional_call``
+unchanged. docs/design-notes-core.md says what it saves.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from dynaloss.batches import Batch
 __all__ = ["StageLoss", "StagedLoss", "StageLossFn"]
 
 StageLossFn = Callable[..., Tensor]
-"""``loss(outputs, target, weight=None) -> Tensor``: a stage's loss, parameters fixed."""
+"""``loss(outputs, target, sample_weight=None) -> Tensor``: a stage's loss, parameters fixed; a weighted batch's
+weights come as the third argument, by position."""
 
 
 @runtime_checkable
@@ -63,15 +64,15 @@ class StageLoss:
     def __call__(self, outputs: Tensor, batch: Batch) -> Tensor:
         """The loss of ``outputs`` on ``batch``; ``ValueError``/``TypeError`` unless it is a 0-d floating tensor
         (a ``reduction='none'`` loss, say, which a step cannot differentiate)."""
-        extra = {} if batch.weight is None else {"weight": batch.weight}
+        extra = () if batch.weight is None else (batch.weight,)
         if self._staged is None:
-            value = functional_call(self.loss_fn, self.loss_params, (outputs, batch.targets), extra)
+            value = functional_call(self.loss_fn, self.loss_params, (outputs, batch.targets, *extra))
             return check_loss_value(value, f"loss_fn ({type(self.loss_fn).__name__})", outputs)
         loss = check_loss_value(
-            self._staged(outputs, batch.targets, **extra), f"loss_fn ({type(self.loss_fn).__name__})", outputs
+            self._staged(outputs, batch.targets, *extra), f"loss_fn ({type(self.loss_fn).__name__})", outputs
         )
         tensors = [outputs] if isinstance(outputs, Tensor) else [t for t in outputs if isinstance(t, Tensor)]
-        finite = torch.stack([torch.isfinite(t).all() for t in [*tensors, *extra.values()]]).all()
+        finite = torch.stack([torch.isfinite(t).all() for t in [*tensors, *extra]]).all()
         self.inputs_finite = finite if self.inputs_finite is None else self.inputs_finite & finite
         return loss
 

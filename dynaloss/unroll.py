@@ -19,7 +19,6 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from dynaloss._checks import check_loss_value, check_not_compiled
-from dynaloss._deprecation import renamed_keywords
 from dynaloss.batches import Batch, as_batch
 from dynaloss.stage_loss import StageLoss
 from dynaloss.update_rules import PlainSGD, SlotState, UpdateRule, optimizer_rule
@@ -40,7 +39,8 @@ __all__ = [
 
 Params = dict[str, Tensor]
 ValLoss = Callable[..., Tensor]
-"""``val_loss(outputs, targets)``, or ``val_loss(outputs, targets, weight)`` for weighted validation batches."""
+"""``val_loss(outputs, targets)``, or ``val_loss(outputs, targets, sample_weight)`` for weighted validation batches
+(the weights by position)."""
 GradMean = Callable[[Sequence[Tensor]], list[Tensor]]
 
 
@@ -99,18 +99,18 @@ def dln_parameters(loss_fn: nn.Module) -> Params:
 class CrossEntropyValLoss:
     """Cross-entropy that ignores ``ignore_index``: the default validation error (a class, so it pickles).
 
-    ``loss(outputs, targets)`` is ``F.cross_entropy``; ``loss(outputs, targets, weight)``, for a weighted
+    ``loss(outputs, targets)`` is ``F.cross_entropy``; ``loss(outputs, targets, sample_weight)``, for a weighted
     validation batch ``(x, y, w)``, the weighted mean ``sum(w * ce) / sum(w)`` over the counted elements.
     """
 
     def __init__(self, ignore_index: int = -100) -> None:
         self.ignore_index = ignore_index
 
-    def __call__(self, outputs: Tensor, targets: Tensor, weight: Tensor | None = None) -> Tensor:
-        if weight is None:
+    def __call__(self, outputs: Tensor, targets: Tensor, sample_weight: Tensor | None = None) -> Tensor:
+        if sample_weight is None:
             return F.cross_entropy(outputs, targets, ignore_index=self.ignore_index)
         per_sample = F.cross_entropy(outputs, targets, ignore_index=self.ignore_index, reduction="none")
-        counted = weight * (targets != self.ignore_index)
+        counted = sample_weight * (targets != self.ignore_index)
         return (per_sample * counted).sum() / counted.sum()
 
     def __eq__(self, other: object) -> bool:
@@ -129,7 +129,7 @@ def default_val_loss(loss_fn: nn.Module) -> ValLoss:
 
 
 def check_val_loss_takes_weight(val_loss: Callable[..., Tensor], name: str) -> None:
-    """Raise ``TypeError`` unless ``val_loss`` can be called as ``val_loss(outputs, targets, weight)``.
+    """Raise ``TypeError`` unless ``val_loss`` can be called as ``val_loss(outputs, targets, sample_weight)``.
 
     A weighted validation batch ``(x, y, w)`` hands its weights to ``val_loss``; one that takes two arguments
     would drop them (or fail inside the round), so it is refused before the round starts.
@@ -277,7 +277,6 @@ def validation_error(student: nn.Module, state: StudentState, batch: Batch, val_
     return check_loss_value(val_loss(outputs, batch.targets, *extra), "val_loss", outputs)
 
 
-@renamed_keywords(lr="student_lr")
 def hypergradient(
     student: nn.Module,
     loss_fn: nn.Module,
@@ -300,10 +299,10 @@ def hypergradient(
         train_batches: ``(x, y)`` or ``(x, y, w)`` batches, one per step.
         val_batch: ``(x, y)``, or ``(x, y, w)``, whose weights go to ``val_loss`` as its third argument (the
             default's: a weighted mean).
-        student_lr: the student's learning rate, for plain SGD steps (give this or ``optimizer``; ``lr=`` is
-            its deprecated name).
+        student_lr: the student's learning rate, for plain SGD steps (give this or ``optimizer``).
         optimizer: the student's ``torch.optim`` SGD, Adam or AdamW: the steps are its steps, from its
-            current state and param groups (give this or ``lr``).
+            current state and param groups (give this or ``student_lr``).
+        val_loss: the validation error (default: cross-entropy that ignores what ``loss_fn`` ignores).
 
     Returns:
         ``{name: gradient}`` for every learnable parameter of ``loss_fn``.

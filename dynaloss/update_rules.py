@@ -1,16 +1,13 @@
 """The student's optimizer as a differentiable function: ``torch.optim``'s SGD, Adam and AdamW update rules.
 
-A teacher's hypergradient asks how the validation error changes with the DLN *through the steps the student
-actually takes*. Those are the user's optimizer's steps: with momentum 0.9 the student moves about ten times
-further per step than plain SGD at the same rate, and Adam moves along another direction altogether. So the
-unroll applies the optimizer's own rule, written here as pure functions of tensors (no in-place updates, so
-autograd differentiates through them), starting from the optimizer's current state and reading each param
-group's current hyperparameters, so a learning-rate scheduler is followed as it is.
-
-The arithmetic follows ``torch.optim``'s single-tensor implementations operation for operation, so an unroll
-equals the same number of ``optimizer.step()`` calls to float rounding (the tests ask 1e-12 in float64).
-Like ``torch.optim``, a parameter that a step's loss does not reach (no gradient) is skipped by that step
-entirely: no weight decay, no moment update, no step count.
+The unroll applies the user's optimizer's own rule: one :class:`OptimizerRule` per optimizer, found in
+:data:`RULES` by the optimizer's exact type (:func:`register_rule` adds one). Each is written out of place
+(no in-place updates, so autograd differentiates through it), starts from the optimizer's current state and
+reads each param group's current hyperparameters, so a learning-rate scheduler is followed as it is. An
+unroll equals the same number of ``optimizer.step()`` calls to float rounding (the arithmetic follows
+``torch.optim``'s single-tensor implementations). Like ``torch.optim``, a parameter that a step's loss does
+not reach (no gradient) is skipped by that step entirely: no weight decay, no moment update, no step count.
+docs/design-notes-core.md says why the unroll follows the optimizer.
 """
 
 from __future__ import annotations
@@ -18,23 +15,24 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 __all__ = [
-    "SUPPORTED_OPTIMIZERS",
+    "RULES",
+    "AdamRule",
     "OptimizerRule",
     "PlainSGD",
+    "SGDRule",
     "SlotState",
     "UpdateRule",
     "check_optimizer",
     "optimizer_rule",
+    "register_rule",
     "write_optimizer_state",
 ]
-
-SUPPORTED_OPTIMIZERS = ("torch.optim.SGD", "torch.optim.Adam", "torch.optim.AdamW")
 
 
 @dataclass(frozen=True)
@@ -44,7 +42,7 @@ class SlotState:
     Attributes:
         slots: slot name (``'momentum_buffer'``, ``'exp_avg'``, ``'exp_avg_sq'``, ``'max_exp_avg_sq'``) to
             one tensor (or ``None``: not created yet) per trainable parameter.
-        steps: Adam's step count per parameter (``0``: not stepped yet); unused by SGD.
+        steps: the step count per parameter (``0``: not stepped yet), for the rules that keep one (Adam's).
     """
 
     slots: dict[str, tuple[Tensor | None, ...]]
@@ -98,24 +96,46 @@ class PlainSGD(UpdateRule):
 
 
 class OptimizerRule(UpdateRule):
-    """The update rule of a ``torch.optim`` SGD, Adam or AdamW, for the student parameters it holds.
+    """The update rule of one kind of ``torch.optim`` optimizer, for the student parameters it holds.
 
-    Built by :func:`optimizer_rule`: ``hyper[i]`` is the param group of the ``i``-th trainable parameter as it
-    is *now* (its current ``lr``, momentum, betas, ...), and :meth:`initial` reads the optimizer's state.
+    A subclass per optimizer, found in :data:`RULES` by the optimizer's exact type (:func:`optimizer_rule`).
+    ``hyper[i]`` is the param group of the ``i``-th trainable parameter as it is *now* (its current ``lr``,
+    momentum, betas, ...), and :meth:`initial` reads the optimizer's state.
+
+    Args:
+        params: the trainable parameters, in the unroll's order.
+        optimizer: the optimizer that holds them.
     """
 
-    def __init__(self, kind: str, params: Sequence[nn.Parameter], optimizer: torch.optim.Optimizer) -> None:
-        self.kind = kind  # 'sgd' or 'adam' (AdamW is 'adam' with decoupled weight decay)
+    slot_names: ClassVar[tuple[str, ...]]
+    """The per-parameter state tensors the optimizer keeps, by their ``optimizer.state`` keys."""
+
+    def __init__(self, params: Sequence[nn.Parameter], optimizer: torch.optim.Optimizer) -> None:
         self.optimizer = optimizer
         self.params = list(params)
         group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
-        self.hyper = [_hyperparameters(kind, optimizer, group_of[id(p)]) for p in self.params]
+        self.hyper = [self.hyperparameters(optimizer, group_of[id(p)]) for p in self.params]
 
-    @property
-    def slot_names(self) -> tuple[str, ...]:
-        if self.kind == "sgd":
-            return ("momentum_buffer",)
-        return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    @classmethod
+    def hyperparameters(cls, optimizer: torch.optim.Optimizer, group: Mapping[str, Any]) -> dict[str, Any]:
+        """A param group's hyperparameters as plain floats (a tensor ``lr`` is read once, here)."""
+        return {
+            "lr": float(group["lr"]),
+            "weight_decay": float(group.get("weight_decay", 0.0)),
+            "maximize": bool(group.get("maximize", False)),
+        }
+
+    @abstractmethod
+    def step(
+        self, param: Tensor, grad: Tensor, state: dict[str, Any], h: Mapping[str, Any]
+    ) -> tuple[Tensor, dict[str, Any]]:
+        """One parameter's step, out of place: ``state`` holds its :attr:`slot_names` and ``'step'``, its count."""
+
+    @abstractmethod
+    def state_entries(
+        self, old: Mapping[str, Any], values: Mapping[str, Tensor | None], count: int, h: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """The ``optimizer.state`` entries of one parameter after the unroll (its entries before: ``old``)."""
 
     def initial(self) -> SlotState:
         states = [self.optimizer.state.get(p, {}) for p in self.params]
@@ -129,59 +149,109 @@ class OptimizerRule(UpdateRule):
         stepped = list(params)
         slots = {name: list(values) for name, values in state.slots.items()}
         steps = list(state.steps)
-        one_step = _sgd_step if self.kind == "sgd" else _adam_step
         for i, grad in enumerate(grads):
             if grad is None:
                 continue
-            own = {name: values[i] for name, values in slots.items()}
-            stepped[i], own, steps[i] = one_step(params[i], grad, own, steps[i], self.hyper[i])
+            own: dict[str, Any] = {"step": steps[i], **{name: values[i] for name, values in slots.items()}}
+            stepped[i], own = self.step(params[i], grad, own, self.hyper[i])
+            steps[i] = own.pop("step")
             for name, value in own.items():
                 slots[name][i] = value
         return stepped, SlotState({k: tuple(v) for k, v in slots.items()}, tuple(steps))
 
 
-def _sgd_step(
-    param: Tensor, grad: Tensor, state: dict[str, Tensor | None], step: int, h: Mapping[str, Any]
-) -> tuple[Tensor, dict[str, Tensor | None], int]:
-    """``torch.optim.SGD``'s step for one parameter (``_single_tensor_sgd``), out of place."""
-    if h["maximize"]:
-        grad = -grad
-    if h["weight_decay"] != 0:
-        grad = grad.add(param, alpha=h["weight_decay"])
-    if h["momentum"] != 0:
-        buffer = state["momentum_buffer"]
-        buffer = grad if buffer is None else buffer.mul(h["momentum"]).add(grad, alpha=1 - h["dampening"])
-        state = {"momentum_buffer": buffer}
-        grad = grad.add(buffer, alpha=h["momentum"]) if h["nesterov"] else buffer
-    return param.add(grad, alpha=-h["lr"]), state, step
+class SGDRule(OptimizerRule):
+    """``torch.optim.SGD``'s step (``_single_tensor_sgd``): momentum, dampening, Nesterov, weight decay."""
+
+    slot_names = ("momentum_buffer",)
+
+    @classmethod
+    def hyperparameters(cls, optimizer: torch.optim.Optimizer, group: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            **super().hyperparameters(optimizer, group),
+            "momentum": float(group.get("momentum", 0.0)),
+            "dampening": float(group.get("dampening", 0.0)),
+            "nesterov": bool(group.get("nesterov", False)),
+        }
+
+    def step(
+        self, param: Tensor, grad: Tensor, state: dict[str, Any], h: Mapping[str, Any]
+    ) -> tuple[Tensor, dict[str, Any]]:
+        if h["maximize"]:
+            grad = -grad
+        if h["weight_decay"] != 0:
+            grad = grad.add(param, alpha=h["weight_decay"])
+        if h["momentum"] != 0:
+            buffer = state["momentum_buffer"]
+            buffer = grad if buffer is None else buffer.mul(h["momentum"]).add(grad, alpha=1 - h["dampening"])
+            state = {**state, "momentum_buffer": buffer}
+            grad = grad.add(buffer, alpha=h["momentum"]) if h["nesterov"] else buffer
+        return param.add(grad, alpha=-h["lr"]), state
+
+    def state_entries(
+        self, old: Mapping[str, Any], values: Mapping[str, Tensor | None], count: int, h: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        buffer = values["momentum_buffer"]
+        if h["momentum"] == 0 or buffer is None:
+            return {}  # torch.optim.SGD keeps no state without momentum
+        return {"momentum_buffer": buffer.detach().clone()}
 
 
-def _adam_step(
-    param: Tensor, grad: Tensor, state: dict[str, Tensor | None], step: int, h: Mapping[str, Any]
-) -> tuple[Tensor, dict[str, Tensor | None], int]:
-    """``torch.optim.Adam``'s / ``AdamW``'s step for one parameter (``_single_tensor_adam``), out of place."""
-    if h["maximize"]:
-        grad = -grad
-    step += 1
-    lr, (beta1, beta2), weight_decay = h["lr"], h["betas"], h["weight_decay"]
-    if weight_decay != 0:
-        if h["decoupled"]:
-            param = param.mul(1 - lr * weight_decay)
-        else:
-            grad = grad.add(param, alpha=weight_decay)
-    exp_avg = _zeros_if_none(state["exp_avg"], param)
-    exp_avg_sq = _zeros_if_none(state["exp_avg_sq"], param)
-    exp_avg = exp_avg.lerp(grad, 1 - beta1)
-    exp_avg_sq = exp_avg_sq.mul(beta2).addcmul(grad, grad, value=1 - beta2)
-    bias_correction2_sqrt = (1 - beta2**step) ** 0.5
-    step_size = lr / (1 - beta1**step)
-    second = exp_avg_sq
-    new_state: dict[str, Tensor | None] = {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq, "max_exp_avg_sq": None}
-    if h["amsgrad"]:
-        second = torch.maximum(_zeros_if_none(state["max_exp_avg_sq"], param), exp_avg_sq)
-        new_state["max_exp_avg_sq"] = second
-    denom = (_safe_sqrt(second) / bias_correction2_sqrt).add(h["eps"])
-    return param.addcdiv(exp_avg, denom, value=-step_size), new_state, step
+class AdamRule(OptimizerRule):
+    """``torch.optim.Adam``'s and ``AdamW``'s step (``_single_tensor_adam``): AMSGrad, coupled or decoupled weight
+    decay."""
+
+    slot_names = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+    @classmethod
+    def hyperparameters(cls, optimizer: torch.optim.Optimizer, group: Mapping[str, Any]) -> dict[str, Any]:
+        beta1, beta2 = group["betas"]
+        return {
+            **super().hyperparameters(optimizer, group),
+            "betas": (float(beta1), float(beta2)),
+            "eps": float(group["eps"]),
+            "amsgrad": bool(group.get("amsgrad", False)),
+            # AdamW is Adam with decoupled weight decay (a group key since torch 2.6, a class before)
+            "decoupled": bool(group.get("decoupled_weight_decay", isinstance(optimizer, torch.optim.AdamW))),
+        }
+
+    def step(
+        self, param: Tensor, grad: Tensor, state: dict[str, Any], h: Mapping[str, Any]
+    ) -> tuple[Tensor, dict[str, Any]]:
+        if h["maximize"]:
+            grad = -grad
+        step = state["step"] + 1
+        lr, (beta1, beta2), weight_decay = h["lr"], h["betas"], h["weight_decay"]
+        if weight_decay != 0:
+            if h["decoupled"]:
+                param = param.mul(1 - lr * weight_decay)
+            else:
+                grad = grad.add(param, alpha=weight_decay)
+        exp_avg = _zeros_if_none(state["exp_avg"], param)
+        exp_avg_sq = _zeros_if_none(state["exp_avg_sq"], param)
+        exp_avg = exp_avg.lerp(grad, 1 - beta1)
+        exp_avg_sq = exp_avg_sq.mul(beta2).addcmul(grad, grad, value=1 - beta2)
+        bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+        step_size = lr / (1 - beta1**step)
+        second = exp_avg_sq
+        new_state: dict[str, Any] = {"step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq, "max_exp_avg_sq": None}
+        if h["amsgrad"]:
+            second = torch.maximum(_zeros_if_none(state["max_exp_avg_sq"], param), exp_avg_sq)
+            new_state["max_exp_avg_sq"] = second
+        denom = (_safe_sqrt(second) / bias_correction2_sqrt).add(h["eps"])
+        return param.addcdiv(exp_avg, denom, value=-step_size), new_state
+
+    def state_entries(
+        self, old: Mapping[str, Any], values: Mapping[str, Tensor | None], count: int, h: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        if count == 0:
+            return {}  # never stepped: torch.optim.Adam has no state for it either
+        scalar_dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+        old_step = old.get("step")
+        step_like = old_step if isinstance(old_step, Tensor) else torch.tensor(0.0, dtype=scalar_dtype)
+        entries: dict[str, Any] = {"step": torch.full_like(step_like, float(count))}
+        entries.update((name, value.detach().clone()) for name, value in values.items() if value is not None)
+        return entries
 
 
 def _safe_sqrt(value: Tensor) -> Tensor:
@@ -207,46 +277,35 @@ def _value(step: object) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- building
-def _kind(optimizer: object) -> str:
-    # exact types: a subclass may override step() with another rule, which the unroll would silently not follow
-    if type(optimizer) is torch.optim.SGD:
-        return "sgd"
-    if type(optimizer) in (torch.optim.Adam, torch.optim.AdamW):
-        return "adam"
-    raise TypeError(
-        f"optimizer must be one of {', '.join(SUPPORTED_OPTIMIZERS)} (the update rules the teacher's unroll can "
-        f"differentiate), got {type(optimizer).__module__}.{type(optimizer).__qualname__}"
-    )
+RULES: dict[type[torch.optim.Optimizer], type[OptimizerRule]] = {}
+"""The rule of each supported optimizer, by its exact type (a subclass may override ``step()`` with another rule,
+which the unroll would silently not follow)."""
 
 
-def _hyperparameters(kind: str, optimizer: torch.optim.Optimizer, group: Mapping[str, Any]) -> dict[str, Any]:
-    """A param group's hyperparameters as plain floats (a tensor ``lr`` is read once, here)."""
-    hyper: dict[str, Any] = {
-        "lr": float(group["lr"]),
-        "weight_decay": float(group.get("weight_decay", 0.0)),
-        "maximize": bool(group.get("maximize", False)),
-    }
-    if kind == "sgd":
-        hyper.update(
-            momentum=float(group.get("momentum", 0.0)),
-            dampening=float(group.get("dampening", 0.0)),
-            nesterov=bool(group.get("nesterov", False)),
+def register_rule(optimizer_type: type[torch.optim.Optimizer], rule: type[OptimizerRule]) -> None:
+    """Make the unroll follow ``optimizer_type`` (exactly that type) with ``rule``."""
+    RULES[optimizer_type] = rule
+
+
+register_rule(torch.optim.SGD, SGDRule)
+register_rule(torch.optim.Adam, AdamRule)
+register_rule(torch.optim.AdamW, AdamRule)
+
+
+def _rule_type(optimizer: object) -> type[OptimizerRule]:
+    rule = RULES.get(type(optimizer))  # type: ignore[arg-type]
+    if rule is None:
+        supported = ", ".join(f"torch.optim.{kind.__name__}" for kind in RULES)
+        raise TypeError(
+            f"optimizer must be one of {supported} (the update rules the teacher's unroll can differentiate), got "
+            f"{type(optimizer).__module__}.{type(optimizer).__qualname__}"
         )
-    else:
-        beta1, beta2 = group["betas"]
-        hyper.update(
-            betas=(float(beta1), float(beta2)),
-            eps=float(group["eps"]),
-            amsgrad=bool(group.get("amsgrad", False)),
-            # AdamW is Adam with decoupled weight decay (a group key since torch 2.6, a class before)
-            decoupled=bool(group.get("decoupled_weight_decay", isinstance(optimizer, torch.optim.AdamW))),
-        )
-    return hyper
+    return rule
 
 
 def check_optimizer(optimizer: object) -> torch.optim.Optimizer:
     """Return ``optimizer`` if the unroll can follow its rule, else raise ``TypeError`` naming the supported ones."""
-    _kind(optimizer)
+    _rule_type(optimizer)
     return optimizer  # type: ignore[return-value]
 
 
@@ -257,10 +316,10 @@ def optimizer_rule(optimizer: torch.optim.Optimizer, student: nn.Module) -> tupl
     optimizer does not hold is never stepped by ``optimizer.step()``, so the unroll keeps it fixed too.
 
     Raises:
-        TypeError: ``optimizer`` is not one of :data:`SUPPORTED_OPTIMIZERS`.
+        TypeError: ``optimizer``'s type has no rule in :data:`RULES`.
         ValueError: the optimizer holds none of the student's trainable parameters.
     """
-    kind = _kind(optimizer)
+    rule = _rule_type(optimizer)
     held = {id(p) for group in optimizer.param_groups for p in group["params"]}
     named = [(n, p) for n, p in student.named_parameters() if p.requires_grad and id(p) in held]
     if not named:
@@ -268,26 +327,14 @@ def optimizer_rule(optimizer: torch.optim.Optimizer, student: nn.Module) -> tupl
             f"the optimizer ({type(optimizer).__name__}) holds none of the student's trainable parameters: "
             "pass the optimizer that trains this student"
         )
-    return OptimizerRule(kind, [p for _, p in named], optimizer), [n for n, _ in named]
+    return rule([p for _, p in named], optimizer), [n for n, _ in named]
 
 
 def write_optimizer_state(rule: OptimizerRule, state: SlotState) -> None:
     """Write ``state`` into the optimizer: where the same number of ``optimizer.step()`` calls would leave it."""
-    scalar_dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
     with torch.no_grad():
         for i, param in enumerate(rule.params):
             values = {name: state.slots[name][i] for name in rule.slot_names}
-            if rule.kind == "sgd":
-                if rule.hyper[i]["momentum"] == 0 or values["momentum_buffer"] is None:
-                    continue  # torch.optim.SGD keeps no state without momentum
-                rule.optimizer.state[param]["momentum_buffer"] = values["momentum_buffer"].detach().clone()
-                continue
-            if state.steps[i] == 0:
-                continue  # never stepped: torch.optim.Adam has no state for it either
-            own = rule.optimizer.state[param]
-            old_step = own.get("step")
-            step_like = old_step if isinstance(old_step, Tensor) else torch.tensor(0.0, dtype=scalar_dtype)
-            own["step"] = torch.full_like(step_like, float(state.steps[i]))
-            for name, value in values.items():
-                if value is not None:
-                    own[name] = value.detach().clone()
+            entries = rule.state_entries(rule.optimizer.state.get(param, {}), values, state.steps[i], rule.hyper[i])
+            if entries:
+                rule.optimizer.state[param].update(entries)

@@ -71,6 +71,21 @@ def test_round_breakdown_times_every_part_of_a_round(tmp_path: Path, monkeypatch
     assert "machine:" in table and all(name in table for name in parts)
 
 
+def test_fast_path_times_every_arm_and_leaves_the_table_size_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dynaloss import fast_pairwise
+
+    out, kept = tmp_path / "fast_path", fast_pairwise.TABLE_ROWS
+    argv = ["fast_path.py", "--repeats", "1", "--cycle", "1", "--max-rows", "250", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(BENCHMARKS / "fast_path.py"), run_name="__main__")
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert [(row["init"], row["rows"]) for row in result["rows"]] == [("ce", 250), ("warm", 250)]
+    assert all(row[arm] > 0 for row in result["rows"] for arm in ("forward-mode", "table", "autograd"))
+    assert "machine:" in out.with_suffix(".md").read_text() and fast_pairwise.TABLE_ROWS == kept
+
+
 @pytest.mark.subprocess
 def test_user_loop_writes_every_cell_and_resumes_without_rerunning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

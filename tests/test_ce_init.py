@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,6 +13,7 @@ import dynaloss
 from dynaloss import PairwiseDLN
 from dynaloss import functional as DF
 from dynaloss.harness.plot import dln_weights
+from dynaloss.settings import DEFAULT_DLN, FEATURES
 from dynaloss.stage_loss import StageLoss
 
 # The bounds the docstring states: |error| <= RTOL * |cross-entropy| + ATOL, for values and gradient norms;
@@ -239,8 +242,9 @@ def test_the_ce_start_has_no_kink_in_its_range() -> None:
 
 # -------------------------------------------------------------------------------------- options, state
 def test_features_and_init_imply_each_other():
-    assert (PairwiseDLN(3, init="ce").features, PairwiseDLN(3, features="softmax").init) == ("softmax", "ce")
-    assert (PairwiseDLN(3).init, PairwiseDLN(3).features) == ("warm", "sigmoid")
+    assert PairwiseDLN(3, init="ce").features == "softmax"
+    built_on = {"warm": "sigmoid", "ce": "softmax", "paper": "sigmoid"}
+    assert (PairwiseDLN(3).init, PairwiseDLN(3).features) == (DEFAULT_DLN["init"], built_on[DEFAULT_DLN["init"]])
     assert PairwiseDLN(3, init="paper", features="softmax").features == "softmax"
     assert "features='softmax'" in repr(PairwiseDLN(3, init="ce"))
 
@@ -266,10 +270,20 @@ def test_inconsistent_or_unknown_options_raise(kwargs, match):
         PairwiseDLN(3, **kwargs)
 
 
+def test_the_default_init_comes_from_the_settings_whatever_the_features():
+    # PairwiseDLN(C, features=...) does not pick another init: features the default init is not built on raise
+    default = DEFAULT_DLN["init"]
+    assert inspect.signature(PairwiseDLN).parameters["init"].default == default
+    others = [f for f in FEATURES if default != "paper" and PairwiseDLN(3).features != f]
+    for features in others:
+        with pytest.raises(ValueError, match=f"init={default!r} builds its loss on features"):
+            PairwiseDLN(3, features=features)  # type: ignore[arg-type]
+
+
 def test_the_features_are_saved_with_the_state_and_checked_on_load():
     softmax, sigmoid = ce_dln(3), PairwiseDLN(3)
     assert softmax.state_dict()["_extra_state"]["features"] == "softmax"
-    assert "features" not in sigmoid.state_dict()["_extra_state"]  # as before there was a choice
+    assert sigmoid.state_dict()["_extra_state"]["features"] == "sigmoid"
     PairwiseDLN(3, init="paper", features="softmax").load_state_dict(softmax.state_dict())
     PairwiseDLN(3, init="paper").load_state_dict(sigmoid.state_dict())
     with pytest.raises(ValueError, match="features='softmax', this one has features='sigmoid'"):

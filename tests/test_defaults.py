@@ -1,6 +1,6 @@
 """One recommended configuration: Teacher(), PairwiseDLN(), the "default" preset, `dynaloss train`/`demo`, the
 adapters' TeachingConfig and the Lightning callback agree on every default, the round cadence included, and each
-field is pinned here. Renamed names still work, warning."""
+field is pinned here. Renamed names are gone, not aliased."""
 
 from __future__ import annotations
 
@@ -158,36 +158,27 @@ def test_modes_are_a_literal_type_and_presets_are_read_only() -> None:
 
 
 # ------------------------------------------------------------------------------------------- renamed names
-def test_the_per_sample_weight_keyword_is_sample_weight_and_weight_still_works_warning() -> None:
+def test_the_per_sample_weight_keyword_is_sample_weight_and_the_old_names_are_gone() -> None:
     dln = PairwiseDLN(4, fast=False).double()
     logits, target = torch.randn(6, 4, dtype=torch.float64), torch.randint(4, (6,))
     sample_weight = torch.rand(6, dtype=torch.float64)
     new = dln(logits, target, sample_weight=sample_weight)
-    with pytest.warns(DeprecationWarning, match="weight= is deprecated.*use sample_weight="):
-        old = dln(logits, target, weight=sample_weight)
-    torch.testing.assert_close(new, old, rtol=0, atol=0)
-    layers = dln.mlp_weights()
-    with pytest.warns(DeprecationWarning, match="use sample_weight="):
-        functional_old = pairwise_dln_loss(layers, logits, target, weight=sample_weight)
-    torch.testing.assert_close(functional_old, new, rtol=0, atol=0)
-    with pytest.warns(DeprecationWarning, match="weights= is deprecated.*use layers="):
-        functional_layers = pairwise_dln_loss(weights=layers, logits=logits, target=target)
-    torch.testing.assert_close(functional_layers, dln(logits, target), rtol=0, atol=0)
-    with (
-        pytest.raises(TypeError, match="got both weight= .deprecated. and sample_weight="),
-        pytest.warns(DeprecationWarning),
-    ):
-        dln(logits, target, weight=sample_weight, sample_weight=sample_weight)
+    torch.testing.assert_close(new, dln(logits, target, sample_weight), rtol=0, atol=0)
+    matrices = dln.mlp_weights()
+    functional = pairwise_dln_loss(matrices=matrices, logits=logits, target=target, sample_weight=sample_weight)
+    torch.testing.assert_close(functional, new, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="weight"):
+        dln(logits, target, weight=sample_weight)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="layers"):
+        pairwise_dln_loss(layers=matrices, logits=logits, target=target)  # type: ignore[call-arg]
 
 
-def test_hypergradient_takes_student_lr_and_lr_still_works_warning() -> None:
+def test_hypergradient_takes_student_lr_and_not_lr() -> None:
     torch.manual_seed(0)
     student, dln = nn.Linear(3, 4).double(), PairwiseDLN(4, fast=False).double()
     batches = [(torch.randn(5, 3, dtype=torch.float64), torch.randint(4, (5,)))]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        new = dynaloss.hypergradient(student, dln, batches, batches[0], student_lr=0.1)
-    with pytest.warns(DeprecationWarning, match="lr= is deprecated.*use student_lr="):
-        old = dynaloss.hypergradient(student, dln, batches, batches[0], lr=0.1)
-    for name in new:
-        torch.testing.assert_close(new[name], old[name], rtol=0, atol=0)
+        dynaloss.hypergradient(student, dln, batches, batches[0], student_lr=0.1)
+    with pytest.raises(TypeError, match="lr"):
+        dynaloss.hypergradient(student, dln, batches, batches[0], lr=0.1)  # type: ignore[call-arg]

@@ -1,10 +1,13 @@
-"""The fast path of a fixed PairwiseDLN: the same loss as the exact MLP, to its certified tolerance, everywhere."""
+"""The fast path of a fixed PairwiseDLN, both ways it evaluates the DLN (the exact forward-mode pass, the table):
+the same loss as the exact MLP, to its certified tolerance, everywhere."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import pickle
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -14,13 +17,24 @@ from test_hypergradient import LR, flat, make_batches, make_student, val_error_a
 from torch.func import functional_call
 
 import dynaloss
-from dynaloss import PairwiseDLN
+from dynaloss import PairwiseDLN, fast_pairwise
 from dynaloss import functional as DF
-from dynaloss.fast_pairwise import PairSurface, fast_pairwise_loss
+from dynaloss._features import FAMILIES
+from dynaloss.fast_pairwise import ExactPairs, PairSurface, fast_pairwise_loss
 
 # The bar the fast path is held to (issue 12): loss and logit gradient within 1e-3 of the exact MLP's,
 # relative. Its certificate is much tighter (1e-5 per slope), which these bounds leave room for.
 BAR = 1e-3
+# the fast path's two evaluators, each forced on every call whatever its size
+PATHS = ("forward-mode", "table")
+
+
+@contextlib.contextmanager
+def forced(path: str) -> Iterator[None]:
+    """Every fast-path call inside takes ``path``: the table from 0 rows, or the forward-mode pass at any size."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fast_pairwise, "TABLE_ROWS", 0 if path == "table" else 10**15)
+        yield
 
 
 def domain_logits(num_classes: int, count: int = 400, seed: int = 0, dtype: torch.dtype = torch.float64):
@@ -66,14 +80,16 @@ DLNS = {
 
 
 # ------------------------------------------------------------------------------------------ accuracy
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("name", sorted(DLNS))
 @pytest.mark.parametrize("num_classes", [2, 10, 100])
-def test_loss_and_logit_gradient_match_the_exact_mlp_over_the_whole_domain(name, num_classes):
+def test_loss_and_logit_gradient_match_the_exact_mlp_over_the_whole_domain(name, num_classes, path):
     torch.manual_seed(0)
     fast, exact = fast_and_exact(DLNS[name](num_classes).double())
     fast.reduction = exact.reduction = "none"
     logits, target = domain_logits(num_classes, seed=num_classes)
-    value, grad = value_and_grad(fast, logits, target)
+    with forced(path):
+        value, grad = value_and_grad(fast, logits, target)
     ref_value, ref_grad = value_and_grad(exact, logits, target)
     assert (value - ref_value).abs().sum() <= BAR * ref_value.abs().sum()
     assert (grad - ref_grad).norm() <= BAR * ref_grad.norm()
@@ -83,15 +99,18 @@ def test_loss_and_logit_gradient_match_the_exact_mlp_over_the_whole_domain(name,
         assert ((value - ref_value).abs() <= BAR * ref_value.abs() + 1e-9).all()
 
 
-def test_float32_inputs_match_the_exact_mlp():
+@pytest.mark.parametrize("path", PATHS)
+def test_float32_inputs_match_the_exact_mlp(path):
     fast, exact = fast_and_exact(taught(PairwiseDLN(10, init="ce"), seed=3))
     logits, target = domain_logits(10, dtype=torch.float32)
-    value, grad = value_and_grad(fast, logits, target)
+    with forced(path):
+        value, grad = value_and_grad(fast, logits, target)
     ref_value, ref_grad = value_and_grad(exact, logits, target)
     assert abs(float(value - ref_value)) <= BAR * abs(float(ref_value))
     assert (grad - ref_grad).norm() <= BAR * ref_grad.norm()
 
 
+@pytest.mark.parametrize("path", PATHS)
 @settings(max_examples=25, deadline=None)
 @given(
     seed=st.integers(0, 10_000),
@@ -99,7 +118,7 @@ def test_float32_inputs_match_the_exact_mlp():
     features=st.sampled_from(["sigmoid", "softmax"]),
     monotone=st.booleans(),
 )
-def test_any_dln_is_matched_where_the_rows_fall(seed, scale, features, monotone):
+def test_any_dln_is_matched_where_the_rows_fall(seed, scale, features, monotone, path):
     # random (not built) DLNs of any size: the certificate, not the construction, is what holds
     torch.manual_seed(seed)
     dln = PairwiseDLN(6, init="paper", features=features, monotone=monotone, hidden=8, depth=2).double()
@@ -107,8 +126,9 @@ def test_any_dln_is_matched_where_the_rows_fall(seed, scale, features, monotone)
         for matrix in dln.layers:
             matrix.mul_(scale)
     fast, exact = fast_and_exact(dln)
-    logits, target = domain_logits(6, count=256, seed=seed)  # 1,536 rows: above SMALL_BATCH_ROWS, the table
-    value, grad = value_and_grad(fast, logits, target)
+    logits, target = domain_logits(6, count=256, seed=seed)
+    with forced(path):
+        value, grad = value_and_grad(fast, logits, target)
     ref_value, ref_grad = value_and_grad(exact, logits, target)
     assert abs(float(value - ref_value)) <= BAR * abs(float(ref_value)) + 1e-12
     assert (grad - ref_grad).norm() <= BAR * ref_grad.norm() + 1e-12
@@ -117,12 +137,10 @@ def test_any_dln_is_matched_where_the_rows_fall(seed, scale, features, monotone)
 def test_a_row_outside_every_certified_cell_is_computed_exactly():
     # a kink of the warm DLN runs through some cells: rows there take the exact path, and agree to rounding
     dln = PairwiseDLN(10).double()
-    surface = PairSurface(dln.mlp_weights(), "sigmoid")
+    surface = PairSurface(dln.mlp_weights(), FAMILIES["sigmoid"])
     u = torch.sigmoid(torch.linspace(-12, 12, 4001, dtype=torch.float64))
     v = torch.full_like(u, 0.3)
-    cell = surface.u_index(torch.linspace(-12, 12, 4001, dtype=torch.float64)) * surface.grid + surface.v_index(
-        torch.logit(v)
-    )
+    cell = surface.cell(torch.linspace(-12, 12, 4001, dtype=torch.float64), torch.logit(v))
     for _ in range(4):  # rows computed exactly until their block has seen CERTIFY_AFTER of them, then certified
         value, slope_u, slope_v = surface.evaluate(u, v, cell)
     rows = torch.stack([u, v, torch.ones_like(u), torch.zeros_like(u)], 1).requires_grad_()
@@ -135,35 +153,41 @@ def test_a_row_outside_every_certified_cell_is_computed_exactly():
 
 
 # --------------------------------------------------------------------- the loss contract, same path
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
-@pytest.mark.parametrize("features", ["sigmoid", "softmax"])
-def test_reductions_weights_and_ignore_index_match_the_exact_path(reduction, features):
-    dln = taught(PairwiseDLN(5, features=features, reduction=reduction, ignore_index=-1).double(), seed=4)
+@pytest.mark.parametrize("init", ["warm", "ce"])
+def test_reductions_weights_and_ignore_index_match_the_exact_path(reduction, init, path):
+    dln = taught(PairwiseDLN(5, init=init, reduction=reduction, ignore_index=-1).double(), seed=4)
     dln.weight = torch.tensor([1.0, 2.0, 0.5, 1.5, 1.0], dtype=torch.float64)
     fast, exact = fast_and_exact(dln)
     logits, target = domain_logits(5, count=40, seed=5)
     target[::7] = -1
     sample_weight = torch.rand(40, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
     for kwargs in ({}, {"sample_weight": sample_weight}):
-        value, grad = value_and_grad(fast, logits, target, **kwargs)
+        with forced(path):
+            value, grad = value_and_grad(fast, logits, target, **kwargs)
         ref_value, ref_grad = value_and_grad(exact, logits, target, **kwargs)
         torch.testing.assert_close(value, ref_value, rtol=BAR, atol=1e-9)
         torch.testing.assert_close(grad, ref_grad, rtol=BAR, atol=1e-9)
         assert (grad[target == -1] == 0).all()
 
 
-def test_per_sample_weights_get_their_gradient_on_the_fast_path():
+@pytest.mark.parametrize("path", PATHS)
+def test_per_sample_weights_get_their_gradient_on_the_fast_path(path):
     fast, exact = fast_and_exact(PairwiseDLN(4, init="ce").double())
     logits, target = domain_logits(4, count=16, seed=7)
     grads = []
     for dln in (fast, exact):
-        weight = torch.rand(16, dtype=torch.float64, generator=torch.Generator().manual_seed(8)).requires_grad_()
-        (grad,) = torch.autograd.grad(dln(logits, target, sample_weight=weight), weight)
+        sample_weight = torch.rand(16, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+        sample_weight.requires_grad_()
+        with forced(path):
+            (grad,) = torch.autograd.grad(dln(logits, target, sample_weight=sample_weight), sample_weight)
         grads.append(grad)
     torch.testing.assert_close(grads[0], grads[1], rtol=BAR, atol=1e-12)
 
 
-def test_per_pixel_inputs_with_ignore_index_and_subsampling_match_the_exact_path():
+@pytest.mark.parametrize("path", PATHS)
+def test_per_pixel_inputs_with_ignore_index_and_subsampling_match_the_exact_path(path):
     dln = taught(PairwiseDLN(21, init="ce", ignore_index=255, max_pixels=64).double(), seed=9)
     fast, exact = fast_and_exact(dln)
     g = torch.Generator().manual_seed(10)
@@ -173,18 +197,21 @@ def test_per_pixel_inputs_with_ignore_index_and_subsampling_match_the_exact_path
     results = []
     for loss_fn in (fast, exact):
         torch.manual_seed(11)  # the same pixels drawn for both
-        results.append(value_and_grad(loss_fn, logits, target))
+        with forced(path):
+            results.append(value_and_grad(loss_fn, logits, target))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=BAR, atol=0)
     torch.testing.assert_close(results[0][1], results[1][1], rtol=BAR, atol=1e-12)
     assert (results[0][1].movedim(1, -1)[target == 255] == 0).all()
 
 
 # ------------------------------------------------------------------ when the DLN changes, the table does
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("how", ["copy_", "data", "load_state_dict", "teacher"])
-def test_the_table_follows_every_change_of_the_parameters(how):
+def test_the_fast_path_follows_every_change_of_the_parameters(how, path):
     fast, exact = fast_and_exact(PairwiseDLN(3, init="ce").double())  # 3 classes: make_student's
     logits, target = domain_logits(3, count=64, seed=12)
-    before, _ = value_and_grad(fast, logits, target)
+    with forced(path):
+        before, _ = value_and_grad(fast, logits, target)
     moved = taught(copy.deepcopy(exact), seed=13, size=0.5)
     if how == "copy_":
         with torch.no_grad():
@@ -202,16 +229,28 @@ def test_the_table_follows_every_change_of_the_parameters(how):
         with torch.no_grad():
             for mine, theirs in zip(moved.layers, fast.layers):
                 mine.copy_(theirs)
-    after, grad = value_and_grad(fast, logits, target)
+    with forced(path):
+        after, grad = value_and_grad(fast, logits, target)
     ref_value, ref_grad = value_and_grad(moved, logits, target)
     assert not torch.equal(before, after)
     torch.testing.assert_close(after, ref_value, rtol=BAR, atol=0)
     torch.testing.assert_close(grad, ref_grad, rtol=BAR, atol=1e-9)
 
 
+def test_a_call_below_the_table_size_keeps_no_table_and_a_larger_one_builds_it():
+    # the default path (a small call: the README's loop) reads nothing back to decide whether a table is stale
+    dln = PairwiseDLN(10, init="ce")
+    rows = fast_pairwise.TABLE_ROWS
+    dln(*domain_logits(10, count=(rows - 1) // 10, dtype=torch.float32))
+    assert dln._surface is None
+    dln(*domain_logits(10, count=-(-rows // 10), dtype=torch.float32))
+    assert dln._surface is not None
+
+
 def test_copies_and_pickles_leave_the_table_behind():
     dln = PairwiseDLN(10, init="ce")
-    dln(*domain_logits(10, count=8, dtype=torch.float32))
+    with forced("table"):
+        dln(*domain_logits(10, count=8, dtype=torch.float32))
     assert dln._surface is not None
     assert copy.deepcopy(dln)._surface is None
     assert pickle.loads(pickle.dumps(dln))._surface is None
@@ -243,10 +282,12 @@ def test_substituted_parameters_take_the_exact_path_and_get_their_gradient():
     torch.testing.assert_close(loss, dln(logits, target), rtol=0, atol=0)
 
 
-def test_a_second_derivative_through_the_fast_path_is_refused():
+@pytest.mark.parametrize("path", PATHS)
+def test_a_second_derivative_through_the_fast_path_is_refused(path):
     logits, target = domain_logits(10, count=8)
     logits.requires_grad_()
-    loss = PairwiseDLN(10).double()(logits, target)
+    with forced(path):
+        loss = PairwiseDLN(10).double()(logits, target)
     with pytest.raises(RuntimeError, match="differentiable once.*fast=False"):
         torch.autograd.grad(loss, logits, create_graph=True)
     (grad,) = torch.autograd.grad(PairwiseDLN(10, fast=False).double()(logits, target), logits, create_graph=True)
@@ -260,7 +301,7 @@ def test_fast_must_be_a_bool():
 
 def test_the_surface_is_refused_a_grid_it_cannot_block():
     with pytest.raises(ValueError, match="multiple of"):
-        PairSurface(PairwiseDLN(3).mlp_weights(), "sigmoid", grid=100)
+        PairSurface(PairwiseDLN(3).mlp_weights(), FAMILIES["sigmoid"], grid=100)
 
 
 # ------------------------------------------------------------------------ the hypergradient
@@ -286,12 +327,13 @@ def test_hypergradient_matches_finite_differences_of_the_function_the_student_tr
     assert (analytic - numeric_t).norm() / numeric_t.norm() < 1e-3
 
 
-def test_fast_pairwise_loss_needs_no_module():
+@pytest.mark.parametrize("evaluator", [ExactPairs, PairSurface])
+def test_fast_pairwise_loss_needs_no_module(evaluator):
     dln = PairwiseDLN(4, init="ce").double()
     logits, target = domain_logits(4, count=8)
-    surface = PairSurface(dln.mlp_weights(), "softmax")
-    per_sample = fast_pairwise_loss(surface, logits, target)
-    mean = fast_pairwise_loss(surface, logits, target, mean=True)
+    pairs = evaluator(dln.mlp_weights(), FAMILIES["softmax"])
+    per_sample = fast_pairwise_loss(pairs, logits, target)
+    mean = fast_pairwise_loss(pairs, logits, target, mean=True)
     torch.testing.assert_close(per_sample.mean(), mean)
     exact = DF.pairwise_mean_loss(dln.mlp_weights(), logits, target, features="softmax")
     torch.testing.assert_close(per_sample, exact.detach(), rtol=BAR, atol=0)

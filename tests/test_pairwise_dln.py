@@ -470,16 +470,22 @@ def test_unconstrained_dln_can_reward_a_wrong_prediction():
 
 def test_the_constraint_is_saved_with_the_state_and_checked_on_load():
     monotone, free = PairwiseDLN(3), PairwiseDLN(3, monotone=False)
-    assert monotone.state_dict()["_extra_state"] == {
+    extra = monotone.state_dict()["_extra_state"]
+    assert extra == {
         "monotone": True,
         "target_range": monotone.target_range,
         "num_classes": 3,
+        "features": "sigmoid",
+        "pair_mean": "wrong",
     }
     PairwiseDLN(3, init="paper").load_state_dict(monotone.state_dict())
     with pytest.raises(ValueError, match="monotone=True"):
         free.load_state_dict(monotone.state_dict())
-    incomplete = {**monotone.state_dict(), "_extra_state": {"monotone": True}}
+    unpinned = {**monotone.state_dict(), "_extra_state": {**extra, "target_range": None}}
     with pytest.raises(ValueError, match="pinned range"):
+        PairwiseDLN(3).load_state_dict(unpinned)
+    incomplete = {**monotone.state_dict(), "_extra_state": {"monotone": True, "target_range": 1.0}}
+    with pytest.raises(ValueError, match=r"must hold \['num_classes', 'features', 'pair_mean'\]"):
         PairwiseDLN(3).load_state_dict(incomplete)
     with pytest.raises(TypeError, match="monotone must be a bool"):
         PairwiseDLN(3, monotone="yes")  # type: ignore[arg-type]
@@ -498,3 +504,13 @@ def test_monotone_dln_size_is_pinned_only_its_shape_can_change(seed, layer, fact
         dln.layers[layer].mul_(factor)
     torch.testing.assert_close(dln(logits, target), before, rtol=1e-9, atol=1e-12)
     assert float(loss_range(dln.mlp_weights()).detach()) == pytest.approx(dln.target_range, rel=1e-9)
+
+
+def test_every_feature_name_of_the_settings_has_its_family():
+    from dynaloss._features import FAMILIES, feature_family
+    from dynaloss.settings import FEATURES
+
+    assert tuple(FAMILIES) == FEATURES and all(feature_family(name).name == name for name in FEATURES)
+    assert PairwiseDLN(3, init="paper", features="softmax").family is FAMILIES["softmax"]
+    with pytest.raises(ValueError, match="features must be one of"):
+        feature_family("tanh")

@@ -18,6 +18,7 @@ from torch import nn
 import dynaloss
 from dynaloss.batches import as_batch
 from dynaloss.unroll import dln_parameters, start_of_unroll, unroll
+from dynaloss.update_rules import RULES, AdamRule, SGDRule
 
 MakeOptimizer = Callable[[list], torch.optim.Optimizer]
 
@@ -225,6 +226,19 @@ def test_other_optimizers_are_refused_naming_the_supported_ones(make: MakeOptimi
     student, dln = make_student(), make_dln()
     with pytest.raises(TypeError, match="torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW"):
         dynaloss.Teacher(dln, optimizer=make(list(student.parameters())))
+
+
+def test_a_registered_rule_makes_the_unroll_follow_its_optimizer(monkeypatch: pytest.MonkeyPatch) -> None:
+    # one rule per optimizer type, found by exact type: registering one is all it takes to support an optimizer
+    assert RULES == {torch.optim.SGD: SGDRule, torch.optim.Adam: AdamRule, torch.optim.AdamW: AdamRule}
+    monkeypatch.setitem(RULES, SGDSubclass, SGDRule)
+    student, dln = make_student(), make_dln()
+    optimizer = SGDSubclass(student.parameters(), lr=0.2, momentum=0.9)
+    batches = make_batches(3, 8, seed=6)
+    reference, _ = torch_optim_steps(student, optimizer, dln, batches)
+    end = unrolled(student, optimizer, dln, batches)
+    for (param_name, expected), param in zip(reference.named_parameters(), end.params.values()):
+        torch.testing.assert_close(param, expected, rtol=1e-12, atol=1e-14, msg=param_name)
 
 
 def test_an_optimizer_of_another_model_is_refused() -> None:

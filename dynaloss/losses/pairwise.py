@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from dynaloss import fast_pairwise
 from dynaloss import functional as DF
 from dynaloss._checks import (
     check_bool,
@@ -20,17 +20,22 @@ from dynaloss._checks import (
     check_same_device,
     check_tensor,
 )
-from dynaloss._deprecation import renamed_keywords
+from dynaloss._features import feature_family
 from dynaloss._state import ValidatedLoad
-from dynaloss.fast_pairwise import PairSurface, fast_pairwise_loss
+from dynaloss.fast_pairwise import ExactPairs, PairSurface, fast_pairwise_loss
 from dynaloss.losses.warmstart import cross_entropy_weights, one_vs_all_weights
-from dynaloss.settings import INITS, PAIR_MEANS, Features, Init, PairMean, Reduction
+from dynaloss.settings import DEFAULT_DLN, INITS, PAIR_MEANS, Features, Init, PairMean, Reduction
 from dynaloss.stage_loss import StageLossFn
 
 __all__ = ["INITS", "PairwiseDLN"]
 
-# The features each init builds its loss on ('paper' is random, so either); None picks the first.
+# The features each init builds its loss on ('paper' is random, so either); features=None picks the first.
 _INIT_FEATURES = {"warm": ("sigmoid",), "ce": ("softmax",), "paper": DF.FEATURES}
+# The matrices each built init starts from, by (num_classes, hidden, depth).
+_BUILT = {
+    "warm": one_vs_all_weights,
+    "ce": lambda num_classes, hidden, depth: cross_entropy_weights(hidden, depth),
+}
 
 
 class PairwiseDLN(ValidatedLoad):
@@ -53,19 +58,16 @@ class PairwiseDLN(ValidatedLoad):
     Args:
         num_classes: number of classes ``C`` (at least 2).
         init: ``'warm'`` builds the MLP so that the loss is the one-vs-all binary cross-entropy
-            :math:`-\log s_y - \sum_{j \ne y} \log(1 - s_j)` (interpolated at knots), so the student learns
-            from the first step (:mod:`dynaloss.losses.warmstart`); ``'ce'`` (``features='softmax'`` only)
-            builds it so that the loss *is* softmax cross-entropy ``F.cross_entropy(z, y)``: per-sample
-            values and logit-gradient norms within 1e-5 relative of it, plus float rounding (1e-10 absolute
-            in float64, 1e-6 in float32), wherever :math:`p_y \ge e^{-32}`; below, the feature is clamped,
-            the loss stays at 32 and its gradient is zero
-            (:func:`~dynaloss.losses.warmstart.cross_entropy_weights`; tests/test_ce_init.py checks it on
-            logits up to +-30); ``'paper'`` is the paper's random
-            Kaiming-normal (fan_out) DLN which, unconstrained, starts anti-aligned with CE in most seeds
-            (default: ``'ce'`` with ``features='softmax'``, else ``'warm'``; docs/results.md has the
-            measurements that chose ``'warm'``).
-        features: what the rows are made of: ``'sigmoid'`` (the paper's) or ``'softmax'`` (above)
-            (default: ``'softmax'`` with ``init='ce'``, else ``'sigmoid'``).
+            :math:`-\log s_y - \sum_{j \ne y} \log(1 - s_j)`, interpolated at knots
+            (:func:`~dynaloss.losses.warmstart.one_vs_all_weights`; sigmoid features); ``'ce'`` builds it so
+            that the loss *is* softmax cross-entropy ``F.cross_entropy(z, y)`` wherever
+            :math:`p_y \ge e^{-32}`, values and logit gradients within 1e-5 relative of it (below, the
+            feature is clamped, the loss stays at 32 and its gradient is zero;
+            :func:`~dynaloss.losses.warmstart.cross_entropy_weights`; softmax features); ``'paper'`` is the
+            paper's random Kaiming-normal (fan_out) DLN, on either features
+            (default: ``dynaloss.settings.DEFAULT_DLN['init']``).
+        features: what the rows are made of: ``'sigmoid'`` (the paper's) or ``'softmax'`` (above); it must
+            be the one ``init`` builds on (default: ``init``'s, ``'sigmoid'`` for ``'paper'``).
         reduction: ``'none'`` | ``'mean'`` | ``'sum'`` (default: ``'mean'``). The mean over a batch in which
             nothing counts (every target ``ignore_index``) is 0 with zero gradients, where
             ``nn.CrossEntropyLoss`` returns NaN (its gradients are zero too).
@@ -80,20 +82,17 @@ class PairwiseDLN(ValidatedLoad):
             (:func:`dynaloss.functional.monotone_weights`); with ``'softmax'`` features, non-decreasing in the
             cross-entropy and in every pair probability, so, again, non-increasing in :math:`z_y` and
             non-decreasing in every :math:`z_j`. The parameters stay unconstrained, so a teacher
-            updates them freely. The paper's DLN is unconstrained (``False``), and a teacher can then turn it
-            into a loss that trains the student to predict the wrong class (default: ``True``; see
-            docs/results.md).
-        fast: between changes of the DLN, evaluate it through a table of its surface in certified affine
-            pieces (:class:`dynaloss.fast_pairwise.PairSurface`), with the logits' gradient formed in the
-            forward instead of by autograd through a 40-wide MLP per row. Per row each slope of the surface
-            is within 1e-5 (relative) of the MLP's, rows in cells that cannot be certified (and calls of at
-            most 1,024 rows, where the table does not pay) are computed exactly, and the table is rebuilt
-            when the DLN's parameters change. The fast path differentiates in the logits (and ``weight``)
-            only, once: the DLN's own parameters get no gradient from it (a :class:`~dynaloss.Teacher`
-            learns them from the hypergradient, through :func:`torch.func.functional_call`, which takes the
-            exact MLP; so does a call with parameters other than the module's own), and a second derivative
-            (``create_graph=True``) raises. ``False`` always computes the exact MLP, differentiable in
-            everything (default: ``True``).
+            updates them freely. ``False`` is the paper's unconstrained DLN
+            (default: ``dynaloss.settings.DEFAULT_DLN['monotone']``).
+        fast: with the module's own parameters, compute the loss's logit gradient in the forward
+            (:mod:`dynaloss.fast_pairwise`): calls of fewer than :data:`~dynaloss.fast_pairwise.TABLE_ROWS`
+            rows (``B x C``) evaluate the MLP exactly, in one forward-mode pass; larger ones read a table of
+            its surface in certified affine pieces, rebuilt when the parameters change, each slope within
+            1e-5 (relative) of the MLP's. That path differentiates in the logits (and ``sample_weight``)
+            only, once: the DLN's own parameters get no gradient from it, and a second derivative
+            (``create_graph=True``) raises. Calls with substituted parameters (a teacher's unroll, through
+            :func:`torch.func.functional_call`) take the exact MLP. ``False`` always computes the exact MLP,
+            differentiable in everything (default: ``True``).
         pair_mean: ``'wrong'``: a sample's loss is the mean over its ``C - 1`` wrong classes (the formula
             above); ``'all'``: the mean over all ``C`` rows, the true class's row counting 0, i.e.
             ``(C - 1) / C`` times that, as the authors' code computes it (the paper does not say; the
@@ -103,7 +102,7 @@ class PairwiseDLN(ValidatedLoad):
         - input: ``(B, C)`` or ``(B, C, d1, ...)`` logits.
         - target: ``(B,)`` or ``(B, d1, ...)`` class indices.
         - sample_weight (forward): optional per-sample (per-pixel) weights of the target's shape (the
-          paper's ``w``; ``weight=`` is its deprecated name: ``weight`` is the class weights, as in torch).
+          paper's ``w``; ``weight`` is the class weights, as in torch).
         - output: scalar, or the target's shape with ``reduction='none'``; in the wider of the input's and the
           DLN's dtype, which it is computed in (float64 logits with the float32 DLN: float64, as
           ``F.cross_entropy``; half-precision logits: float32), on every path.
@@ -114,14 +113,14 @@ class PairwiseDLN(ValidatedLoad):
         >>> logits = torch.randn(8, 10, requires_grad=True)
         >>> loss = loss_fn(logits, torch.randint(10, (8,)))
         >>> loss.backward()
-        >>> ce = PairwiseDLN(num_classes=10, features="softmax", init="ce")  # F.cross_entropy, teachable
+        >>> ce = PairwiseDLN(num_classes=10, init="ce")  # F.cross_entropy, teachable
     """
 
     def __init__(
         self,
         num_classes: int,
         *,
-        init: Init | None = None,
+        init: Init = DEFAULT_DLN["init"],
         features: Features | None = None,
         reduction: Reduction = "mean",
         weight: Tensor | None = None,
@@ -129,13 +128,14 @@ class PairwiseDLN(ValidatedLoad):
         max_pixels: int | None = None,
         hidden: int = 40,
         depth: int = 4,
-        monotone: bool = True,
+        monotone: bool = DEFAULT_DLN["monotone"],
         fast: bool = True,
         pair_mean: PairMean = "wrong",
     ) -> None:
         super().__init__()
         self.num_classes = check_positive_int(num_classes, "num_classes", minimum=2)
         self.init, self.features = _resolve_init_features(init, features)
+        self.family = feature_family(self.features)
         self.reduction = DF.check_reduction(reduction)
         self.ignore_index = check_ignore_index(ignore_index)
         if max_pixels is not None:
@@ -154,19 +154,16 @@ class PairwiseDLN(ValidatedLoad):
         if pair_mean not in PAIR_MEANS:
             raise ValueError(f"pair_mean must be one of {PAIR_MEANS}, got {pair_mean!r}")
         self.pair_mean = pair_mean
-        # the fast path's table and what it was built from: (target_range, the raw layers), table
+        # the fast path's table and what it was built from: (target_range, copies of the raw layers), table
         self._surface: tuple[tuple[float | None, list[Tensor]], PairSurface] | None = None
         self.target_range: float | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Re-initialise the MLP as ``init`` says."""
-        if self.init in ("warm", "ce"):
-            hidden, depth = self.layers[0].shape[0], len(self.layers) - 1
-            if self.init == "warm":
-                built = one_vs_all_weights(self.num_classes, hidden, depth)
-            else:
-                built = cross_entropy_weights(hidden, depth)
+        build = _BUILT.get(self.init)
+        if build is not None:
+            built = build(self.num_classes, self.layers[0].shape[0], len(self.layers) - 1)
             with torch.no_grad():
                 for matrix, value in zip(self.layers, built):
                     matrix.copy_(value)
@@ -199,72 +196,64 @@ class PairwiseDLN(ValidatedLoad):
         return DF.pin_loss_range(DF.monotone_weights(raw), self.target_range)
 
     def get_extra_state(self) -> dict[str, Any]:
-        # the same numbers mean another loss under the other constraint, or on other features, so the state
-        # says which it is; 'sigmoid' goes unsaid, as in the states written before there was a choice
-        state: dict[str, Any] = {
+        # the same numbers mean another loss under the other constraint, on other features, or for another C
+        # (a warm start's pinned range depends on it), so the state says which it is
+        return {
             "monotone": self.monotone,
             "target_range": self.target_range,
             "num_classes": self.num_classes,
+            "features": self.features,
+            "pair_mean": self.pair_mean,
         }
-        if self.features != "sigmoid":
-            state["features"] = self.features
-        if self.pair_mean != "wrong":
-            state["pair_mean"] = self.pair_mean
-        return state
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
-        # the MLP's shapes do not depend on C, but a warm start's pinned range does (states written before
-        # num_classes was saved load as they did)
-        num_classes = state.get("num_classes", self.num_classes)
-        if num_classes != self.num_classes:
-            raise ValueError(
-                f"the state is of a DLN with num_classes={num_classes}, this one has num_classes={self.num_classes}"
-            )
-        if state.get("monotone") != self.monotone:
-            raise ValueError(
-                f"the state is of a DLN with monotone={state.get('monotone')}, this one has monotone={self.monotone}"
-            )
-        features = state.get("features", "sigmoid")
-        if features != self.features:
-            raise ValueError(
-                f"the state is of a DLN with features={features!r}, this one has features={self.features!r}"
-            )
-        pair_mean = state.get("pair_mean", "wrong")
-        if pair_mean != self.pair_mean:
-            raise ValueError(
-                f"the state is of a DLN with pair_mean={pair_mean!r}, this one has pair_mean={self.pair_mean!r}"
-            )
-        target_range = state.get("target_range")
+        missing = [key for key in self.get_extra_state() if key not in state]
+        if missing:
+            raise ValueError(f"the state of a PairwiseDLN must hold {missing} (it holds {sorted(state)})")
+        for key in ("num_classes", "monotone", "features", "pair_mean"):
+            if state[key] != getattr(self, key):
+                raise ValueError(
+                    f"the state is of a DLN with {key}={state[key]!r}, this one has {key}={getattr(self, key)!r}"
+                )
+        target_range = state["target_range"]
         if self.monotone and not isinstance(target_range, (int, float)):
             raise ValueError(
                 f"the state of a monotone DLN must hold its pinned range ('target_range'), got {target_range!r}"
             )
         self.target_range = None if target_range is None else float(target_range)
 
-    @renamed_keywords(weight="sample_weight")
     def forward(self, input: Tensor, target: Tensor, sample_weight: Tensor | None = None) -> Tensor:
         """The loss of ``input`` logits for ``target`` classes, each sample (pixel) weighted by ``sample_weight``."""
-        weight = sample_weight
-        ignored = self._check(input, target, weight)
+        ignored = self._check(input, target, sample_weight)
         layers = list(self.layers)
         # The module's own parameters (or none that need a gradient): nobody differentiates through the DLN.
         # Substitutes from torch.func.functional_call (a teacher's unroll) are plain tensors: exact path.
         if not (self.fast and all(isinstance(m, nn.Parameter) or not m.requires_grad for m in layers)):
-            return self.loss_with(self.mlp_weights(), input, target, weight)
-        surface = self._surface_for(layers, torch.promote_types(input.dtype, layers[0].dtype))
-        if input.dim() == 2 and weight is None and self.weight is None and not ignored and self.reduction == "mean":
-            loss = fast_pairwise_loss(surface, input, target, mean=True)  # plain classification: no reshaping
+            return self.loss_with(self.mlp_weights(), input, target, sample_weight)
+        dtype = torch.promote_types(input.dtype, layers[0].dtype)
+
+        def per_sample(logits: Tensor, target: Tensor, mean: bool = False) -> Tensor:
+            return fast_pairwise_loss(self._pairs(logits.numel(), dtype), logits, target, mean=mean)
+
+        plain = sample_weight is None and self.weight is None and not ignored and self.reduction == "mean"
+        if input.dim() == 2 and plain:
+            loss = per_sample(input, target, mean=True)  # plain classification: no reshaping
             return loss if self.pair_mean == "wrong" else loss * ((self.num_classes - 1) / self.num_classes)
-        return self.loss_with([], input, target, weight, per_sample=functools.partial(fast_pairwise_loss, surface))
+        return self.loss_with([], input, target, sample_weight, per_sample=per_sample)
+
+    def _pairs(self, rows: int, dtype: torch.dtype) -> ExactPairs | PairSurface:
+        """The fast path's evaluator for a call of ``rows`` rows, in ``dtype`` (the exact path's: the wider of
+        the logits' and the DLN's): the MLP itself below :data:`~dynaloss.fast_pairwise.TABLE_ROWS`, computed
+        from the parameters as they are (no read-back), else the table."""
+        if rows < fast_pairwise.TABLE_ROWS:
+            with torch.no_grad():
+                return ExactPairs([m.to(dtype) for m in self.mlp_weights()], self.family)
+        return self._surface_for(list(self.layers), dtype)
 
     def _surface_for(self, layers: list[Tensor], dtype: torch.dtype) -> PairSurface:
-        """The fast path's table of the DLN as it is now, in ``dtype``: kept while the parameters are unchanged.
-
-        ``dtype`` is the one the exact path computes in (the wider of the logits' and the DLN's), so that
-        both paths agree: float64 logits with a float32 DLN get a float64 table of the float32 MLP.
-        """
-        # Compared by value, not by version counter: writes through .data (which a finite-difference check
-        # or older code makes) do not bump a parameter's _version.
+        """The fast path's table of the DLN as it is now, in ``dtype``: kept while the parameters are unchanged."""
+        # Compared by value (a read-back per parameter, beside the table's own), not by version counter:
+        # writes through .data do not bump a parameter's _version.
         kept = self._surface
         if (
             kept is None
@@ -274,8 +263,8 @@ class PairwiseDLN(ValidatedLoad):
         ):
             with torch.no_grad():
                 copies = [m.detach().clone() for m in layers]
-                weights = [m.to(dtype) for m in self.mlp_weights(copies)]
-                kept = (self.target_range, copies), PairSurface(weights, self.features)
+                matrices = [m.to(dtype) for m in self.mlp_weights(copies)]
+                kept = (self.target_range, copies), PairSurface(matrices, self.family)
             self._surface = kept
         return kept[1]
 
@@ -283,13 +272,12 @@ class PairwiseDLN(ValidatedLoad):
         # the table is a cache, rebuilt on demand: copies and pickles leave it behind
         return {**super().__getstate__(), "_surface": None}
 
-    @renamed_keywords(weights="layers")
     def loss_with(
         self,
-        layers: Sequence[Tensor],
+        matrices: Sequence[Tensor],
         input: Tensor,
         target: Tensor,
-        weight: Tensor | None = None,
+        sample_weight: Tensor | None = None,
         *,
         per_sample: Callable[[Tensor, Tensor], Tensor] | None = None,
     ) -> Tensor:
@@ -300,10 +288,10 @@ class PairwiseDLN(ValidatedLoad):
         :func:`dynaloss.functional.pairwise_dln_loss`) in their place.
         """
         return DF.pairwise_dln_loss(
-            layers,
+            matrices,
             input,
             target,
-            sample_weight=weight,
+            sample_weight=sample_weight,
             class_weight=self.weight,
             ignore_index=self.ignore_index,
             reduction=self.reduction,
@@ -324,11 +312,11 @@ class PairwiseDLN(ValidatedLoad):
             return None
         if targets:
             self.check_target(torch.cat([target.reshape(-1) for target in targets]))
-        weights = self.mlp_weights([params.get(name, param) for name, param in self.named_parameters()])
+        matrices = self.mlp_weights([params.get(name, param) for name, param in self.named_parameters()])
 
-        def loss(input: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
-            self.check_shapes(input, target, weight)
-            return self.loss_with(weights, input, target, weight)
+        def loss(input: Tensor, target: Tensor, sample_weight: Tensor | None = None) -> Tensor:
+            self.check_shapes(input, target, sample_weight)
+            return self.loss_with(matrices, input, target, sample_weight)
 
         return loss
 
@@ -349,21 +337,21 @@ class PairwiseDLN(ValidatedLoad):
             )
         return True
 
-    def _check(self, input: object, target: object, weight: object) -> bool:
+    def _check(self, input: object, target: object, sample_weight: object) -> bool:
         """The checks of :meth:`forward`; returns whether ``target`` may hold ``ignore_index``."""
-        self.check_shapes(input, target, weight)
-        if weight is not None:
-            check_finite(weight, "sample_weight")  # type: ignore[arg-type]
+        self.check_shapes(input, target, sample_weight)
+        if sample_weight is not None:
+            check_finite(sample_weight, "sample_weight")  # type: ignore[arg-type]
         check_finite(input, "input")  # type: ignore[arg-type]
         return self.check_target(target)  # type: ignore[arg-type]
 
-    def check_shapes(self, input: object, target: object, weight: object = None) -> None:
+    def check_shapes(self, input: object, target: object, sample_weight: object = None) -> None:
         """The checks of :meth:`forward` that need no values: types, dtypes, shapes and devices (no read-back)."""
         input = check_tensor(input, "input")
         target = check_tensor(target, "target")
         named = {"input": input, "target": target}
-        if weight is not None:
-            named["sample_weight"] = check_tensor(weight, "sample_weight")
+        if sample_weight is not None:
+            named["sample_weight"] = check_tensor(sample_weight, "sample_weight")
         check_same_device(named, self.layers[0], "the DLN")
         if not input.is_floating_point():
             raise TypeError(f"input must be floating-point logits, got dtype {input.dtype}")
@@ -380,8 +368,8 @@ class PairwiseDLN(ValidatedLoad):
             )
         if input.shape[0] == 0 or input.numel() == 0:
             raise ValueError(f"input is empty (shape {tuple(input.shape)})")
-        sample_weight = named.get("sample_weight")
         if sample_weight is not None:
+            sample_weight = named["sample_weight"]
             what = "floating-point per-sample weights (class weights are the constructor's weight=)"
             check_floating(sample_weight, "sample_weight (the third argument)", what)
             if sample_weight.shape != target.shape:
@@ -395,19 +383,15 @@ def _same(kept: Tensor, current: Tensor) -> bool:
 
 
 def _resolve_init_features(init: object, features: object) -> tuple[str, str]:
-    """``(init, features)`` with the defaults filled in; raise ``ValueError`` for a pair that does not go together."""
-    if init is not None and init not in INITS:
+    """``(init, features)`` with features' default filled in; raise ``ValueError`` for a pair that does not go
+    together."""
+    if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
-    if features is not None:
-        DF.check_features(features)
-    if init is None:
-        init = "ce" if features == "softmax" else "warm"
     allowed = _INIT_FEATURES[init]  # type: ignore[index]
-    if features is None:
-        features = allowed[0]
-    if features not in allowed:
+    chosen = allowed[0] if features is None else feature_family(features).name
+    if chosen not in allowed:
         raise ValueError(
-            f"init={init!r} builds its loss on features {' or '.join(map(repr, allowed))}, got features={features!r} "
-            "(init='warm' is the one-vs-all BCE of sigmoids, init='ce' softmax cross-entropy)"
+            f"init={init!r} builds its loss on features {' or '.join(map(repr, allowed))}, got features={chosen!r} "
+            "(init='warm' is the one-vs-all BCE of sigmoids, init='ce' softmax cross-entropy, init='paper' either)"
         )
-    return init, features  # type: ignore[return-value]
+    return init, chosen  # type: ignore[return-value]

@@ -8,7 +8,8 @@
 - :func:`cross_entropy_weights` (``init='ce'``, softmax rows): softmax cross-entropy itself, exactly (not at
   knots), since the rows' true-class feature is linear in ``-log p_y``.
 
-docs/design-notes.md says why the DLN is built rather than fitted, and why softmax rows.
+docs/design-notes.md says why the DLN is built rather than fitted, and why softmax rows;
+docs/design-notes-core.md what the spare units cost the CE start.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ _WRONG_KNOTS = (0.0, 0.9)
 def cross_entropy_weights(hidden: int = 40, depth: int = 4) -> list[Tensor]:
     """Layer matrices of a ``features='softmax'`` pairwise DLN that computes softmax cross-entropy.
 
-    On a row ``[1 - d, q_j, 1, 0]`` with ``d = -log(p_y) / U`` (:func:`dynaloss.functional.softmax_features`)
+    On a row ``[1 - d, q_j, 1, 0]`` with ``d = -log(p_y) / U`` (:class:`dynaloss._features.SoftmaxFeatures`)
     the first unit is ``leaky_relu(1 - (1 - d)) = d``, the later hidden layers pass it through and the last
     multiplies it by ``U``: every row, and so their mean, is ``-log p_y`` wherever ``p_y >= exp(-U)``.
 
@@ -115,9 +116,8 @@ def cross_entropy_weights(hidden: int = 40, depth: int = 4) -> list[Tensor]:
     hard samples count more) and ``relu(q_j - v)`` of a wrong class (``v`` in ``[0, 0.9]``), half each. Their
     last-layer entries are ``_EMPTY ** 2``, yet the validation error's gradient reaches those entries at full
     size (it is the unit's output), so a teacher can turn any of them on. The entries that would mix them
-    into the first unit are ``_EMPTY ** 2`` too, and the rest ``_EMPTY``: with ``_EMPTY`` throughout they
-    would move the loss by up to 3 % (7e-4 absolute) for ``p_y`` in ``[1e-4, 1 - 1e-4]``, against 3e-8 (7e-10)
-    as built. Every matrix satisfies the monotone constraint.
+    into the first unit are ``_EMPTY ** 2`` too, and the rest ``_EMPTY`` (docs/design-notes-core.md). Every
+    matrix satisfies the monotone constraint.
 
     Args:
         hidden: width of the hidden layers (at least 1).
