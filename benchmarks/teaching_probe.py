@@ -8,7 +8,7 @@ the training prior), all on noisy ∪ trusted; ``ca``: ``ClassAwareDLN`` taught 
 ``every`` iterations, N = ``N``, the Adam teacher at ``dln_lr`` or ``teacher=lstm``, ``anchor``, validating on
 batches of 100 of the trusted set or ``val=all`` of it, training on noisy ∪ trusted or ``use=val``: the noisy
 part only; ``freeze=offsets,robustness,pair_offsets`` holds the named parameter groups at 0, ``shared=1`` one
-robustness for every class, ``keep=0`` turns ``keep_scale`` off, ``pairs=0`` drops the pair offsets; the Adam
+robustness for every class, ``keep=0`` turns ``keep_scale`` off, ``pairs=1`` adds the pair offsets; the Adam
 teacher's variants: ``gate`` a dead zone on its normalised step, ``norm=tensor`` one second moment per parameter
 tensor, ``beta1`` its momentum). One JSON line per run is appended to ``out``
 (default ``benchmarks/results/teaching_probe/runs.jsonl``), with the mean q every 15 rounds.
@@ -134,7 +134,7 @@ def main(arm: str, seed: int, opts: dict[str, str]) -> dict[str, object]:
             CLASSES,
             shared_robustness=opts.get("shared") == "1",
             keep_scale=opts.get("keep", "1") == "1",
-            pair_offsets=opts.get("pairs", "1") == "1",
+            pair_offsets=opts.get("pairs") == "1",
         )
         for name in filter(None, opts.get("freeze", "").split(",")):
             getattr(loss_fn, name).requires_grad_(False)

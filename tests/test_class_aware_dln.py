@@ -130,7 +130,7 @@ def test_pair_offsets_are_label_conditional_logit_offsets() -> None:
     generator = torch.Generator().manual_seed(4)
     logits = torch.randn(32, CLASSES, generator=generator, dtype=torch.float64)
     target = torch.randint(CLASSES, (32,), generator=generator)
-    dln = dynaloss.ClassAwareDLN(CLASSES, reduction="none").double()
+    dln = dynaloss.ClassAwareDLN(CLASSES, reduction="none", pair_offsets=True).double()
     pair = torch.randn(CLASSES, CLASSES, generator=generator, dtype=torch.float64)
     with torch.no_grad():
         dln.pair_offsets.copy_(pair)
@@ -146,7 +146,7 @@ def test_a_pair_offset_stops_the_push_away_from_the_class_a_label_is_confused_wi
     correction does for a label 1 that samples of class 0 often get."""
     logits = torch.tensor([[4.0, 0.0, 0.0, 0.0]], dtype=torch.float64, requires_grad=True)
     target = torch.tensor([1])
-    dln = dynaloss.ClassAwareDLN(CLASSES, keep_scale=False).double()
+    dln = dynaloss.ClassAwareDLN(CLASSES, keep_scale=False, pair_offsets=True).double()
     (before,) = torch.autograd.grad(dln(logits, target), logits)
     with torch.no_grad():
         dln.pair_offsets[1, 0] = -20.0
@@ -155,8 +155,8 @@ def test_a_pair_offset_stops_the_push_away_from_the_class_a_label_is_confused_wi
     assert float(after[0, 1]) < -0.5  # the labelled class is still pulled up
 
 
-def test_without_pair_offsets_the_loss_has_the_per_class_parameters_only() -> None:
-    dln = dynaloss.ClassAwareDLN(CLASSES, pair_offsets=False)
+def test_by_default_the_loss_has_the_per_class_parameters_only() -> None:
+    dln = dynaloss.ClassAwareDLN(CLASSES)  # the default
     assert dln.pair_offsets is None
     assert [name for name, _ in dln.named_parameters()] == ["offsets", "robustness"]
     logits, target = torch.randn(8, CLASSES), torch.randint(CLASSES, (8,))
@@ -178,7 +178,7 @@ def _val_error(student: nn.Module, dln: nn.Module, batches: list, val: tuple, lr
 @pytest.mark.parametrize("start", ["ce", "moved"])
 def test_hypergradient_matches_finite_differences(start: str) -> None:
     """At the cross-entropy start too: the loss is smooth in its parameters there (no kink)."""
-    student, dln = make_student(), dynaloss.ClassAwareDLN(FD_CLASSES).double()
+    student, dln = make_student(), dynaloss.ClassAwareDLN(FD_CLASSES, pair_offsets=True).double()
     if start == "moved":
         with torch.no_grad():
             dln.offsets.copy_(torch.tensor([0.3, -0.2, 0.5]))
@@ -217,7 +217,7 @@ def test_state_dict_round_trip_and_refuses_another_size() -> None:
     for other_kind, option in (
         ({"keep_scale": False}, "keep_scale"),
         ({"shared_robustness": True}, "robustness"),
-        ({"pair_offsets": False}, "pair_offsets"),
+        ({"pair_offsets": True}, "pair_offsets"),
     ):
         with pytest.raises(ValueError, match=option):
             dynaloss.ClassAwareDLN(CLASSES, **other_kind).load_state_dict(dln.state_dict())

@@ -31,7 +31,7 @@ def test_quick_demo_trains_three_arms_at_the_tuned_rate_and_draws_the_loss(
     assert len(arms["dynaloss"]["rounds"]) == -(-config["total_steps"] // TEACH_EVERY)
     assert len(arms["CE"]["rounds"]) == len(arms["GCE"]["rounds"]) == 0
     assert config["teacher"] == dict(PRESETS["default"]["teacher"]) and config["dln"]["preset"] == "default"
-    assert set(results["taught_dln"]) == {"offsets", "robustness", "pair_offsets", "q"}
+    assert set(results["taught_dln"]) == {"offsets", "robustness", "q"}
     for name in ("sample_weight.png", "loss_surface.png", "accuracy.png"):
         assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
     captured = capsys.readouterr()

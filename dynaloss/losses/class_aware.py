@@ -118,11 +118,12 @@ class ClassAwareDLN(ValidatedLoad):
     - a logit offset :math:`b_c` per class (``offsets``): logit adjustment (Menon et al., 2021) with learned
       offsets. Training on :math:`z + b` leaves the model's own logits :math:`z` free of a skewed training
       prior (:math:`b_c \approx \log \pi_c`).
-    - a ``(C, C)`` matrix of pair offsets :math:`B` (``pair_offsets``): :math:`B_{yc}` is added to logit
-      :math:`c` of a sample labelled :math:`y`. A label :math:`y` often given to samples of class :math:`c`
-      (class-dependent noise: pair flips, confusable classes) is corrected by :math:`B_{yc} < 0`: the loss
-      then stops pushing those samples away from :math:`c`, a learned, soft forward correction (Patrini et
-      al., 2017) that needs no transition matrix.
+    - with ``pair_offsets=True``, a ``(C, C)`` matrix :math:`B` (``pair_offsets``; else 0): :math:`B_{yc}` is
+      added to logit :math:`c` of a sample labelled :math:`y`. A label :math:`y` often given to samples of
+      class :math:`c` (class-dependent noise: pair flips) is corrected by :math:`B_{yc} < 0`: the loss then
+      stops pushing those samples away from :math:`c`, a learned, soft forward correction (Patrini et al.,
+      2017) that needs no transition matrix. Measured: it pays under pair flips and costs elsewhere
+      (docs/results.md, "Pair offsets"), so it is off by default.
 
     A :class:`dynaloss.Teacher` validating on a small trusted set moves them where the training labels call
     for it. The model's predictions are its own logits, as always; only the training loss has the
@@ -143,8 +144,8 @@ class ClassAwareDLN(ValidatedLoad):
             is GCE as published (default: ``True``).
         shared_robustness: one robustness (and ``q``) for every class instead of one per class; ``robustness``
             then has shape ``(1,)`` (default: ``False``).
-        pair_offsets: learn the ``(C, C)`` pair offsets; with ``False`` the loss has the ``2C`` per-class
-            parameters only and ``pair_offsets`` is ``None`` (default: ``True``).
+        pair_offsets: also learn the ``(C, C)`` pair offsets (for class-dependent noise); with ``False`` the
+            loss has the ``2C`` per-class parameters only and ``pair_offsets`` is ``None`` (default: ``False``).
 
     Shape:
         - input: ``(B, C)`` or ``(B, C, d1, ...)`` logits.
@@ -171,7 +172,7 @@ class ClassAwareDLN(ValidatedLoad):
         ignore_index: int = -100,
         keep_scale: bool = True,
         shared_robustness: bool = False,
-        pair_offsets: bool = True,
+        pair_offsets: bool = False,
     ) -> None:
         super().__init__()
         self.num_classes = check_positive_int(num_classes, "num_classes", minimum=2)
