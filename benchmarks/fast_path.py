@@ -5,7 +5,7 @@ What a student's step asks of a fixed DLN is the loss of its logits and that los
 
 - ``forward-mode``: the MLP's value and its two slopes per row in one forward-mode pass, the features'
   chain rule by hand, the constrained matrices computed from the parameters on every call
-  (``PairwiseDLN(fast=True)`` below ``dynaloss.fast_pairwise.TABLE_ROWS`` rows, forced here at every size);
+  (``PairwiseDLN(fast=True)`` below ``dynaloss._fast_pairwise.TABLE_ROWS`` rows, forced here at every size);
 - ``table``: the certified affine table of the surface (``PairSurface``, ``fast=True`` from ``TABLE_ROWS``
   rows, forced here at every size), after a warm-up that certifies the blocks the rows visit (the steady
   state between two teacher rounds; certifying is not timed);
@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from dynaloss import fast_pairwise
+from dynaloss import _fast_pairwise as fast_pairwise
 from dynaloss.harness.training import machine_info
 from dynaloss.losses.pairwise import PairwiseDLN
 

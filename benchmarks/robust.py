@@ -100,8 +100,8 @@ from torch.func import functional_call
 
 import dynaloss
 import dynaloss.settings
+from dynaloss._update_rules import optimizer_rule
 from dynaloss.harness.training import evaluate_accuracy, seeded
-from dynaloss.update_rules import optimizer_rule
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # imported, not run: find the sibling it shares a runner with
     sys.path.append(str(Path(__file__).resolve().parent))  # last, so that no other script shadows a package
@@ -360,7 +360,7 @@ class MetaWeightNet:
 
     A 1-100-1 MLP (ReLU, sigmoid) maps each sample's CE loss to its weight. Each call (one training step):
     a virtual student step with the weighted loss, taken by the user's own optimizer rule from its current
-    state and rate (``dynaloss.update_rules.optimizer_rule``, differentiably, so momentum and weight decay are
+    state and rate (``dynaloss._update_rules.optimizer_rule``, differentiably, so momentum and weight decay are
     followed); CE on a trusted batch through that step is the meta loss, and one Adam step (lr 1e-3, weight
     decay 1e-4) moves the MLP; the returned loss weights the same samples by the updated MLP, normalised by
     the weights' sum as the authors' code does (the batch mean with weights of mean 1), and the user's loop

@@ -4,7 +4,7 @@ A round (``mode="paper"``) is: stage I, N differentiable SGD steps with the DLN;
 validation error's backward through them; the LSTM teacher's forward over every DLN coordinate; stage III,
 N more differentiable steps with the updated DLN; and the teacher's gradient, the backward of stage III's
 validation error through those steps, the DLN update and the LSTM. This script runs the same library
-functions the round runs (:mod:`dynaloss.unroll`, the LSTM teacher), part by part, and adds two references:
+functions the round runs (:mod:`dynaloss._unroll`, the LSTM teacher), part by part, and adds two references:
 2N plain CE steps (what the ratio divides by) and stage I + hypergradient with a one-parameter loss (a
 temperature on cross-entropy), the student's own second-order cost without the DLN's.
 
@@ -25,13 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dynaloss.batches import as_batch
+from dynaloss._batches import as_batch
+from dynaloss._unroll import default_val_loss, dln_parameters, student_state, unroll, validation_error
+from dynaloss._update_rules import PlainSGD
 from dynaloss.harness.models import MNIST1DCNN
 from dynaloss.harness.training import machine_info
 from dynaloss.losses.pairwise import PairwiseDLN
 from dynaloss.teachers.lstm import LSTMTeacher
-from dynaloss.unroll import default_val_loss, dln_parameters, student_state, unroll, validation_error
-from dynaloss.update_rules import PlainSGD
 
 
 class TemperedCrossEntropy(nn.Module):

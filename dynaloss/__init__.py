@@ -1,11 +1,11 @@
 """dynaloss: learnable training losses that a teacher adapts while your model trains (L2T-DLN)."""
 
+from dynaloss._streams import forever
+from dynaloss._unroll import hypergradient
 from dynaloss.losses import ClassAwareDLN, MultiPartDLN, PairwiseDLN
 from dynaloss.presets import PRESETS, pairwise_teacher
-from dynaloss.streams import forever
 from dynaloss.teacher import MODES, RoundRecord, Teacher, teaching_defaults
 from dynaloss.teachers import LSTMTeacher, OptimizerTeacher, TeacherModel
-from dynaloss.unroll import hypergradient
 
 __all__ = [
     "MODES",

@@ -1,4 +1,4 @@
-"""Committing a computed round (:func:`dynaloss.round.compute_round`'s outcome): the only writes into modules
+"""Committing a computed round (:func:`dynaloss._round.compute_round`'s outcome): the only writes into modules
 that a teacher round makes, and the check that every rank holds the same values after them."""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from dynaloss._rollback import Learned
+from dynaloss._round import RoundOutcome
+from dynaloss._unroll import StudentState
+from dynaloss._update_rules import OptimizerRule, write_optimizer_state
 from dynaloss.distributed import RankMean
-from dynaloss.rollback import Learned
-from dynaloss.round import RoundOutcome
 from dynaloss.teachers.base import Memory
-from dynaloss.unroll import StudentState
-from dynaloss.update_rules import OptimizerRule, write_optimizer_state
 
 __all__ = ["check_ranks_in_sync", "commit_round"]
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
-from dynaloss.round import RoundOutcome
+from dynaloss._round import RoundOutcome
 
 if TYPE_CHECKING:
     from dynaloss.teacher import Teacher
@@ -35,7 +35,7 @@ class RoundRecord:
             learning rate of 0), and nothing was changed; ``reason`` says which.
         rejected: ``True`` when the guard turned the DLN update down (the teacher still learned from it).
         rolled_back: ``True`` when this round's validation error completed a persistent rise and the DLN and
-            the teacher were returned to their state at the best point (:class:`dynaloss.rollback.Rollback`).
+            the teacher were returned to their state at the best point (:class:`dynaloss._rollback.Rollback`).
         reason: why it was skipped, rejected or rolled back.
     """
 

@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from dynaloss._checks import check_not_compiled, check_optimizer_excludes, check_positive_float
+from dynaloss._rollback import Rollback
+from dynaloss._unroll import dln_parameters
 from dynaloss.distributed import unwrap_data_parallel
-from dynaloss.rollback import Rollback
 from dynaloss.settings import MODES
-from dynaloss.unroll import dln_parameters
 
 if TYPE_CHECKING:
     from dynaloss.teacher import Teacher
@@ -127,7 +127,7 @@ def check_loss_fn(loss_fn: object) -> None:
 def check_rollback(rollback: object) -> Rollback | None:
     """The watch ``Teacher(rollback=)`` asks for: ``True`` a default :class:`Rollback`, ``False`` none."""
     if not isinstance(rollback, (bool, Rollback)):
-        raise TypeError(f"rollback must be a bool or a dynaloss.rollback.Rollback, got {type(rollback).__name__}")
+        raise TypeError(f"rollback must be a bool or a dynaloss._rollback.Rollback, got {type(rollback).__name__}")
     return Rollback() if rollback is True else (rollback or None)
 
 

@@ -12,8 +12,8 @@ from torch import Tensor, nn
 
 from dynaloss._checks import check_positive_float
 from dynaloss._state import check_finite_state, check_state_dict
+from dynaloss._unroll import dln_parameters
 from dynaloss.teachers.base import Memory
-from dynaloss.unroll import dln_parameters
 
 if TYPE_CHECKING:
     from dynaloss.teacher import Teacher

@@ -8,10 +8,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from dynaloss._batches import Batch
 from dynaloss._checks import NonFiniteError
-from dynaloss.batches import Batch
-from dynaloss.round import RoundOutcome
-from dynaloss.unroll import ValLoss
+from dynaloss._round import RoundOutcome
+from dynaloss._unroll import ValLoss
 
 __all__ = ["batch_problem", "compute_or_skip", "not_about_batches"]
 
@@ -29,7 +29,7 @@ def compute_or_skip(
     what ``compute`` runs on: an error is tried on them alone to tell whether it is the batches' fault.
 
     Returns:
-        The :class:`~dynaloss.round.RoundOutcome`, or a reason (ending "the round was not committed") when a
+        The :class:`~dynaloss._round.RoundOutcome`, or a reason (ending "the round was not committed") when a
         loss's input check raised :class:`~dynaloss._checks.NonFiniteError` or the device ran out of memory
         (the CUDA cache is then emptied).
 

@@ -246,7 +246,7 @@ def pairwise_dln_loss(
         features: ``'sigmoid'`` | ``'softmax'``, what the rows are made of (default: ``'sigmoid'``).
         per_sample: computes the per-sample loss from ``(M, C)`` logits and ``(M,)`` targets in place of
             :func:`pairwise_mean_loss` with ``matrices`` (a fixed DLN's fast path,
-            :func:`dynaloss.fast_pairwise.fast_pairwise_loss`); the reduction around it is the same
+            :func:`dynaloss._fast_pairwise.fast_pairwise_loss`); the reduction around it is the same
             (default: ``None``).
         pair_mean: ``'wrong'``: a sample's loss is the mean over its ``C - 1`` wrong-class rows; ``'all'``:
             the mean over all ``C`` rows with the true class's row counted as 0, i.e. ``(C - 1) / C`` times

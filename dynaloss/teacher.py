@@ -13,9 +13,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dynaloss._batches import Batch, draw_batches
 from dynaloss._checks import check_bool, check_optimizer_excludes, check_positive_float, check_positive_int
 from dynaloss._commit import check_ranks_in_sync, commit_round
 from dynaloss._record import RoundRecord, committed_record, skipped_record
+from dynaloss._rollback import Learned, Rollback, Snapshot
+from dynaloss._round import RoundOutcome, compute_round
 from dynaloss._teacher_checks import (
     Checked,
     ReadOnly,
@@ -31,15 +34,12 @@ from dynaloss._teacher_checks import (
 )
 from dynaloss._teacher_state import check_teacher_state, teacher_state
 from dynaloss._triage import compute_or_skip
-from dynaloss.batches import Batch, draw_batches
+from dynaloss._unroll import ValLoss, check_val_loss_takes_weight, default_val_loss, dln_parameters
+from dynaloss._update_rules import check_optimizer
 from dynaloss.distributed import RankMean, agree_on_draw
-from dynaloss.rollback import Learned, Rollback, Snapshot
-from dynaloss.round import RoundOutcome, compute_round
 from dynaloss.settings import DEFAULT_TEACHER, MODES, Mode, TeacherKind
 from dynaloss.teachers import TeacherModel, make_teacher_model
 from dynaloss.teachers.base import Memory
-from dynaloss.unroll import ValLoss, check_val_loss_takes_weight, default_val_loss, dln_parameters
-from dynaloss.update_rules import check_optimizer
 
 __all__ = ["MODES", "RoundRecord", "Teacher", "teaching_defaults"]
 
@@ -70,7 +70,7 @@ class Teacher:
     II. the hypergradient :math:`\nabla\phi` of the validation error through them goes to the teacher model,
     :math:`\phi' = \phi + \gamma\, T_\vartheta(\nabla\phi, h)`; III. ``N`` more steps with :math:`\phi'`, and an
     Adam step on :math:`\vartheta` down the gradient of the new validation error. A round is computed on
-    functional copies (:func:`dynaloss.round.compute_round`) and committed only when it is finite throughout. A
+    functional copies (:func:`dynaloss._round.compute_round`) and committed only when it is finite throughout. A
     committed round writes the new DLN parameters into ``loss_fn`` (setting their ``.grad`` to ``None``) and, in
     ``'paper'``/``'research'`` mode, the unrolled weights, buffers and optimizer state into the student: the
     only writes into modules it makes.
@@ -104,9 +104,9 @@ class Teacher:
         guard: reject the DLN update when the validation error after stage III exceeds ``guard`` times the
             error after stage I (the student keeps stage I's steps only; the teacher model still learns)
             (default: ``None``, off).
-        rollback: ``True`` (a default :class:`~dynaloss.rollback.Rollback`), a ``Rollback``, or ``False``: on a
+        rollback: ``True`` (a default :class:`~dynaloss._rollback.Rollback`), a ``Rollback``, or ``False``: on a
             persistent rise of the rounds' validation error, the DLN, the teacher model and its optimizer return
-            to their :class:`~dynaloss.rollback.Snapshot` at the best point, the memory starts afresh and
+            to their :class:`~dynaloss._rollback.Snapshot` at the best point, the memory starts afresh and
             ``dln_lr`` is multiplied by the rollback's ``slowdown`` (default: the loss's :func:`teaching_defaults`).
         checkpoint: recompute each unrolled step in the backward pass instead of keeping its activations
             (``torch.utils.checkpoint``, non-reentrant) (default: ``False``).
@@ -326,7 +326,7 @@ def _given(**settings: Any) -> dict[str, Any]:
 
 
 def _round_options(teacher: Teacher) -> dict[str, Any]:
-    """:func:`~dynaloss.round.compute_round`'s options from ``teacher``'s settings (but the anchor point)."""
+    """:func:`~dynaloss._round.compute_round`'s options from ``teacher``'s settings (but the anchor point)."""
     return {
         "student_lr": None if teacher.student_optimizer is not None else teacher.student_lr,
         "optimizer": teacher.student_optimizer,

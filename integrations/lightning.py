@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader
 
 from dynaloss import RoundRecord, Teacher
 from dynaloss._checks import check_optimizer_excludes, check_positive_int
+from dynaloss._streams import forever
 from dynaloss.settings import TEACH_EVERY
-from dynaloss.streams import forever
 
 try:
     import lightning.pytorch as pl

@@ -10,8 +10,8 @@ from torch import nn
 
 from dynaloss import Teacher
 from dynaloss._checks import check_positive_float, check_positive_int
+from dynaloss._streams import forever
 from dynaloss.settings import DEFAULT_TEACHER, MODES, TEACH_EVERY, Mode
-from dynaloss.streams import forever
 
 __all__ = ["TeachingConfig", "forever", "resplit"]
 

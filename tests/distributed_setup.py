@@ -7,10 +7,10 @@ from test_hypergradient import make_batches, make_dln, make_student
 from torch import nn
 
 import dynaloss
-from dynaloss.batches import as_batch
+from dynaloss._batches import as_batch
+from dynaloss._round import compute_round
+from dynaloss._unroll import default_val_loss
 from dynaloss.distributed import RankMean, shard_batches
-from dynaloss.round import compute_round
-from dynaloss.unroll import default_val_loss
 
 WORLD_SIZE = 2
 ROUNDS = 5  # committed rounds, and (the one before last) a round that one rank's Inf makes every rank skip

@@ -74,7 +74,7 @@ def test_round_breakdown_times_every_part_of_a_round(tmp_path: Path, monkeypatch
 def test_fast_path_times_every_arm_and_leaves_the_table_size_as_it_was(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dynaloss import fast_pairwise
+    from dynaloss import _fast_pairwise as fast_pairwise
 
     out, kept = tmp_path / "fast_path", fast_pairwise.TABLE_ROWS
     argv = ["fast_path.py", "--repeats", "1", "--cycle", "1", "--max-rows", "250", "--out", str(out)]

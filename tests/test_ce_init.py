@@ -12,9 +12,9 @@ from test_hypergradient import CLASSES, LR, finite_difference_gradient, flat, ma
 import dynaloss
 from dynaloss import PairwiseDLN
 from dynaloss import functional as DF
+from dynaloss._stage_loss import StageLoss
 from dynaloss.harness.plot import dln_weights
 from dynaloss.settings import DEFAULT_DLN, FEATURES
-from dynaloss.stage_loss import StageLoss
 
 # The bounds the docstring states: |error| <= RTOL * |cross-entropy| + ATOL, for values and gradient norms;
 # ATOL is float rounding (float32 resolves a gradient entry p_j - [j = y] to 6e-8 near 1)
@@ -150,7 +150,7 @@ def test_max_pixels_is_cross_entropy_of_the_picked_pixels_rescaled():
 def test_stage_loss_and_state_dict_weights_compute_the_same_loss():
     dln = ce_dln(4, fast=False).double()
     logits, target = moderate_logits(4, seed=8)
-    batch = dynaloss.batches.Batch(torch.zeros(len(target), 1), target)
+    batch = dynaloss._batches.Batch(torch.zeros(len(target), 1), target)
     stage = StageLoss(dln, dict(dln.named_parameters()), [batch])
     torch.testing.assert_close(stage(logits, batch), dln(logits, target), rtol=0, atol=0)
     # plot.dln_weights re-derives the constrained, pinned matrices from a state dict: the same convention

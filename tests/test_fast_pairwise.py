@@ -17,10 +17,11 @@ from test_hypergradient import LR, flat, make_batches, make_student, val_error_a
 from torch.func import functional_call
 
 import dynaloss
-from dynaloss import PairwiseDLN, fast_pairwise
+from dynaloss import PairwiseDLN
+from dynaloss import _fast_pairwise as fast_pairwise
 from dynaloss import functional as DF
+from dynaloss._fast_pairwise import ExactPairs, PairSurface, fast_pairwise_loss
 from dynaloss._features import FAMILIES
-from dynaloss.fast_pairwise import ExactPairs, PairSurface, fast_pairwise_loss
 
 # The bar the fast path is held to (issue 12): loss and logit gradient within 1e-3 of the exact MLP's,
 # relative. Its certificate is much tighter (1e-5 per slope), which these bounds leave room for.

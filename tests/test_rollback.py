@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import dynaloss
-from dynaloss.rollback import Learned, Rollback, Snapshot
+from dynaloss._rollback import Learned, Rollback, Snapshot
 from dynaloss.teachers import TeacherModel
 
 

@@ -11,11 +11,11 @@ from test_teacher_round import make_lstm, run_compute_round
 from torch import nn
 
 import dynaloss
-from dynaloss.batches import as_batch
-from dynaloss.round import compute_round
-from dynaloss.stage_loss import StageLoss
+from dynaloss._batches import as_batch
+from dynaloss._round import compute_round
+from dynaloss._stage_loss import StageLoss
+from dynaloss._unroll import default_val_loss
 from dynaloss.teachers.lstm_cell import lstm_cell
-from dynaloss.unroll import default_val_loss
 
 BF16_TOLERANCE = 0.05  # relative L2 error of the bf16-autocast hypergradient; measured 0.004 here
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from dynaloss import MultiPartDLN, OptimizerTeacher, PairwiseDLN, Teacher, TeacherModel, hypergradient
 from dynaloss import functional as DF
-from dynaloss.rollback import Rollback, Snapshot
+from dynaloss._rollback import Rollback, Snapshot
 
 
 def dln3(**kwargs: object) -> PairwiseDLN:

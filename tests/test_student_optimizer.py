@@ -16,9 +16,9 @@ from test_hypergradient import CLASSES, make_batches, make_dln, make_student
 from torch import nn
 
 import dynaloss
-from dynaloss.batches import as_batch
-from dynaloss.unroll import dln_parameters, start_of_unroll, unroll
-from dynaloss.update_rules import RULES, AdamRule, SGDRule
+from dynaloss._batches import as_batch
+from dynaloss._unroll import dln_parameters, start_of_unroll, unroll
+from dynaloss._update_rules import RULES, AdamRule, SGDRule
 
 MakeOptimizer = Callable[[list], torch.optim.Optimizer]
 

@@ -19,9 +19,9 @@ from test_hypergradient import (
 from torch import nn
 
 import dynaloss
-from dynaloss.batches import as_batch
-from dynaloss.round import compute_round
-from dynaloss.unroll import default_val_loss
+from dynaloss._batches import as_batch
+from dynaloss._round import compute_round
+from dynaloss._unroll import default_val_loss
 
 DLN_LR = 0.5  # large, so the teacher's influence on stage III is far above round-off
 

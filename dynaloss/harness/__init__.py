@@ -6,3 +6,5 @@ arms with checkpoints, figures, the teacher-round benchmark and progress reports
 integration examples, benchmarks and tests train on; ``yolo`` the YOLO adapter's experiment runs and shrunken
 model configs (it needs the ``ultralytics`` extra too).
 """
+
+__all__: list[str] = []  # the harness is used by its submodules

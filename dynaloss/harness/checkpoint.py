@@ -22,7 +22,7 @@ import torch
 
 from dynaloss._state import check_finite_state
 
-__all__ = ["RunCheckpoint", "load_saved", "restore_rng_state", "rng_state", "save_atomic"]
+__all__ = ["RunCheckpoint", "Stateful", "load_saved", "restore_rng_state", "rng_state", "save_atomic"]
 
 
 class Stateful(Protocol):

@@ -164,7 +164,7 @@ def _add_demo(commands: Any) -> None:
     demo.add_argument("--eval-every", type=_positive_int, help=f"steps between evaluations ({defaults['eval_every']})")
     demo.add_argument("--quick", action="store_true", help=f"a tiny budget for a smoke test ({DEMO_QUICK})")
     _add_common(demo, Path("dynaloss-out"))
-    demo.set_defaults(handler=run_demo)
+    demo.set_defaults(handler=_run_demo)
 
 
 def _add_train(commands: Any) -> None:
@@ -212,7 +212,7 @@ def _add_train(commands: Any) -> None:
         help="stop with an error after this many teacher rounds in a row failed (default: %(default)s)",
     )
     _add_common(train, Path("dynaloss-out"))
-    train.set_defaults(handler=run_train)
+    train.set_defaults(handler=_run_train)
 
 
 def _add_plot(commands: Any) -> None:
@@ -220,7 +220,7 @@ def _add_plot(commands: Any) -> None:
     plot.add_argument("state", type=Path, nargs="+", help="teacher.pt from `dynaloss train`, or a DLN state_dict")
     plot.add_argument("--out", type=Path, default=Path("loss_surface.png"), help="PNG path (default: %(default)s)")
     plot.add_argument("--kind", choices=SURFACE_KINDS, default="surface", help="(default: %(default)s)")
-    plot.set_defaults(handler=run_plot)
+    plot.set_defaults(handler=_run_plot)
 
 
 def _add_bench(commands: Any) -> None:
@@ -232,10 +232,10 @@ def _add_bench(commands: Any) -> None:
     bench.add_argument("--repeats", type=_positive_int, default=5, help="timed rounds per N, median reported (5)")
     bench.add_argument("--device", type=_device, help="torch device (default: cuda if available, else cpu)")
     bench.add_argument("--out", type=Path, default=Path("round_time"), help="writes OUT.json and OUT.md")
-    bench.set_defaults(handler=run_bench)
+    bench.set_defaults(handler=_run_bench)
 
 
-def run_bench(args: argparse.Namespace) -> None:
+def _run_bench(args: argparse.Namespace) -> None:
     """``dynaloss bench``: :func:`dynaloss.harness.bench.run_benchmark` with the device's default configuration."""
     device = torch.device(args.device or _default_device())
     gpu = device.type == "cuda"
@@ -475,7 +475,7 @@ def _demo_pictures(results: dict[str, ArmResult], teacher: Teacher, initial_dln:
     return {name: str(path) for name, path in files.items()}
 
 
-def run_demo(args: argparse.Namespace) -> dict[str, Any]:
+def _run_demo(args: argparse.Namespace) -> dict[str, Any]:
     """``dynaloss demo``: tuned CE, GCE and dynaloss on MNIST-1D with 40 % wrong labels and a clean trusted set;
     prints a table and writes ``results.json`` and three PNGs in ``--out``; returns the JSON payload."""
     started = time.perf_counter()
@@ -639,7 +639,7 @@ def _train_arm(
     return result
 
 
-def run_train(args: argparse.Namespace) -> dict[str, Any]:
+def _run_train(args: argparse.Namespace) -> dict[str, Any]:
     """``dynaloss train``: one student, CE or L2T-DLN; saves metrics, student and teacher; returns the metrics.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) it trains data-parallel, each rank on its shard of every batch.
@@ -697,7 +697,7 @@ def _finite_file(path: Path) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------------ plot
-def run_plot(args: argparse.Namespace) -> Path:
+def _run_plot(args: argparse.Namespace) -> Path:
     """``dynaloss plot``: the loss surface of one or more saved DLN / teacher states, side by side."""
     states = {}
     for path in args.state:

@@ -230,7 +230,7 @@ class ClassAwareDLN(ValidatedLoad):
 
     def forward(self, input: Tensor, target: Tensor, sample_weight: Tensor | None = None) -> Tensor:
         """The loss of ``input`` logits for ``target`` classes, each sample (pixel) weighted by ``sample_weight``."""
-        may_ignore = check_class_batch(input, target, sample_weight, self.num_classes, self.ignore_index, self.offsets)
+        may_ignore = _check_class_batch(input, target, sample_weight, self.num_classes, self.ignore_index, self.offsets)
         if (
             input.dim() == 2
             and sample_weight is None
@@ -288,7 +288,7 @@ class _DividedBy(torch.autograd.Function):
         return grad / scale, None
 
 
-def check_class_batch(
+def _check_class_batch(
     input: object, target: object, sample_weight: object, num_classes: int, ignore_index: int, dln: Tensor
 ) -> bool:
     """Raise ``TypeError``/``ValueError`` naming what is wrong with a classification loss's arguments.

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dynaloss import fast_pairwise
+from dynaloss import _fast_pairwise as fast_pairwise
 from dynaloss import functional as DF
 from dynaloss._checks import (
     check_bool,
@@ -20,12 +20,12 @@ from dynaloss._checks import (
     check_same_device,
     check_tensor,
 )
+from dynaloss._fast_pairwise import ExactPairs, PairSurface, fast_pairwise_loss
 from dynaloss._features import feature_family
+from dynaloss._stage_loss import StageLossFn
 from dynaloss._state import ValidatedLoad
-from dynaloss.fast_pairwise import ExactPairs, PairSurface, fast_pairwise_loss
 from dynaloss.losses.warmstart import cross_entropy_weights, one_vs_all_weights
 from dynaloss.settings import DEFAULT_DLN, INITS, PAIR_MEANS, Features, Init, PairMean, Reduction
-from dynaloss.stage_loss import StageLossFn
 
 __all__ = ["INITS", "PairwiseDLN"]
 
@@ -85,7 +85,7 @@ class PairwiseDLN(ValidatedLoad):
             updates them freely. ``False`` is the paper's unconstrained DLN
             (default: ``dynaloss.settings.DEFAULT_DLN['monotone']``).
         fast: with the module's own parameters, compute the loss's logit gradient in the forward
-            (:mod:`dynaloss.fast_pairwise`): calls of fewer than :data:`~dynaloss.fast_pairwise.TABLE_ROWS`
+            (:mod:`dynaloss._fast_pairwise`): calls of fewer than :data:`~dynaloss._fast_pairwise.TABLE_ROWS`
             rows (``B x C``) evaluate the MLP exactly, in one forward-mode pass; larger ones read a table of
             its surface in certified affine pieces, rebuilt when the parameters change, each slope within
             1e-5 (relative) of the MLP's. That path differentiates in the logits (and ``sample_weight``)
@@ -243,7 +243,7 @@ class PairwiseDLN(ValidatedLoad):
 
     def _pairs(self, rows: int, dtype: torch.dtype) -> ExactPairs | PairSurface:
         """The fast path's evaluator for a call of ``rows`` rows, in ``dtype`` (the exact path's: the wider of
-        the logits' and the DLN's): the MLP itself below :data:`~dynaloss.fast_pairwise.TABLE_ROWS`, computed
+        the logits' and the DLN's): the MLP itself below :data:`~dynaloss._fast_pairwise.TABLE_ROWS`, computed
         from the parameters as they are (no read-back), else the table."""
         if rows < fast_pairwise.TABLE_ROWS:
             with torch.no_grad():
@@ -304,7 +304,7 @@ class PairwiseDLN(ValidatedLoad):
     def stage_loss(self, params: Mapping[str, Tensor], targets: Sequence[Tensor]) -> StageLossFn | None:
         """The loss of a teacher's unroll stage, the DLN's parameters fixed at ``params`` (exact MLP).
 
-        The stage-loss protocol (:mod:`dynaloss.stage_loss`): the constrained matrices are computed once for
+        The stage-loss protocol (:mod:`dynaloss._stage_loss`): the constrained matrices are computed once for
         the stage and the stage's ``targets`` checked at once. A subclass with its own ``forward`` declines
         (``None``), since its loss may be another.
         """

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from dynaloss import PairwiseDLN
 from dynaloss._checks import check_positive_float, check_tensor
-from dynaloss.stage_loss import StageLossFn
+from dynaloss._stage_loss import StageLossFn
 
 __all__ = ["AUX_WEIGHT", "VOC_IGNORE_INDEX", "PSPNetCELoss", "PSPNetDLNLoss", "check_segmentation_batch"]
 
@@ -93,7 +93,7 @@ class PSPNetDLNLoss(nn.Module):
 
     def stage_loss(self, params: Mapping[str, Tensor], targets: Sequence[Tensor]) -> StageLossFn | None:
         """The objective of a teacher's unroll stage: the DLN's own stage loss on both heads (the stage-loss
-        protocol of :mod:`dynaloss.stage_loss`)."""
+        protocol of :mod:`dynaloss._stage_loss`)."""
         inner = self.dln.stage_loss({k.removeprefix("dln."): v for k, v in params.items()}, targets)
         if inner is None:
             return None

@@ -18,10 +18,10 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from dynaloss._batches import Batch, as_batch
 from dynaloss._checks import check_loss_value, check_not_compiled
-from dynaloss.batches import Batch, as_batch
-from dynaloss.stage_loss import StageLoss
-from dynaloss.update_rules import PlainSGD, SlotState, UpdateRule, optimizer_rule
+from dynaloss._stage_loss import StageLoss
+from dynaloss._update_rules import PlainSGD, SlotState, UpdateRule, optimizer_rule
 
 __all__ = [
     "CrossEntropyValLoss",
@@ -168,12 +168,12 @@ def unroll(
     """Take ``len(batches)`` optimizer steps of ``student`` with ``loss_fn`` (called with ``loss_params``) as the loss.
 
     ``theta_i = U(theta_{i-1}, d[w * L_phi(S(x), y)] / d theta_{i-1}, state_{i-1})``: the paper's Eq. 2 with
-    ``rule``'s update ``U`` in place of plain SGD (:class:`dynaloss.update_rules.PlainSGD` is the paper's).
+    ``rule``'s update ``U`` in place of plain SGD (:class:`dynaloss._update_rules.PlainSGD` is the paper's).
 
     Args:
         state: the starting point, optimizer state included; it is not modified (buffers are cloned before
             BatchNorm updates them).
-        rule: the update rule (:mod:`dynaloss.update_rules`).
+        rule: the update rule (:mod:`dynaloss._update_rules`).
         create_graph: keep the graph, so the result is a differentiable function of ``loss_params`` and
             the start (default: ``True``); ``False`` takes plain steps.
         checkpoint: keep only each step's inputs and recompute the step when the result is differentiated
@@ -186,7 +186,7 @@ def unroll(
 
     Returns:
         The state after the steps; its ``inputs_finite`` says whether every DLN input was finite, where the
-        loss checked that on the device (:class:`dynaloss.stage_loss.StageLoss`).
+        loss checked that on the device (:class:`dynaloss._stage_loss.StageLoss`).
     """
     loss = StageLoss(loss_fn, loss_params, batches)
     trainable = state.trainable

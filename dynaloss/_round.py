@@ -10,10 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dynaloss.batches import Batch
-from dynaloss.distributed import RankMean
-from dynaloss.teachers.base import Memory, TeacherModel
-from dynaloss.unroll import (
+from dynaloss._batches import Batch
+from dynaloss._unroll import (
     StudentState,
     ValLoss,
     dln_parameters,
@@ -22,7 +20,9 @@ from dynaloss.unroll import (
     unroll,
     validation_error,
 )
-from dynaloss.update_rules import UpdateRule
+from dynaloss._update_rules import UpdateRule
+from dynaloss.distributed import RankMean
+from dynaloss.teachers.base import Memory, TeacherModel
 
 __all__ = ["RoundOutcome", "compute_round"]
 
@@ -139,7 +139,7 @@ def compute_round(
             student's current weights again (the research code).
         anchor_point: flat DLN parameters the update is pulled back towards, by ``anchor_strength``:
             ``phi' = phi + dln_lr * T(grad) - anchor_strength * (phi - anchor_point)`` (default: no pull).
-        checkpoint, autocast_dtype: memory options of both unrolls (:func:`dynaloss.unroll.unroll`).
+        checkpoint, autocast_dtype: memory options of both unrolls (:func:`dynaloss._unroll.unroll`).
         sync: data-parallel ranks to average over: every unrolled step uses the ranks' mean gradient, and the
             hypergradient, the teacher's gradients and the validation errors are the ranks' means, so every
             rank computes the same update (default: ``None``, one process).

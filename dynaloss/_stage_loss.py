@@ -22,8 +22,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from dynaloss._batches import Batch
 from dynaloss._checks import check_loss_value
-from dynaloss.batches import Batch
 
 __all__ = ["StageLoss", "StagedLoss", "StageLossFn"]
 
