@@ -16,7 +16,7 @@ class Batch(NamedTuple):
 
     inputs: Tensor
     targets: Tensor
-    weight: Tensor | None = None
+    sample_weight: Tensor | None = None
 
 
 def as_batch(item: object, name: str, device: torch.device) -> Batch:

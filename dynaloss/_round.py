@@ -241,8 +241,8 @@ def compute_round(
             error_before.new_ones((), dtype=torch.bool) if s.inputs_finite is None else s.inputs_finite
             for s in (stage_one, stage_three)
         ],
-        train_weights=[b.weight for b in (*first, *second) if b.weight is not None],
-        val_weights=[] if val.weight is None else [val.weight],
+        train_weights=[b.sample_weight for b in (*first, *second) if b.sample_weight is not None],
+        val_weights=[] if val.sample_weight is None else [val.sample_weight],
     )
 
 

@@ -64,7 +64,7 @@ class StageLoss:
     def __call__(self, outputs: Tensor, batch: Batch) -> Tensor:
         """The loss of ``outputs`` on ``batch``; ``ValueError``/``TypeError`` unless it is a 0-d floating tensor
         (a ``reduction='none'`` loss, say, which a step cannot differentiate)."""
-        extra = () if batch.weight is None else (batch.weight,)
+        extra = () if batch.sample_weight is None else (batch.sample_weight,)
         if self._staged is None:
             value = functional_call(self.loss_fn, self.loss_params, (outputs, batch.targets, *extra))
             return check_loss_value(value, f"loss_fn ({type(self.loss_fn).__name__})", outputs)

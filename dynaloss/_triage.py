@@ -94,7 +94,7 @@ def batch_problem(
                 outputs = torch.func.functional_call(student, state, (batch.inputs,))
             except (RuntimeError, IndexError, TypeError, ValueError) as error:
                 return f"the student's forward raised on {label}: {error}"
-            extra = () if batch.weight is None else (batch.weight,)
+            extra = () if batch.sample_weight is None else (batch.sample_weight,)
             try:
                 loss(outputs, batch.targets, *extra)
             except (RuntimeError, IndexError, TypeError, ValueError) as error:

@@ -273,7 +273,7 @@ def validation_error(student: nn.Module, state: StudentState, batch: Batch, val_
     """
     buffers = {n: b.clone() for n, b in state.buffers.items()}
     outputs = functional_call(student, (state.params, buffers), (batch.inputs,))
-    extra = () if batch.weight is None else (batch.weight,)
+    extra = () if batch.sample_weight is None else (batch.sample_weight,)
     return check_loss_value(val_loss(outputs, batch.targets, *extra), "val_loss", outputs)
 
 
@@ -319,7 +319,7 @@ def hypergradient(
     train = [as_batch(b, "train_batches", device) for b in train_batches]
     val = as_batch(val_batch, "val_batch", device)
     val_loss = val_loss or default_val_loss(loss_fn)
-    if val.weight is not None:
+    if val.sample_weight is not None:
         check_val_loss_takes_weight(val_loss, "val_batch")
     phi = dln_parameters(loss_fn)
     start, rule = start_of_unroll(student, optimizer, student_lr)

@@ -315,7 +315,7 @@ def _draw(
     first = draw_batches(train_iter, teacher.steps, "train_iter", device)
     second = draw_batches(train_iter, teacher.steps, "train_iter", device) if teacher.mode == "paper" else first
     (val,) = draw_batches(val_iter, 1, "val_iter", device)
-    if val.weight is not None:
+    if val.sample_weight is not None:
         check_val_loss_takes_weight(teacher.val_loss, "val_iter")
     return first, second, val
 

@@ -52,16 +52,11 @@ class OptimizerTeacher(TeacherModel):
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         mine = self.get_extra_state()
-        theirs = {**mine, **{key: state[key] for key in mine if key in state}}  # states from before the record
+        theirs = {key: state.get(key) for key in mine} if isinstance(state, dict) else {"state": state}
         if isinstance(theirs["betas"], tuple):
             theirs["betas"] = list(theirs["betas"])
         if theirs != mine:
             raise ValueError(f"the state is of an OptimizerTeacher with {theirs}, this one has {mine}")
-
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-        # states saved before the kind was recorded have no extra state: they load as they did
-        state_dict.setdefault(prefix + "_extra_state", {})
-        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def initial_memory(self, num_coordinates: int, *, like: Tensor) -> Memory:
         zeros = like.new_zeros(num_coordinates)
