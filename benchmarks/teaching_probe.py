@@ -92,15 +92,12 @@ class ProbeAdam(dynaloss.OptimizerTeacher):
         self.gate, self.sizes = gate, sizes
 
     def forward(self, grad: Tensor, memory: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Any]:
-        first, second, step = memory
-        step = step + 1
-        beta1, beta2 = self.betas
-        first = beta1 * first + (1 - beta1) * grad
-        second = beta2 * second + (1 - beta2) * grad * grad
-        first_hat, second_hat = first / (1 - beta1**step), second / (1 - beta2**step)
-        if self.sizes is not None:
-            second_hat = torch.cat([part.mean().expand(len(part)) for part in torch.split(second_hat, self.sizes)])
-        direction = -first_hat / (second_hat.sqrt() + self.eps)
+        direction, (first, second, step) = super().forward(grad, memory)  # Adam's step and moments
+        if self.sizes is not None:  # the same step over each tensor's mean second moment
+            beta1, beta2 = self.betas
+            second_hat = second / (1 - beta2**step)
+            shared = torch.cat([part.mean().expand(len(part)) for part in torch.split(second_hat, self.sizes)])
+            direction = -(first / (1 - beta1**step)) / (shared.sqrt() + self.eps)
         if self.gate:
             direction = direction.sign() * (direction.abs() - self.gate).clamp_min(0) / (1 - self.gate)
         return direction, (first, second, step)
