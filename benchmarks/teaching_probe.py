@@ -38,6 +38,7 @@ from torch import Tensor
 import dynaloss
 from dynaloss.harness.models import MNIST1DCNN
 from dynaloss.harness.training import evaluate_accuracy, load_dataset, seeded
+from dynaloss.losses.class_aware import pair_offset_matrix
 
 TRUSTED, BATCH, VAL_BATCH, CLASSES = 500, 25, 100, 10
 
@@ -182,7 +183,7 @@ def main(arm: str, seed: int, opts: dict[str, str]) -> dict[str, object]:
             b=[round(v, 2) for v in loss_fn.offsets.tolist()],
             pair_offsets=None
             if loss_fn.pair_offsets is None
-            else torch.round(loss_fn.pair_offsets.detach(), decimals=2).tolist(),
+            else torch.round(pair_offset_matrix(loss_fn.pair_offsets.detach()), decimals=2).tolist(),
         )
     return result
 

@@ -12,7 +12,7 @@ from test_hypergradient import make_batches, make_student
 from torch import nn
 
 import dynaloss
-from dynaloss.losses.class_aware import generalized_ce, q_to_robustness, robustness_to_q
+from dynaloss.losses.class_aware import generalized_ce, pair_offset_matrix, q_to_robustness, robustness_to_q
 
 CLASSES = 4
 
@@ -131,14 +131,28 @@ def test_pair_offsets_are_label_conditional_logit_offsets() -> None:
     logits = torch.randn(32, CLASSES, generator=generator, dtype=torch.float64)
     target = torch.randint(CLASSES, (32,), generator=generator)
     dln = dynaloss.ClassAwareDLN(CLASSES, reduction="none", pair_offsets=True).double()
-    pair = torch.randn(CLASSES, CLASSES, generator=generator, dtype=torch.float64)
+    raw = torch.randn(CLASSES, CLASSES, generator=generator, dtype=torch.float64)
     with torch.no_grad():
-        dln.pair_offsets.copy_(pair)
-    expected = F.cross_entropy(logits + pair[target], target, reduction="none")
+        dln.pair_offsets.copy_(raw)
+    expected = F.cross_entropy(logits + pair_offset_matrix(raw)[target], target, reduction="none")
     torch.testing.assert_close(dln(logits, target), expected)
-    with torch.no_grad():  # a constant added to a row changes nothing
-        dln.pair_offsets.add_(torch.arange(CLASSES, dtype=torch.float64)[:, None])
+    with torch.no_grad():  # the diagonal's parameters do nothing: an offset is relative to the labelled class
+        dln.pair_offsets.add_(torch.eye(CLASSES, dtype=torch.float64) * 3)
     torch.testing.assert_close(dln(logits, target), expected)
+
+
+def test_a_pair_offset_may_relax_a_margin_without_bound_but_raise_it_by_half_a_nat_at_most() -> None:
+    raw = torch.linspace(-60, 60, 25, dtype=torch.float64).reshape(5, 5).requires_grad_()
+    matrix = pair_offset_matrix(raw)
+    off_diagonal = ~torch.eye(5, dtype=torch.bool)
+    assert bool((matrix.diagonal() == 0).all())
+    assert float(matrix[off_diagonal].max()) <= 0.5 and float(matrix.min()) < -100  # 0.5 is reached in rounding
+    (slope,) = torch.autograd.grad(matrix[off_diagonal].sum(), raw)
+    assert bool((slope[off_diagonal] > 0).all())  # increasing in every parameter
+    zero = torch.zeros(3, 3, dtype=torch.float64, requires_grad=True)
+    assert bool((pair_offset_matrix(zero) == 0).all())  # cross-entropy at the start
+    (at_zero,) = torch.autograd.grad(pair_offset_matrix(zero).sum(), zero)
+    torch.testing.assert_close(at_zero, 1 - torch.eye(3, dtype=torch.float64))  # one unit moves it one unit
 
 
 def test_a_pair_offset_stops_the_push_away_from_the_class_a_label_is_confused_with() -> None:

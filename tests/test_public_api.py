@@ -148,6 +148,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "ClassAwareDLN",
         "class_aware_loss",
         "generalized_ce",
+        "pair_offset_matrix",
         "q_to_robustness",
         "robustness_to_q",
     ],
