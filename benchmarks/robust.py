@@ -479,12 +479,13 @@ def train_dln(run: Run) -> tuple[int, dict[str, Any]]:
 
 
 def small_state(module: nn.Module) -> dict[str, Any]:
-    """What of a DLN's final state a report can hold: tensors of up to 64 values, and its extra state (options)."""
+    """What of a DLN's final state a report can hold: tensors of up to 256 values (a 16-class pair matrix), and
+    its extra state (options)."""
     kept = {}
     for name, value in module.state_dict().items():
         if not isinstance(value, Tensor):
             kept[name] = value
-        elif value.numel() <= 64:
+        elif value.numel() <= 256:
             kept[name] = value.tolist()
     return json.loads(json.dumps(kept, default=str))  # extra state may hold anything: as JSON sees it
 

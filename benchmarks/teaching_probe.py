@@ -132,7 +132,7 @@ def main(arm: str, seed: int, opts: dict[str, str]) -> dict[str, object]:
             CLASSES,
             shared_robustness=opts.get("shared") == "1",
             keep_scale=opts.get("keep", "1") == "1",
-            pair_offsets=opts.get("pairs") == "1",
+            pair_offsets=opts.get("pairs", "1") == "1",
         )
         for name in filter(None, opts.get("freeze", "").split(",")):
             getattr(loss_fn, name).requires_grad_(False)

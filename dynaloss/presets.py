@@ -100,8 +100,8 @@ def pairwise_teacher(num_classes: int, preset: str = "default", **overrides: Any
     """A classification DLN and its :class:`Teacher` configured by ``preset``; the DLN is ``teacher.loss_fn``.
 
     The name is the paper's (a DLN over 1-vs-1 pairs): the ``'default'`` preset builds a :class:`ClassAwareDLN`
-    (cross-entropy over pair margins ``z_j - z_y`` with learned offsets and robustness), the others a
-    :class:`PairwiseDLN` (an MLP over prediction pairs).
+    (cross-entropy over pair margins ``z_j - z_y`` with learned class offsets, pair offsets and robustness),
+    the others a :class:`PairwiseDLN` (an MLP over prediction pairs).
 
     Args:
         num_classes: number of classes of the DLN.

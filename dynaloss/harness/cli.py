@@ -446,13 +446,35 @@ def _print_demo_table(results: dict[str, ArmResult]) -> None:
         print(f"{r.name:<16} {100 * r.final_accuracy:>10.2f} {r.seconds:>8.1f} {r.seconds / ce:>6.2f}")
 
 
-def _taught_values(loss_fn: torch.nn.Module) -> dict[str, list[float]]:
-    """The loss's parameters, and a ClassAwareDLN's exponents ``q`` (a function of its ``robustness``)."""
-    values = {name: p.detach().cpu() for name, p in loss_fn.named_parameters()}
-    q = getattr(loss_fn, "q", None)
+def _taught_values(loss_fn: torch.nn.Module) -> dict[str, list[Any]]:
+    """The loss's parameters; for a ClassAwareDLN also its exponents ``q`` (a function of ``robustness``) and
+    its pair offsets ``B`` as rows (``pair_matrix``) in place of the raw ``pair_offsets`` they are a function of."""
+    values = {name: p.detach().cpu().flatten() for name, p in loss_fn.named_parameters()}
+    q, matrix = getattr(loss_fn, "q", None), getattr(loss_fn, "pair_matrix", None)
     if isinstance(q, torch.Tensor):
         values["q"] = q.cpu()
-    return {name: t.flatten().tolist() for name, t in values.items()}
+    if isinstance(matrix, torch.Tensor):
+        del values["pair_offsets"]
+        values["pair_matrix"] = matrix.cpu()
+    return {name: t.tolist() for name, t in values.items()}
+
+
+def _taught_summary(taught: dict[str, list[Any]], shown: int = 5) -> str:
+    """The taught values as lines: each vector in full; of the pair offsets, the ``shown`` most relaxed pairs (the
+    label-to-class confusions the loss learned to stop pushing against)."""
+    lines = [
+        f"  {name}: " + " ".join(f"{v:+.2f}" for v in values)
+        for name, values in taught.items()
+        if name != "pair_matrix"
+    ]
+    if "pair_matrix" in taught:
+        matrix = torch.tensor(taught["pair_matrix"])
+        order = matrix.flatten().argsort()[:shown].tolist()
+        pairs = ", ".join(
+            f"label {i // len(matrix)} vs class {i % len(matrix)} {float(matrix.flatten()[i]):+.2f}" for i in order
+        )
+        lines.append(f"  pair offsets, the {shown} most relaxed: {pairs}")
+    return "\n".join(lines)
 
 
 def _demo_pictures(results: dict[str, ArmResult], teacher: Teacher, initial_dln: Any, out: Path) -> dict[str, str]:
@@ -501,7 +523,7 @@ def _run_demo(args: argparse.Namespace) -> dict[str, Any]:
     results, teacher, initial_dln = _demo_arms(task, initial, lr, config, args.progress)
     _print_demo_table(results)
     taught = _taught_values(teacher.loss_fn)
-    print("\ntaught DLN: " + "; ".join(f"{k} " + " ".join(f"{v:+.2f}" for v in vs) for k, vs in taught.items()))
+    print("\ntaught DLN:\n" + _taught_summary(taught))
     out: Path = _output_folder(args.out)
     files = {**_demo_pictures(results, teacher, initial_dln, out), "results": str(out / "results.json")}
     payload = {
