@@ -469,9 +469,11 @@ def _taught_summary(taught: dict[str, list[Any]], shown: int = 5) -> str:
     ]
     if "pair_matrix" in taught:
         matrix = torch.tensor(taught["pair_matrix"])
-        order = matrix.flatten().argsort()[:shown].tolist()
+        classes = len(matrix)
+        off_diagonal = matrix.masked_fill(torch.eye(classes, dtype=torch.bool), math.inf).flatten()
         pairs = ", ".join(
-            f"label {i // len(matrix)} vs class {i % len(matrix)} {float(matrix.flatten()[i]):+.2f}" for i in order
+            f"label {i // classes} vs class {i % classes} {float(off_diagonal[i]):+.2f}"
+            for i in off_diagonal.argsort()[:shown].tolist()
         )
         lines.append(f"  pair offsets, the {shown} most relaxed: {pairs}")
     return "\n".join(lines)
