@@ -4,6 +4,7 @@ that a teacher round makes, and the check that every rank holds the same values 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -15,7 +16,16 @@ from dynaloss._update_rules import OptimizerRule, write_optimizer_state
 from dynaloss.distributed import RankMean
 from dynaloss.teachers.base import Memory
 
-__all__ = ["check_ranks_in_sync", "commit_round"]
+__all__ = ["LabelCounter", "check_ranks_in_sync", "commit_round", "count_round_labels"]
+
+
+@runtime_checkable
+class LabelCounter(Protocol):
+    """A loss that learns from the label priors of the rounds' batches (:class:`dynaloss.ClassAwareDLN`)."""
+
+    def count_labels(self, targets: Sequence[Tensor]) -> Tensor: ...
+
+    def add_label_counts(self, train: Tensor, target: Tensor) -> None: ...
 
 
 def commit_round(
@@ -61,6 +71,19 @@ def commit_round(
             _write_student(student, written)
             if isinstance(outcome.rule, OptimizerRule):
                 write_optimizer_state(outcome.rule, written.optim)
+
+
+def count_round_labels(
+    loss_fn: nn.Module, train: Sequence[Tensor], val: Sequence[Tensor], sync: RankMean | None = None
+) -> None:
+    """Give every :class:`LabelCounter` in ``loss_fn`` the label counts of a committed round's training and
+    validation targets; with ``sync``, the ranks' mean counts (rounded), so that every rank adds the same."""
+    for module in loss_fn.modules():
+        if isinstance(module, LabelCounter):
+            counts = [module.count_labels(train), module.count_labels(val)]
+            if sync is not None:
+                counts = [mean.round().long() for mean in sync.mean_detached([c.double() for c in counts])]
+            module.add_label_counts(*counts)
 
 
 def check_ranks_in_sync(sync: RankMean, learned: Learned, memory: Memory | None, student: nn.Module) -> None:

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from dynaloss._batches import Batch, draw_batches
 from dynaloss._checks import check_bool, check_optimizer_excludes, check_positive_float, check_positive_int
-from dynaloss._commit import check_ranks_in_sync, commit_round
+from dynaloss._commit import check_ranks_in_sync, commit_round, count_round_labels
 from dynaloss._record import RoundRecord, committed_record, skipped_record
 from dynaloss._rollback import Learned, Rollback, Snapshot
 from dynaloss._round import RoundOutcome, compute_round
@@ -252,6 +252,8 @@ class Teacher:
         before = None if self.rollback is None else self._learned.snapshot(self.rounds)
         write = self.mode != "lookahead"
         commit_round(outcome, self._learned, student, write_student=write, accept=not rejected, sync=self.sync)
+        seen = first if second is first else [*first, *second]
+        count_round_labels(self.loss_fn, [b.targets for b in seen], [val.targets], self.sync)
         self._memory, self._anchor_point, self._rounds = outcome.memory, anchor_point, self.rounds + 1
         rolled_back = None if before is None else self._watch(float(outcome.error_before), before)
         if self.sync is not None:

@@ -22,9 +22,10 @@ from distributed_setup import (
     round_batches,
     shards,
 )
+from test_hypergradient import CLASSES
 from torch.nn.parallel import DistributedDataParallel
 
-from dynaloss import Teacher
+from dynaloss import ClassAwareDLN, Teacher
 from dynaloss.distributed import RankMean
 
 
@@ -83,6 +84,14 @@ def main() -> None:
         results["short_iterator_error"] = None
     except ValueError as error:
         results["short_iterator_error"] = str(error)
+
+    # ClassAwareDLN's label counts: every rank adds the ranks' mean counts, so the ranks keep one loss
+    student, _, _ = make_teacher_parts()
+    aware = ClassAwareDLN(CLASSES).double()
+    counting = Teacher(aware, process_group=dist.group.WORLD, steps=2)
+    train, (val,) = round_batches(0)
+    counting.step(DistributedDataParallel(student), iter(shards(train, rank, world)), iter(shards([val], rank, world)))
+    results["label_counts"] = (aware.train_label_counts.clone(), aware.target_label_counts.clone())
 
     torch.save(results, out / f"rank{rank}.pt")
     dist.destroy_process_group()

@@ -208,6 +208,7 @@ def test_hypergradient_matches_finite_differences(start: str, pairs: bool) -> No
             dln.robustness.copy_(torch.tensor([0.4, -0.3, 0.2]))
             if dln.pair_offsets is not None:
                 dln.pair_offsets.copy_(torch.tensor([[0.0, -1.5, 0.4], [0.2, 0.1, -0.7], [-2.0, 0.3, 0.0]]))
+        dln.add_label_counts(torch.tensor([30, 5, 1]), torch.tensor([4, 4, 4]))  # a prior correction in the loss
     batches, (val,) = make_batches(3, 8, seed=2), make_batches(1, 16, seed=3)
     optimizer = torch.optim.SGD(student.parameters(), lr=0.3, momentum=0.9)
     grads = dynaloss.hypergradient(student, dln, batches, val, optimizer=optimizer)

@@ -31,7 +31,7 @@ def test_quick_demo_trains_three_arms_at_the_tuned_rate_and_draws_the_loss(
     assert len(arms["dynaloss"]["rounds"]) == -(-config["total_steps"] // TEACH_EVERY)
     assert len(arms["CE"]["rounds"]) == len(arms["GCE"]["rounds"]) == 0
     assert config["teacher"] == dict(PRESETS["default"]["teacher"]) and config["dln"]["preset"] == "default"
-    assert set(results["taught_dln"]) == {"offsets", "robustness", "q", "pair_matrix"}
+    assert set(results["taught_dln"]) == {"offsets", "robustness", "q", "prior_correction", "pair_matrix"}
     pair_matrix = torch.tensor(results["taught_dln"]["pair_matrix"])
     assert pair_matrix.shape == (10, 10) and bool((pair_matrix.diagonal() == 0).all())
     for name in ("sample_weight.png", "loss_surface.png", "accuracy.png"):

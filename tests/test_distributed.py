@@ -24,6 +24,7 @@ from distributed_setup import (
     one_round,
     round_batches,
 )
+from test_hypergradient import CLASSES
 
 from dynaloss import Teacher
 from dynaloss.distributed import RankMean, shard_batches
@@ -164,6 +165,17 @@ def test_ddp_student_without_a_process_group_raises() -> None:
     train, (val,) = round_batches(0)
     with pytest.raises(ValueError, match="wrapped in DataParallel but the Teacher has no process_group"):
         teacher.step(wrapped, iter(train), iter([val]))
+
+
+@pytest.mark.subprocess
+def test_ranks_add_the_same_label_counts_their_mean(ranks: list[dict]) -> None:
+    """ClassAwareDLN's prior correction: each rank counts its shards, and every rank adds the ranks' mean."""
+    train, (val,) = round_batches(0)
+    union = [torch.bincount(torch.cat([b[1] for b in batches]), minlength=CLASSES) for batches in (train[:2], [val])]
+    expected = [(counts.double() / WORLD_SIZE).round().long() for counts in union]
+    for rank in ranks:
+        assert [c.tolist() for c in rank["label_counts"]] == [c.tolist() for c in expected]
+    assert int(expected[0].sum()) > 0
 
 
 def test_shards_concatenate_to_the_batch() -> None:

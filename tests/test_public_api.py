@@ -149,6 +149,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "class_aware_loss",
         "generalized_ce",
         "pair_offset_matrix",
+        "prior_shift",
         "q_to_robustness",
         "robustness_to_q",
     ],

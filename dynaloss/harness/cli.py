@@ -447,12 +447,16 @@ def _print_demo_table(results: dict[str, ArmResult]) -> None:
 
 
 def _taught_values(loss_fn: torch.nn.Module) -> dict[str, list[Any]]:
-    """The loss's parameters; for a ClassAwareDLN also its exponents ``q`` (a function of ``robustness``) and
-    its pair offsets ``B`` as rows (``pair_matrix``) in place of the raw ``pair_offsets`` they are a function of."""
+    """The loss's parameters; for a ClassAwareDLN also its exponents ``q`` (a function of ``robustness``), its
+    counted ``prior_correction``, and its pair offsets ``B`` as rows (``pair_matrix``) in place of the raw
+    ``pair_offsets`` they are a function of."""
     values = {name: p.detach().cpu().flatten() for name, p in loss_fn.named_parameters()}
     q, matrix = getattr(loss_fn, "q", None), getattr(loss_fn, "pair_matrix", None)
+    correction = getattr(loss_fn, "prior_correction", None)
     if isinstance(q, torch.Tensor):
         values["q"] = q.cpu()
+    if isinstance(correction, torch.Tensor):
+        values["prior_correction"] = correction.cpu()
     if isinstance(matrix, torch.Tensor):
         del values["pair_offsets"]
         values["pair_matrix"] = matrix.cpu()

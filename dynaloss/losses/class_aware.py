@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -28,6 +29,7 @@ __all__ = [
     "class_aware_loss",
     "generalized_ce",
     "pair_offset_matrix",
+    "prior_shift",
     "q_to_robustness",
     "robustness_to_q",
 ]
@@ -110,6 +112,19 @@ def pair_offset_matrix(pair_offsets: Tensor) -> Tensor:
     return relative * off_diagonal
 
 
+def prior_shift(train_counts: Tensor, target_counts: Tensor, dtype: torch.dtype = torch.float64) -> Tensor:
+    r"""``log pi_train - log pi_target`` of two ``(C,)`` label counts, each smoothed by one (Laplace): 0 while
+    nothing is counted, or wherever the two priors agree.
+
+    Added to the logits a loss trains on, it is logit adjustment with :math:`\tau = 1` (Menon et al., 2021):
+    the model's own logits are then fitted to the target's prior, not to the training labels'. Computed in
+    ``dtype`` (default: float64; the loss casts it to its offsets' dtype).
+    """
+    train = train_counts.to(dtype) + 1
+    target = target_counts.to(dtype) + 1
+    return torch.log(train / train.sum()) - torch.log(target / target.sum())
+
+
 def _offset_log_prob(logits: Tensor, target: Tensor, offsets: Tensor, pair_offsets: Tensor | None) -> Tensor:
     """``log softmax(z + b + B_y)_y``, ``(M,)`` from ``(M, C)``."""
     target = target.long()
@@ -144,6 +159,12 @@ class ClassAwareDLN(ValidatedLoad):
     - a logit offset :math:`b_c` per class (``offsets``): logit adjustment (Menon et al., 2021) with learned
       offsets. Training on :math:`z + b` leaves the model's own logits :math:`z` free of a skewed training
       prior (:math:`b_c \approx \log \pi_c`).
+    - with ``prior_correction=True`` (the default), the logit offsets also hold :func:`prior_shift`, the log
+      ratio of the class priors of the training labels and of the validation (trusted) labels that a
+      :class:`dynaloss.Teacher` has counted in its rounds (``train_label_counts``, ``target_label_counts``;
+      0 until a round counts any): logit adjustment for whatever prior shift the data has, which the
+      ``offsets`` then refine. Measured: a teacher's rounds alone moved the offsets of a 100:1 long tail half as
+      far as logit adjustment, while a count finds them in a few rounds (docs/results.md, "Prior correction").
     - with ``pair_offsets=True`` (the default), a ``(C, C)`` matrix :math:`B` (:func:`pair_offset_matrix` of the raw
       ``pair_offsets``; else 0): :math:`B_{yc}` is added to logit :math:`c` of a sample labelled :math:`y`,
       :math:`B_{yy} = 0`. A label :math:`y` often given to samples of class :math:`c` (class-dependent noise:
@@ -175,6 +196,10 @@ class ClassAwareDLN(ValidatedLoad):
             then has shape ``(1,)`` (default: ``False``).
         pair_offsets: also learn the ``(C, C)`` pair offsets (for class-dependent noise); with ``False`` the
             loss has the ``2C`` per-class parameters only and ``pair_offsets`` is ``None`` (default: ``True``).
+        prior_correction: add :func:`prior_shift` of the label counts a Teacher's rounds make (unweighted,
+            ``ignore_index`` left out) to the offsets; with ``False`` nothing is counted and the two count
+            buffers are ``None`` (default: ``True``). The validation batches should be a shuffled (or balanced)
+            draw of the trusted set: their first rounds' counts are the target prior's first estimate.
 
     Shape:
         - input: ``(B, C)`` or ``(B, C, d1, ...)`` logits.
@@ -202,6 +227,7 @@ class ClassAwareDLN(ValidatedLoad):
         keep_scale: bool = True,
         shared_robustness: bool = False,
         pair_offsets: bool = True,
+        prior_correction: bool = True,
     ) -> None:
         super().__init__()
         self.num_classes = check_positive_int(num_classes, "num_classes", minimum=2)
@@ -216,12 +242,57 @@ class ClassAwareDLN(ValidatedLoad):
         self.pair_offsets: nn.Parameter | None = None
         if check_bool(pair_offsets, "pair_offsets"):
             self.pair_offsets = nn.Parameter(torch.zeros(num_classes, num_classes))
+        self.train_label_counts: Tensor | None
+        self.target_label_counts: Tensor | None
+        counts = check_bool(prior_correction, "prior_correction")
+        for name in ("train_label_counts", "target_label_counts"):
+            self.register_buffer(name, torch.zeros(num_classes, dtype=torch.long) if counts else None)
 
     def reset_parameters(self) -> None:
-        """Back to cross-entropy: every offset, pair offset and robustness 0."""
+        """Back to cross-entropy: every offset, pair offset and robustness 0, and no label counted."""
         with torch.no_grad():
-            for parameter in self.parameters():
-                parameter.zero_()
+            for tensor in (*self.parameters(), *self.buffers()):
+                if tensor is not self.weight:
+                    tensor.zero_()
+
+    def count_labels(self, targets: Sequence[Tensor]) -> Tensor:
+        """The ``(C,)`` counts of the class labels in ``targets`` (``ignore_index`` and anything else outside
+        ``[0, C)`` left out), on the DLN's device."""
+        device = self.offsets.device
+        counts = torch.zeros(self.num_classes, dtype=torch.long, device=device)
+        for target in targets:
+            labels = target.to(device).reshape(-1).long()
+            labels = labels[(labels >= 0) & (labels < self.num_classes) & (labels != self.ignore_index)]
+            counts += torch.bincount(labels, minlength=self.num_classes)
+        return counts
+
+    def add_label_counts(self, train: Tensor, target: Tensor) -> None:
+        """Add counts (:meth:`count_labels`) of training and of validation labels to the prior correction's
+        (a Teacher does, once per committed round); nothing with ``prior_correction=False``."""
+        if self.train_label_counts is None or self.target_label_counts is None:
+            return
+        for name, counts in (("train", train), ("target", target)):
+            if counts.shape != (self.num_classes,) or counts.is_floating_point() or bool((counts < 0).any()):
+                raise ValueError(
+                    f"{name} counts must be {self.num_classes} non-negative integers, got {counts.dtype} "
+                    f"of shape {tuple(counts.shape)}"
+                )
+        self.train_label_counts += train.to(self.train_label_counts)
+        self.target_label_counts += target.to(self.target_label_counts)
+
+    @property
+    def prior_correction(self) -> Tensor | None:
+        """The :func:`prior_shift` of the counts so far, ``(C,)``, added to the offsets (``None`` when off)."""
+        if self.train_label_counts is None or self.target_label_counts is None:
+            return None
+        # float64 where the device has it (Apple's MPS has not)
+        dtype = torch.float32 if self.offsets.device.type == "mps" else torch.float64
+        return prior_shift(self.train_label_counts, self.target_label_counts, dtype).to(self.offsets.dtype)
+
+    def _logit_offsets(self) -> Tensor:
+        """What the loss adds to every sample's logits: the learned offsets and the prior correction."""
+        correction = self.prior_correction
+        return self.offsets if correction is None else self.offsets + correction.to(self.offsets.device)
 
     @property
     def q(self) -> Tensor:
@@ -237,7 +308,8 @@ class ClassAwareDLN(ValidatedLoad):
     def extra_repr(self) -> str:
         shared = ", shared_robustness=True" if self.shared_robustness else ""
         pairs = "" if self.pair_offsets is not None else ", pair_offsets=False"
-        return f"num_classes={self.num_classes}, reduction={self.reduction!r}{shared}{pairs}"
+        prior = "" if self.train_label_counts is not None else ", prior_correction=False"
+        return f"num_classes={self.num_classes}, reduction={self.reduction!r}{shared}{pairs}{prior}"
 
     def get_extra_state(self) -> dict[str, Any]:
         # the same numbers are another loss with the other keep_scale or shape of robustness
@@ -246,6 +318,7 @@ class ClassAwareDLN(ValidatedLoad):
             "shared_robustness": self.shared_robustness,
             "keep_scale": self.keep_scale,
             "pair_offsets": self.pair_offsets is not None,
+            "prior_correction": self.train_label_counts is not None,
         }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
@@ -256,11 +329,12 @@ class ClassAwareDLN(ValidatedLoad):
                 f"this one has num_classes={self.num_classes}"
             )
         mine = self.get_extra_state()
-        for option in ("shared_robustness", "keep_scale", "pair_offsets"):
-            if state.get(option) != mine[option]:
+        for option in ("shared_robustness", "keep_scale", "pair_offsets", "prior_correction"):
+            # a state saved before the prior correction existed is one without it
+            theirs = state.get(option, False if option == "prior_correction" else None)
+            if theirs != mine[option]:
                 raise ValueError(
-                    f"the state is of a ClassAwareDLN with {option}={state.get(option)!r}, "
-                    f"this one has {option}={mine[option]}"
+                    f"the state is of a ClassAwareDLN with {option}={theirs!r}, this one has {option}={mine[option]}"
                 )
 
     def forward(self, input: Tensor, target: Tensor, sample_weight: Tensor | None = None) -> Tensor:
@@ -274,7 +348,7 @@ class ClassAwareDLN(ValidatedLoad):
             and self.reduction == "mean"
         ):
             # plain classification, the common case: no masks, no reshaping
-            log_prob = _offset_log_prob(input, target, self.offsets, self.pair_offsets)
+            log_prob = _offset_log_prob(input, target, self._logit_offsets(), self.pair_offsets)
             q = _sample_q(self.robustness, target, input)
             loss, scale = generalized_ce(log_prob, q).mean(), torch.exp(q * log_prob).mean()
         else:
@@ -295,12 +369,12 @@ class ClassAwareDLN(ValidatedLoad):
         return _DividedBy.apply(loss, scale.clamp_min(torch.finfo(scale.dtype).tiny))
 
     def _per_sample(self, logits: Tensor, target: Tensor) -> Tensor:
-        return class_aware_loss(logits, target, self.offsets, self.robustness, self.pair_offsets)
+        return class_aware_loss(logits, target, self._logit_offsets(), self.robustness, self.pair_offsets)
 
     def _gradient_factor(self, logits: Tensor, target: Tensor) -> Tensor:
         """``p_y^q``: how much a sample's logit gradient is of cross-entropy's (on the offset logits)."""
         q = _sample_q(self.robustness, target, logits)
-        return torch.exp(q * _offset_log_prob(logits, target, self.offsets, self.pair_offsets))
+        return torch.exp(q * _offset_log_prob(logits, target, self._logit_offsets(), self.pair_offsets))
 
 
 class _DividedBy(torch.autograd.Function):
