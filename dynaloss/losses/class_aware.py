@@ -291,8 +291,8 @@ class ClassAwareDLN(ValidatedLoad):
 
     def _logit_offsets(self) -> Tensor:
         """What the loss adds to every sample's logits: the learned offsets and the prior correction."""
-        correction = self.prior_correction
-        return self.offsets if correction is None else self.offsets + correction.to(self.offsets.device)
+        correction = self.prior_correction  # the counts are buffers: on the offsets' device already
+        return self.offsets if correction is None else self.offsets + correction
 
     @property
     def q(self) -> Tensor:
