@@ -36,7 +36,8 @@ Arms (``noisy`` = the corrupted part, ``trusted`` = the trusted set):
   (K = ``dynaloss.settings.TEACH_EVERY`` read at run time, ``--teach-every`` overrides), ``train_iter`` an endless
   reshuffling stream over the same training data with its own generator, ``val_iter`` endless reshuffled batches
   of 100 from the trusted set. ``dln-taught-valonly``: the same, but the student (and ``train_iter``) sees only
-  the noisy part: the trusted set only validates.
+  the noisy part: the trusted set only validates. With ``--count-labels`` the DLN arms first call
+  ``loss_fn.add_labels(training labels, trusted labels)`` (an option of ``ClassAwareDLN``, not the README's loop).
 - ``ce-time``: compute-matched CE: ``ce``'s rate, its steps scaled by the same seed's ``dln-taught``-to-``ce``
   training CPU time ratio, its cosine over the longer budget.
 
@@ -89,7 +90,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +207,14 @@ class Job(JsonKeyed):
     preset: str | None  # None: the library's default preset, called as the README does (no preset argument)
     teach_every: int | None  # K of the taught arms, None for the others
     eval_every: int
+    count_labels: bool = False  # DLN arms: loss_fn.add_labels(training labels, trusted labels) before training
+
+    def key(self) -> str:
+        # a field at its default is left out, so that stores written before the field existed still resume
+        fields = asdict(self)
+        if not fields["count_labels"]:
+            del fields["count_labels"]
+        return json.dumps(fields, sort_keys=True)
 
 
 # ---------------------------------------------------------------------------------------------- corruption
@@ -463,6 +472,10 @@ def train_dln(run: Run) -> tuple[int, dict[str, Any]]:
     part = run.data.noisy if job.arm == "dln-taught-valonly" else run.data.mixed
     with seeded(job.seed):  # a preset whose DLN starts random draws it from the seed
         teacher = recommended_teacher(run.data.num_classes, run.optimizer, job.preset)
+    if job.count_labels:  # --count-labels: the option measured in docs/results.md, not the README's loop
+        if not isinstance(teacher.loss_fn, dynaloss.ClassAwareDLN):
+            raise ValueError(f"--count-labels needs a ClassAwareDLN, the preset built {type(teacher.loss_fn).__name__}")
+        teacher.loss_fn.add_labels(part[1], run.data.trusted[1])
     teach = None
     if job.arm != "dln-fixed":
         train_iter, val_iter = run.stream(part, "teacher-train"), run.stream(run.data.trusted, "teacher-val", VAL_BATCH)
@@ -549,6 +562,7 @@ def make_job(args: argparse.Namespace, cell: Cell, arm: str, point: tuple[float,
         preset=args.preset,
         teach_every=args.teach_every if arm in TAUGHT_ARMS else None,
         eval_every=min(args.eval_every, args.steps),
+        count_labels=args.count_labels and arm in DLN_ARMS,
     )
 
 
@@ -818,6 +832,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=None, help="one rate for every recipe and arm")
     parser.add_argument("--preset", default=None, help="a key of dynaloss.PRESETS (default: the library's default)")
     parser.add_argument("--teach-every", type=int, default=None, help="K (default: dynaloss.settings.TEACH_EVERY)")
+    parser.add_argument(
+        "--count-labels",
+        action="store_true",
+        help="DLN arms: ClassAwareDLN.add_labels(training labels, trusted labels) before the first step",
+    )
     parser.add_argument("--tune-seed", type=int, default=1000, help="seed of the tune phase (not an eval seed)")
     parser.add_argument("--eval-every", type=int, default=1000, help="score the student every this many steps")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results/...)")

@@ -87,6 +87,40 @@ def test_bad_counts_are_refused_and_change_nothing(train: torch.Tensor, target: 
     assert int(dln.train_label_counts.sum()) == 0 and int(dln.target_label_counts.sum()) == 0
 
 
+def test_add_labels_counts_whole_label_sets_once() -> None:
+    """The README's line before training: the training and trusted labels, as tensors or lists of them."""
+    dln = dynaloss.ClassAwareDLN(CLASSES, ignore_index=-1)
+    dln.add_labels(torch.tensor([0, 0, 0, 1, 2, -1]), [torch.tensor([0, 1]), torch.tensor([[2, 3]], dtype=torch.int32)])
+    assert dln.train_label_counts.tolist() == [3, 1, 1, 0]
+    assert dln.target_label_counts.tolist() == [1, 1, 1, 1]
+    expected = prior_shift(torch.tensor([3, 1, 1, 0]), torch.tensor([1, 1, 1, 1])).float()
+    torch.testing.assert_close(dln.prior_correction, expected)
+    dln.add_labels(torch.tensor([3]), torch.tensor([0]))  # adds, as a Teacher's rounds do
+    assert dln.train_label_counts.tolist() == [3, 1, 1, 1] and dln.target_label_counts.tolist() == [2, 1, 1, 1]
+    off = dynaloss.ClassAwareDLN(CLASSES, prior_correction=False)
+    off.add_labels(torch.tensor([0, 1]), torch.tensor([2]))  # nothing to count into
+    assert off.prior_correction is None
+
+
+@pytest.mark.parametrize(
+    ("train", "target", "match"),
+    [
+        (torch.tensor([0.0, 1.0]), torch.tensor([0]), "train must hold integer class indices"),
+        (torch.tensor([0, 1]), torch.tensor([True, False]), "target must hold integer class indices"),
+        ([torch.tensor([0]), [1, 2]], torch.tensor([0]), "train must hold integer class indices"),
+        ({0: torch.tensor([0])}, torch.tensor([0]), "train must be a tensor of class indices"),
+        (torch.tensor([0]), "labels", "target must be a tensor of class indices"),
+    ],
+)
+def test_add_labels_refuses_what_is_not_class_indices_and_counts_nothing(
+    train: object, target: object, match: str
+) -> None:
+    dln = dynaloss.ClassAwareDLN(CLASSES)
+    with pytest.raises(TypeError, match=match):
+        dln.add_labels(train, target)  # type: ignore[arg-type]
+    assert int(dln.train_label_counts.sum()) == 0 and int(dln.target_label_counts.sum()) == 0
+
+
 def _student() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, CLASSES))

@@ -103,6 +103,19 @@ def test_every_arm_trains_a_few_steps_to_a_finite_accuracy(robust: ModuleType) -
             assert result["rounds"] == 1 and len(result["round_log"]) == 1 and "dln_state" in result
 
 
+def test_count_labels_tells_the_dln_both_label_sets_and_the_readme_loop_does_not(robust: ModuleType) -> None:
+    """--count-labels: add_labels(training labels, trusted labels) before training; a DLN held fixed keeps them.
+    Without it (the README's loop) nothing is counted before a round, and the job's key is the one stores hold."""
+    job = tiny_job(robust, "dln-fixed", count_labels=True)
+    data = robust.arm_data(job.data, job.student, job.corruption, job.trusted, job.seed, job.phase)
+    state = robust.run_job(job)["dln_state"]
+    assert state["train_label_counts"] == torch.bincount(data.mixed[1], minlength=data.num_classes).tolist()
+    assert state["target_label_counts"] == torch.bincount(data.trusted[1], minlength=data.num_classes).tolist()
+    plain = tiny_job(robust, "dln-fixed")
+    assert sum(robust.run_job(plain)["dln_state"]["train_label_counts"]) == 0
+    assert "count_labels" not in json.loads(plain.key()) and json.loads(job.key())["count_labels"] is True
+
+
 def test_mwn_meta_step_moves_only_its_net_and_the_real_loss_uses_the_updated_weights(robust: ModuleType) -> None:
     data = robust.arm_data("digits", "resmlp", "sym40", 0.1, 0, "test")
     model = robust.build_student("resmlp", robust.cell_data("digits", "resmlp", 0.0, 0), 0)  # BatchNorm inside
