@@ -294,21 +294,9 @@ class ClassAwareDLN(ValidatedLoad):
         pay (docs/results.md, "Counting the labels up front"), and the README's loop leaves it out. A Teacher's
         rounds go on adding their counts: both estimate the same two priors.
         """
-        counts = []
-        for name, labels in (("train", train), ("target", target)):
-            tensors = [labels] if isinstance(labels, Tensor) else labels
-            if isinstance(tensors, (str, bytes)) or not isinstance(tensors, Sequence):
-                raise TypeError(f"{name} must be a tensor of class indices or a sequence of them, got {type(labels)}")
-            for tensor in tensors:
-                if (
-                    not isinstance(tensor, Tensor)
-                    or tensor.is_floating_point()
-                    or tensor.is_complex()
-                    or tensor.dtype == torch.bool
-                ):
-                    found = tensor.dtype if isinstance(tensor, Tensor) else type(tensor)
-                    raise TypeError(f"{name} must hold integer class indices, got {found}")
-            counts.append(self.count_labels(tensors))
+        counts = [
+            self.count_labels(_label_tensors(labels, name)) for name, labels in (("train", train), ("target", target))
+        ]
         self.add_label_counts(*counts)
 
     @property
@@ -426,6 +414,24 @@ class _DividedBy(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         (scale,) = ctx.saved_tensors
         return grad / scale, None
+
+
+def _label_tensors(labels: object, name: str) -> Sequence[Tensor]:
+    """``labels`` (a tensor of class indices, or a sequence of them) as a sequence of tensors; ``TypeError``
+    naming ``name`` for anything else."""
+    tensors = [labels] if isinstance(labels, Tensor) else labels
+    if isinstance(tensors, (str, bytes)) or not isinstance(tensors, Sequence):
+        raise TypeError(f"{name} must be a tensor of class indices or a sequence of them, got {type(labels)}")
+    for tensor in tensors:
+        if (
+            not isinstance(tensor, Tensor)
+            or tensor.is_floating_point()
+            or tensor.is_complex()
+            or tensor.dtype == torch.bool
+        ):
+            found = tensor.dtype if isinstance(tensor, Tensor) else type(tensor)
+            raise TypeError(f"{name} must hold integer class indices, got {found}")
+    return tensors
 
 
 def _check_class_batch(
