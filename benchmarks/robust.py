@@ -41,18 +41,18 @@ Arms (``noisy`` = the corrupted part, ``trusted`` = the trusted set):
 - ``ce-time``: compute-matched CE: ``ce``'s rate, its steps scaled by the same seed's ``dln-taught``-to-``ce``
   training CPU time ratio, its cosine over the longer budget.
 
-Protocol. Tune phase first, on a tuning seed that is no evaluation seed: every arm's learning rate over the
-recipe's 3-value grid (``user_loop.RECIPES``: ``sgdm`` SGD momentum 0.9, weight decay 5e-4, cosine; ``adamw``
-weight decay 1e-2, cosine) times its loss settings, scored by accuracy on a held-out half of the trusted set
-(the halves are class-balanced): the arms train on noisy ∪ the other half, and ``mwn`` and the DLN arms
-meta-learn / validate on that other half only. The test set is never used for picking. Then seeds 0-4 at the
-picked settings, then ``ce-time``. Batches of 100 (teacher validation, meta data) shrink to the trusted part's
-size when it is smaller. "Best fixed" is the non-meta arm (``ce``, ``ce-ft`` and the cell's fixed losses) with the
-best tune score in the cell; with ``--no-tune`` there is none, and the report takes the best TEST mean instead,
-an oracle that can only favour the baseline (marked "oracle"). Each cell reports every arm's mean ± std of the
-final test accuracy and every seed, wall and training CPU time and the CPU ratio to ``ce``, the taught rounds
-skipped and rolled back, and the issue's bar numbers: dln-taught − best fixed, − ce, − mwn, and the worst seed's
-dln-taught − its ce twin; then averages over the corrupted cells and the clean cells against ce.
+Protocol. Tune phase first, on a tuning seed that is no evaluation seed: every arm's learning rate over the recipe's
+3-value grid (``user_loop.RECIPES``: ``sgdm`` SGD momentum 0.9, weight decay 5e-4, cosine; ``adamw`` weight decay
+1e-2, cosine), or the ``--lrs`` grid, times its loss settings, scored by accuracy on a held-out half of the trusted
+set (the halves are class-balanced): the arms train on noisy ∪ the other half, and ``mwn`` and the DLN arms
+meta-learn / validate on that other half only. The test set is never used for picking. Then seeds 0-4 at the picked
+settings, then ``ce-time``. Batches of 100 (teacher validation, meta data) shrink to the trusted part's size when it
+is smaller. "Best fixed" is the non-meta arm (``ce``, ``ce-ft`` and the cell's fixed losses) with the best tune
+score in the cell; with ``--no-tune`` there is none, and the report takes the best TEST mean instead, an oracle that
+can only favour the baseline (marked "oracle"). Each cell reports every arm's mean ± std of the final test accuracy
+and every seed, wall and training CPU time and the CPU ratio to ``ce``, the taught rounds skipped and rolled back,
+and the issue's bar numbers: dln-taught − best fixed, − ce, − mwn, and the worst seed's dln-taught − its ce twin;
+then averages over the corrupted cells and the clean cells against ce.
 
 Every finished job is appended to ``OUT/runs.jsonl`` and skipped on a re-run (a job is identified by its
 configuration, not by the code: start a new ``--out`` after changing either); ``OUT/robust.json`` (machine,
@@ -64,6 +64,8 @@ configuration, settings picked, every run, the summary) and ``OUT/robust.md`` ar
     OMP_NUM_THREADS=1 python benchmarks/robust.py --trusted 0.02 --out benchmarks/results/robust_trusted2
     OMP_NUM_THREADS=1 python benchmarks/robust.py --students cnn --data mnist1d --recipes sgdm \\
         --corruptions sym40 --arms ce gce dln-taught --teach-every 50     # one cell, another K
+    OMP_NUM_THREADS=1 python benchmarks/robust.py --students cnn --data mnist1d --recipes sgdm \\
+        --lrs 0.01 0.03 0.05 0.1 0.2 --out benchmarks/results/robust_cnn_lrs      # a finer rate grid
 
 ``--fast``: the ``cnn`` and ``resmlp`` students on MNIST-1D, corruptions clean, sym40, pair40 and lt100, recipe
 ``sgdm`` at its middle rate 0.03 and each loss's first setting (no tune phase), seeds 0 and 1, 3,000 steps, arms
@@ -544,10 +546,15 @@ def trained_arms(args: argparse.Namespace, corruption: str) -> list[str]:
 
 def settings(args: argparse.Namespace, recipe: str, arm: str) -> list[tuple[float, Hyper]]:
     """The (rate, loss setting) grid an arm is tuned over: one rate with --lr, one point with --no-tune."""
-    rates = RECIPES[recipe]["lrs"]
+    rates = rate_grid(args, recipe)
     rates = (args.lr,) if args.lr is not None else (rates[len(rates) // 2],) if args.no_tune else rates
     hypers = [tuple(sorted(h.items())) for h in LOSS_GRIDS.get(arm, ({},))]
     return list(itertools.product(rates, hypers[:1] if args.no_tune else hypers))
+
+
+def rate_grid(args: argparse.Namespace, recipe: str) -> tuple[float, ...]:
+    """The rates a recipe's arms are tuned over: ``--lrs``, else the recipe's 3-value grid."""
+    return tuple(sorted(args.lrs)) if args.lrs else RECIPES[recipe]["lrs"]
 
 
 def make_job(args: argparse.Namespace, cell: Cell, arm: str, point: tuple[float, Hyper], seed: int, phase: str) -> Job:
@@ -830,6 +837,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fast", action="store_true", help="the ~15-minute subset described above")
     parser.add_argument("--no-tune", action="store_true", help="middle-of-grid rates, each loss's first setting")
     parser.add_argument("--lr", type=float, default=None, help="one rate for every recipe and arm")
+    parser.add_argument(
+        "--lrs", nargs="+", type=float, default=None, help="the rate grid every arm is tuned over (one recipe)"
+    )
     parser.add_argument("--preset", default=None, help="a key of dynaloss.PRESETS (default: the library's default)")
     parser.add_argument("--teach-every", type=int, default=None, help="K (default: dynaloss.settings.TEACH_EVERY)")
     parser.add_argument(
@@ -852,6 +862,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             no_tune=True,
         )
     args = parser.parse_args(argv)
+    if args.lrs is not None and (len(args.recipes) != 1 or min(args.lrs) <= 0):
+        parser.error(f"--lrs takes positive rates for one recipe, got {args.lrs} for recipes {args.recipes}")
     if args.case == "issue":  # standard MNIST-1D, 500 of its 4,000 training samples trusted, sym40, fixed lr 0.05
         args.students, args.data, args.recipes, args.corruptions = ["cnn"], ["mnist1d"], ["sgdm"], ["sym40"]
         args.lr, args.no_tune, args.steps, args.trusted, args.seeds = 0.05, True, 6000, [0.125], [0, 1]
@@ -889,7 +901,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(1)
     resolve_library_defaults(args)
-    grids = {r: list(RECIPES[r]["lrs"]) for r in args.recipes}
+    grids = {r: list(rate_grid(args, r)) for r in args.recipes}
     machine, config, store = open_results(args, recipe_lr_grids=grids, loss_grids=LOSS_GRIDS)
     started = time.perf_counter()
     picks, jobs = run_grid(args, store)

@@ -1,4 +1,5 @@
-"""What a student's training step costs with a :class:`~dynaloss.PairwiseDLN` loss instead of cross-entropy.
+"""What a student's training step costs with a DLN loss (:class:`~dynaloss.PairwiseDLN`,
+:class:`~dynaloss.ClassAwareDLN`) instead of cross-entropy.
 
 Two measurements, each arm timed alternately in one process (a busy machine slows every arm alike, so the
 ratios hold where absolute milliseconds do not):
@@ -6,7 +7,8 @@ ratios hold where absolute milliseconds do not):
 - **step**: milliseconds per training step of a fixed student (forward, loss, backward,
   ``SGD(lr=0.01).step()``) with ``nn.CrossEntropyLoss`` and with a DLN held fixed, warm (sigmoid features)
   or CE-initialised (softmax features), each through its fast path and through the exact MLP
-  (``fast=False``); and the loss alone (forward and backward on fixed logits);
+  (``fast=False``); a ClassAwareDLN moved off its start (the recommended loss, as taught); and the loss
+  alone (forward and backward on fixed logits);
 - **end to end**: the README's loop (:func:`dynaloss.harness.noisy.user_loop`: the DLN starting as CE, a
   lookahead teacher round every K iterations) against the same loop with cross-entropy, at equal student
   steps on the demo's task.
@@ -37,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dynaloss import PairwiseDLN, RoundRecord, Teacher
+from dynaloss import ClassAwareDLN, PairwiseDLN, RoundRecord, Teacher
 from dynaloss.harness.data import Dataset
 from dynaloss.harness.noisy import user_loop
 from dynaloss.harness.progress import Progress
@@ -51,6 +53,7 @@ ARMS: dict[str, dict[str, Any] | None] = {
     "dln-warm-exact": {"init": "warm", "fast": False},
     "dln-ce": {"init": "ce", "fast": True},
     "dln-ce-exact": {"init": "ce", "fast": False},
+    "class-aware": {"class_aware": True},
 }
 STEP_LR = 0.01
 # Distinct batches a timed training loop cycles through (see _training_steps).
@@ -178,11 +181,25 @@ def _time_alternately(
 
 # ------------------------------------------------------------------------------------------------- step
 def make_loss(arm: str, row: Row) -> nn.Module:
-    """The loss of ``arm`` for ``row``: cross-entropy or a PairwiseDLN, with the row's ignore index and pixel budget."""
+    """The loss of ``arm`` for ``row``: cross-entropy or a DLN, with the row's ignore index (and pixel budget)."""
     options = ARMS[arm]
     if options is None:
         return nn.CrossEntropyLoss(ignore_index=row.ignore_index)
+    if "class_aware" in options:
+        return taught_class_aware(row.num_classes, row.ignore_index)
     return PairwiseDLN(row.num_classes, ignore_index=row.ignore_index, max_pixels=row.max_pixels, **options)
+
+
+def taught_class_aware(num_classes: int, ignore_index: int) -> ClassAwareDLN:
+    """A ClassAwareDLN away from its start (every q, offset and pair offset non-zero, a prior counted): the
+    exponents at 0 would take the series branch, a taught loss does not."""
+    dln = ClassAwareDLN(num_classes, ignore_index=ignore_index)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in dln.parameters():
+            parameter.copy_(0.3 * torch.randn(parameter.shape, generator=generator))
+    dln.add_label_counts(torch.arange(1, num_classes + 1), torch.full((num_classes,), 5))
+    return dln
 
 
 def _batch(row: Row, device: torch.device, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -429,6 +446,7 @@ _ARM_LABELS = {
     "dln-warm-exact": "PairwiseDLN warm, exact MLP",
     "dln-ce": 'PairwiseDLN init="ce", fast',
     "dln-ce-exact": 'PairwiseDLN init="ce", exact MLP',
+    "class-aware": "ClassAwareDLN (taught)",
 }
 
 

@@ -137,6 +137,17 @@ def test_mwn_meta_step_moves_only_its_net_and_the_real_loss_uses_the_updated_wei
     assert all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in model.parameters())
 
 
+def test_lrs_replaces_the_recipes_rate_grid_for_every_arm_and_needs_one_recipe(robust: ModuleType) -> None:
+    args = robust.parse_args(["--recipes", "sgdm", "--lrs", "0.1", "0.05", "0.2"])
+    assert robust.rate_grid(args, "sgdm") == (0.05, 0.1, 0.2)
+    assert {lr for lr, _ in robust.settings(args, "sgdm", "gce")} == {0.05, 0.1, 0.2}
+    assert len(robust.settings(args, "sgdm", "gce")) == 3 * len(robust.LOSS_GRIDS["gce"])
+    assert robust.rate_grid(robust.parse_args(["--recipes", "sgdm"]), "sgdm") == robust.RECIPES["sgdm"]["lrs"]
+    for argv in (["--recipes", "sgdm", "adamw", "--lrs", "0.1"], ["--recipes", "sgdm", "--lrs", "0"]):
+        with pytest.raises(SystemExit):
+            robust.parse_args(argv)
+
+
 # -------------------------------------------------------------------------------------------------- store
 @pytest.mark.subprocess
 def test_grid_writes_its_outputs_and_a_rerun_runs_nothing(
