@@ -41,25 +41,28 @@ Arms (``noisy`` = the corrupted part, ``trusted`` = the trusted set):
 - ``ce-time``: compute-matched CE: ``ce``'s rate, its steps scaled by the same seed's ``dln-taught``-to-``ce``
   training CPU time ratio, its cosine over the longer budget.
 
-Protocol. Tune phase first, on a tuning seed that is no evaluation seed: every arm's learning rate over the recipe's
-3-value grid (``user_loop.RECIPES``: ``sgdm`` SGD momentum 0.9, weight decay 5e-4, cosine; ``adamw`` weight decay
-1e-2, cosine), or the ``--lrs`` grid, times its loss settings, scored by accuracy on a held-out half of the trusted
-set (the halves are class-balanced): the arms train on noisy ∪ the other half, and ``mwn`` and the DLN arms
-meta-learn / validate on that other half only. The test set is never used for picking. Then seeds 0-4 at the picked
-settings, then ``ce-time``. Batches of 100 (teacher validation, meta data) shrink to the trusted part's size when it
-is smaller. "Best fixed" is the non-meta arm (``ce``, ``ce-ft`` and the cell's fixed losses) with the best tune
-score in the cell; with ``--no-tune`` there is none, and the report takes the best TEST mean instead, an oracle that
-can only favour the baseline (marked "oracle"). Each cell reports every arm's mean ± std of the final test accuracy
-and every seed, wall and training CPU time and the CPU ratio to ``ce``, the taught rounds skipped and rolled back,
-and the issue's bar numbers: dln-taught − best fixed, − ce, − mwn, and the worst seed's dln-taught − its ce twin;
-then averages over the corrupted cells and the clean cells against ce.
+Protocol. Tune phase first, on two tuning seeds that are no evaluation seeds: every arm's learning rate over the
+recipe's 3-value grid (``user_loop.RECIPES``: ``sgdm`` SGD momentum 0.9, weight decay 5e-4, cosine; ``adamw`` weight
+decay 1e-2, cosine), or the ``--lrs`` grid, times its loss settings, scored by accuracy on a held-out half of the
+trusted set (the halves are class-balanced), averaged over the tuning seeds (``--tune-seeds``: one seed's 200 held-out
+samples could not tell adjacent rates apart, one sample decided a pick). The arms train on noisy ∪ the other half, and
+``mwn`` and the DLN arms meta-learn / validate on that other half only. An arm whose best rate is the grid's largest
+or smallest then tries the next rate outward (the grid's own ratio), up to ``--extend-edges`` times: GCE's steps are
+``p^q`` times CE's, so its best rate lies above every CE-sized arm's. The test set is never used for picking. Then
+seeds 0-4 at the picked settings, then ``ce-time``. Batches of 100 (teacher validation, meta data) shrink to the
+trusted part's size when it is smaller. "Best fixed" is the non-meta arm (``ce``, ``ce-ft`` and the cell's fixed
+losses) with the best tune score in the cell; with ``--no-tune`` there is none, and the report takes the best TEST
+mean instead, an oracle that can only favour the baseline (marked "oracle"). Each cell reports every arm's mean ± std
+of the final test accuracy and every seed, wall and training CPU time and the CPU ratio to ``ce``, the taught rounds
+skipped and rolled back, and the issue's bar numbers: dln-taught − best fixed, − ce, − mwn, and the worst seed's
+dln-taught − its ce twin; then averages over the corrupted cells and the clean cells against ce.
 
 Every finished job is appended to ``OUT/runs.jsonl`` and skipped on a re-run (a job is identified by its
 configuration, not by the code: start a new ``--out`` after changing either); ``OUT/robust.json`` (machine,
 configuration, settings picked, every run, the summary) and ``OUT/robust.md`` are written at the end.
 
     OMP_NUM_THREADS=1 python benchmarks/robust.py --fast          # ~15 min on 2 cores
-    OMP_NUM_THREADS=1 python benchmarks/robust.py                 # the full grid: 7,404 jobs, ~10 h
+    OMP_NUM_THREADS=1 python benchmarks/robust.py                 # the full grid: 10,428 jobs, ~13 h
     OMP_NUM_THREADS=1 python benchmarks/robust.py --case issue    # issue 20's case, ~2-4 min
     OMP_NUM_THREADS=1 python benchmarks/robust.py --trusted 0.02 --out benchmarks/results/robust_trusted2
     OMP_NUM_THREADS=1 python benchmarks/robust.py --students cnn --data mnist1d --recipes sgdm \\
@@ -73,8 +76,9 @@ ce, gce, la, mwn, dln-fixed and dln-taught: 8 cells, 84 jobs. How it was sized, 
 written on (one torch thread a worker): a 2,000-step cnn CE run on MNIST-1D trains in 2.8 s (1.0 ms a step;
 resmlp 0.5 ms) on an idle core; against ce, the fixed losses cost 0.8-1.5x a step (timing noise on a shared
 machine), dln-fixed 1.1-1.7x, mwn 5-6x and dln-taught (K = 20) 3.4-4.5x. That is ~15 min of wall time on two
-shared cores. The full grid (84 cells; 3,024 tune, 3,960 seed and 420 ce-time jobs at 6,000 steps) costs as much
-as ~16,000 6,000-step CE runs (~4 s each, averaged over the students): ~9 h on 2 idle cores.
+shared cores. The full grid (84 cells; 6,048 tune jobs on two seeds, 3,960 seed and 420 ce-time jobs at 6,000
+steps, before any rates past the edges) costs as much as ~22,000 6,000-step CE runs (~4 s each, averaged over the
+students): ~13 h on 2 idle cores.
 ``--case issue``: the issue's case: standard MNIST-1D, the cnn, ``sgdm`` at lr 0.05 (no tuning), 6,000 steps,
 500 trusted samples (``--trusted 0.125``), sym40, seeds 0 and 1, arms ce, gce (q = 0.7), dln-fixed, dln-taught,
 dln-taught-valonly and mwn.
@@ -90,7 +94,7 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -184,6 +188,9 @@ BAR = {
 
 Hyper = tuple[tuple[str, float], ...]  # a loss setting as sorted (name, value) pairs: hashable and JSON-able
 Cell = tuple[str, str, str, str, float]  # student, data, recipe, corruption, trusted fraction
+Rates = Sequence[float]
+Picks = dict[tuple[Any, ...], dict[str, Any]]  # (*cell, arm) -> the tune phase's pick
+Extra = Mapping[tuple[Any, ...], Rates]  # (*cell, arm) -> rates tried past the grid's edges
 CELL_FIELDS = ("student", "data", "recipe", "corruption", "trusted")
 
 
@@ -544,10 +551,11 @@ def trained_arms(args: argparse.Namespace, corruption: str) -> list[str]:
     return [arm for arm in args.arms if arm != "ce-time" and applies(arm, corruption)]
 
 
-def settings(args: argparse.Namespace, recipe: str, arm: str) -> list[tuple[float, Hyper]]:
-    """The (rate, loss setting) grid an arm is tuned over: one rate with --lr, one point with --no-tune."""
+def settings(args: argparse.Namespace, recipe: str, arm: str, extra: Rates = ()) -> list[tuple[float, Hyper]]:
+    """The (rate, loss setting) grid an arm is tuned over, ``extra`` rates included: one rate with --lr, one point
+    with --no-tune."""
     rates = rate_grid(args, recipe)
-    rates = (args.lr,) if args.lr is not None else (rates[len(rates) // 2],) if args.no_tune else rates
+    rates = (args.lr,) if args.lr is not None else (rates[len(rates) // 2],) if args.no_tune else (*rates, *extra)
     hypers = [tuple(sorted(h.items())) for h in LOSS_GRIDS.get(arm, ({},))]
     return list(itertools.product(rates, hypers[:1] if args.no_tune else hypers))
 
@@ -573,46 +581,84 @@ def make_job(args: argparse.Namespace, cell: Cell, arm: str, point: tuple[float,
     )
 
 
-def tune_jobs(args: argparse.Namespace) -> list[Job]:
-    """Every (cell, arm, setting) on the tuning seed; none with --no-tune."""
+def tune_jobs(args: argparse.Namespace, extra: Extra | None = None) -> list[Job]:
+    """Every (cell, arm, setting) on every tuning seed, with the arm's ``extra`` rates; none with --no-tune."""
     if args.no_tune:
         return []
+    extra = {} if extra is None else extra
     return [
-        make_job(args, cell, arm, point, args.tune_seed, "tune")
+        make_job(args, cell, arm, point, seed, "tune")
         for cell in cells(args)
         for arm in trained_arms(args, cell[3])
-        for point in settings(args, cell[2], arm)
+        for point in settings(args, cell[2], arm, extra.get((*cell, arm), ()))
+        for seed in args.tune_seeds
     ]
 
 
-def pick_settings(args: argparse.Namespace, store: Store) -> dict[tuple[Any, ...], dict[str, Any]]:
-    """Per (cell, arm): the setting of the best held-out score (ties: the smaller rate, then the first setting)."""
+def beyond_edge(rates: Rates, lr: float) -> float | None:
+    """The next rate outward when ``lr`` is the largest or smallest of ``rates`` (the grid's own ratio there),
+    to 6 significant digits (it names a job)."""
+    ordered = sorted(set(rates))
+    if len(ordered) < 2 or lr not in (ordered[0], ordered[-1]):
+        return None
+    outward = lr * ordered[-1] / ordered[-2] if lr == ordered[-1] else lr * ordered[0] / ordered[1]
+    return float(f"{outward:.6g}")
+
+
+def tune(args: argparse.Namespace, store: Store, runner: ProcessPoolExecutor | None) -> tuple[Picks, Extra]:
+    """The tune phase: the grid, then, for an arm whose best rate is at the grid's edge, the next rate outward,
+    up to ``--extend-edges`` times (an optimum past the edge is not an optimum; a careful user goes on looking)."""
+    extra: dict[tuple[Any, ...], Rates] = {}
+    for extension in range(args.extend_edges + 1):
+        run_phase(tune_jobs(args, extra), store, runner, "tune" if extension == 0 else "tune past edges", run=run_job)
+        picks = pick_settings(args, store, extra)
+        if args.no_tune or extension == args.extend_edges:
+            return picks, extra
+        outward = {key: beyond_edge([p["lr"] for p in pick["scores"]], pick["lr"]) for key, pick in picks.items()}
+        grown = {key: (*extra.get(key, ()), lr) for key, lr in outward.items() if lr is not None}
+        if not grown:
+            return picks, extra
+        extra |= grown
+    raise AssertionError("unreachable: the loop returns on its last pass")
+
+
+def pick_settings(args: argparse.Namespace, store: Store, extra: Extra | None = None) -> Picks:
+    """Per (cell, arm): the setting of the best held-out score, its mean over the tuning seeds (ties: the smaller
+    rate, then the first setting); ``edge`` says whether that rate is the largest or smallest tried."""
+    extra = {} if extra is None else extra
     picks = {}
     for cell in cells(args):
         for arm in trained_arms(args, cell[3]):
-            grid = settings(args, cell[2], arm)
+            grid = settings(args, cell[2], arm, extra.get((*cell, arm), ()))
             if args.no_tune:
                 picks[(*cell, arm)] = {"lr": grid[0][0], "hyper": grid[0][1], "score": None, "scores": []}
                 continue
-            scores = [store.get(make_job(args, cell, arm, p, args.tune_seed, "tune"))["result"]["final"] for p in grid]
+            per_seed = [
+                [store.get(make_job(args, cell, arm, p, seed, "tune"))["result"]["final"] for seed in args.tune_seeds]
+                for p in grid
+            ]
+            scores = [statistics.mean(finals) for finals in per_seed]
             best = max(range(len(grid)), key=lambda i: (scores[i], -grid[i][0], -i))
             rates = sorted({lr for lr, _ in grid})
             picks[(*cell, arm)] = {
                 "lr": grid[best][0],
                 "hyper": grid[best][1],
                 "score": scores[best],
-                "scores": [{"lr": lr, "hyper": dict(h), "score": s} for (lr, h), s in zip(grid, scores)],
+                "scores": [
+                    {"lr": lr, "hyper": dict(h), "score": s, "per_seed": finals}
+                    for (lr, h), s, finals in zip(grid, scores, per_seed)
+                ],
                 "edge": len(rates) > 1 and grid[best][0] in (rates[0], rates[-1]),
             }
     return picks
 
 
-def picked(picks: dict[tuple[Any, ...], dict[str, Any]], cell: Cell, arm: str) -> tuple[float, Hyper]:
+def picked(picks: Picks, cell: Cell, arm: str) -> tuple[float, Hyper]:
     pick = picks[(*cell, arm)]
     return pick["lr"], pick["hyper"]
 
 
-def seed_jobs(args: argparse.Namespace, picks: dict[tuple[Any, ...], dict[str, Any]]) -> list[Job]:
+def seed_jobs(args: argparse.Namespace, picks: Picks) -> list[Job]:
     return [
         make_job(args, cell, arm, picked(picks, cell, arm), seed, "test")
         for cell in cells(args)
@@ -621,7 +667,7 @@ def seed_jobs(args: argparse.Namespace, picks: dict[tuple[Any, ...], dict[str, A
     ]
 
 
-def ce_time_jobs(args: argparse.Namespace, picks: dict[tuple[Any, ...], dict[str, Any]], store: Store) -> list[Job]:
+def ce_time_jobs(args: argparse.Namespace, picks: Picks, store: Store) -> list[Job]:
     """CE for as long (training CPU time) as the same seed's dln-taught run: more steps, ce's rate and cosine."""
     if not {"ce-time", "ce", "dln-taught"} <= set(args.arms):
         return []
@@ -689,7 +735,7 @@ def cell_bar(rows: dict[str, dict[str, Any]], fixed: str | None) -> dict[str, fl
     }
 
 
-def summarise(runs: list[dict[str, Any]], picks: dict[tuple[Any, ...], dict[str, Any]]) -> list[dict[str, Any]]:
+def summarise(runs: list[dict[str, Any]], picks: Picks) -> list[dict[str, Any]]:
     """One entry per cell, in the order the runs came: every arm's row, the best fixed arm and the bar numbers."""
     grouped: dict[Cell, dict[str, dict[int, dict[str, Any]]]] = {}
     for run in runs:
@@ -847,7 +893,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="DLN arms: ClassAwareDLN.add_labels(training labels, trusted labels) before the first step",
     )
-    parser.add_argument("--tune-seed", type=int, default=1000, help="seed of the tune phase (not an eval seed)")
+    parser.add_argument(
+        "--tune-seeds",
+        nargs="+",
+        type=int,
+        default=[1000, 1001],
+        help="seeds of the tune phase (no eval seed); a setting's score is its mean over them",
+    )
+    parser.add_argument(
+        "--extend-edges",
+        type=int,
+        default=2,
+        help="times an arm whose best rate is the grid's largest or smallest tries the next one outward",
+    )
     parser.add_argument("--eval-every", type=int, default=1000, help="score the student every this many steps")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results/...)")
     if parser.parse_args(argv).fast:  # defaults, not overrides: filters given with --fast still apply
@@ -883,18 +941,18 @@ def resolve_library_defaults(args: argparse.Namespace) -> None:
         raise SystemExit(f"--preset must be one of {sorted(dynaloss.PRESETS)}, got {args.preset!r}")
 
 
-def run_grid(args: argparse.Namespace, store: Store) -> tuple[dict[tuple[Any, ...], dict[str, Any]], list[Job]]:
-    """The three phases in order (each needs the one before): tune, seeds, ce-time. Returns the picks and jobs."""
+def run_grid(args: argparse.Namespace, store: Store) -> tuple[Picks, list[Job], list[Job]]:
+    """The three phases in order (each needs the one before): tune, seeds, ce-time. Returns the picks, the tune
+    jobs and the jobs reported."""
     # one pool for every phase: a fresh worker pays its one-off imports once
     with ProcessPoolExecutor(max_workers=args.jobs, initializer=init_worker) as pool:
         runner = pool if args.jobs > 1 else None
-        run_phase(tune_jobs(args), store, runner, "tune", run=run_job)
-        picks = pick_settings(args, store)
+        picks, extra = tune(args, store, runner)
         tested = seed_jobs(args, picks)
         run_phase(tested, store, runner, "seeds", run=run_job)
         matched = ce_time_jobs(args, picks, store)
         run_phase(matched, store, runner, "ce-time", run=run_job)
-    return picks, [*tested, *matched]
+    return picks, tune_jobs(args, extra), [*tested, *matched]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -904,7 +962,7 @@ def main(argv: list[str] | None = None) -> int:
     grids = {r: list(rate_grid(args, r)) for r in args.recipes}
     machine, config, store = open_results(args, recipe_lr_grids=grids, loss_grids=LOSS_GRIDS)
     started = time.perf_counter()
-    picks, jobs = run_grid(args, store)
+    picks, tuned, jobs = run_grid(args, store)
     runs = [store.get(job) for job in jobs]
     summaries = summarise(runs, picks)
     bar = bar_summary(summaries)
@@ -919,7 +977,7 @@ def main(argv: list[str] | None = None) -> int:
         "cells": summaries,
         "bar": bar,
         "runs": runs,
-        "tune_runs": [store.get(job) for job in tune_jobs(args)],
+        "tune_runs": [store.get(job) for job in tuned],
         "wall_seconds": wall,
     }
     write_results(args.out, "robust", report, table)

@@ -148,6 +148,59 @@ def test_lrs_replaces_the_recipes_rate_grid_for_every_arm_and_needs_one_recipe(r
             robust.parse_args(argv)
 
 
+def test_tune_picks_the_best_mean_over_the_tuning_seeds(robust: ModuleType) -> None:
+    args = robust.parse_args(["--students", "cnn", "--data", "mnist1d", "--recipes", "sgdm", "--corruptions", "clean"])
+    args.arms = ["ce"]
+    assert args.tune_seeds == [1000, 1001]
+    jobs = robust.tune_jobs(args)
+    assert sorted({job.seed for job in jobs}) == [1000, 1001] and len(jobs) == 2 * len(robust.RECIPES["sgdm"]["lrs"])
+    low, middle, high = robust.RECIPES["sgdm"]["lrs"]
+    # the first seed alone would pick the low rate; the mean over both picks the middle one
+    finals = {(low, 1000): 0.96, (low, 1001): 0.90, (middle, 1000): 0.955, (middle, 1001): 0.95}
+    finals |= {(high, 1000): 0.5, (high, 1001): 0.5}
+
+    class Store:
+        def get(self, job: Any) -> dict[str, Any]:
+            return {"result": {"final": finals[(job.lr, job.seed)]}}
+
+    (pick,) = robust.pick_settings(args, Store()).values()
+    assert pick["lr"] == middle and pick["score"] == pytest.approx(0.9525)
+    assert [row["per_seed"] for row in pick["scores"]][0] == [0.96, 0.90]
+
+
+def test_a_best_rate_at_the_grids_edge_is_tried_past_it_until_it_is_not(
+    robust: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert robust.beyond_edge([0.05, 0.05, 0.1, 0.2, 0.2], 0.2) == 0.4  # one rate per loss setting
+    assert robust.beyond_edge([0.2, 0.1, 0.4, 0.3], 0.4) == 0.533333  # unsorted; the ratio of the top two
+    assert robust.beyond_edge([0.01, 0.03, 0.1], 0.01) == 0.00333333
+    assert robust.beyond_edge([0.01, 0.03, 0.1], 0.03) is None and robust.beyond_edge([0.1], 0.1) is None
+    argv = ["--students", "cnn", "--data", "mnist1d", "--recipes", "sgdm", "--corruptions", "sym40"]
+    args = robust.parse_args([*argv, "--lrs", "0.05", "0.1", "0.2", "--tune-seeds", "1000", "--arms", "ce", "gce"])
+    assert args.extend_edges == 2
+    # gce improves up to 0.4 and falls at 0.8; ce peaks inside the grid
+    score = {"gce": {0.05: 0.5, 0.1: 0.6, 0.2: 0.7, 0.4: 0.8, 0.8: 0.1}, "ce": {0.05: 0.6, 0.1: 0.7, 0.2: 0.1}}
+    ran: list[Any] = []
+
+    class Store(dict):
+        def get(self, job: Any) -> dict[str, Any]:
+            return {"result": {"final": score[job.arm][round(job.lr, 6)] - 0.01 * len(dict(job.hyper))}}
+
+    monkeypatch.setattr(robust, "run_phase", lambda jobs, *args, **kwargs: ran.append(jobs))
+    picks, extra = robust.tune(args, Store(), None)
+    gce, ce = (picks[(*cell, arm)] for cell in robust.cells(args) for arm in ("gce", "ce"))
+    assert gce["lr"] == 0.4 and not gce["edge"] and ce["lr"] == 0.1
+    (rates,) = extra.values()
+    assert rates == (0.4, 0.8)
+    assert len(ran) == 3  # the grid, then one extension a pass: 0.4, then 0.8
+    assert {job.lr for job in ran[2] if job.arm == "gce"} == {0.05, 0.1, 0.2, 0.4, 0.8}
+    assert {job.lr for job in ran[2] if job.arm == "ce"} == {0.05, 0.1, 0.2}
+    # with no extension allowed the pick stays at the edge, and says so
+    args.extend_edges = 0
+    picks, extra = robust.tune(args, Store(), None)
+    assert not extra and picks[(*robust.cells(args)[0], "gce")]["edge"]
+
+
 # -------------------------------------------------------------------------------------------------- store
 @pytest.mark.subprocess
 def test_grid_writes_its_outputs_and_a_rerun_runs_nothing(
@@ -157,7 +210,7 @@ def test_grid_writes_its_outputs_and_a_rerun_runs_nothing(
     argv = [
         *("--students", "mlp", "--data", "digits", "--recipes", "sgdm", "--corruptions", "sym40"),
         *("--arms", "ce", "gce", "dln-taught", "ce-time", "--seeds", "0", "--steps", "6", "--eval-every", "3"),
-        *("--teach-every", "3", "--out", str(out)),
+        *("--teach-every", "3", "--tune-seeds", "1000", "--out", str(out)),
     ]
     assert robust.main([*argv, "--jobs", "2"]) == 0
     lines = (out / "runs.jsonl").read_text().splitlines()
