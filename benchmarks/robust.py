@@ -609,17 +609,16 @@ def tune(args: argparse.Namespace, store: Store, runner: ProcessPoolExecutor | N
     """The tune phase: the grid, then, for an arm whose best rate is at the grid's edge, the next rate outward,
     up to ``--extend-edges`` times (an optimum past the edge is not an optimum; a careful user goes on looking)."""
     extra: dict[tuple[Any, ...], Rates] = {}
-    for extension in range(args.extend_edges + 1):
+    for extension in range(args.extend_edges + 1):  # --extend-edges >= 0: one pass at least
         run_phase(tune_jobs(args, extra), store, runner, "tune" if extension == 0 else "tune past edges", run=run_job)
         picks = pick_settings(args, store, extra)
-        if args.no_tune or extension == args.extend_edges:
-            return picks, extra
+        # a --no-tune pick has no scores, so no edge
         outward = {key: beyond_edge([p["lr"] for p in pick["scores"]], pick["lr"]) for key, pick in picks.items()}
         grown = {key: (*extra.get(key, ()), lr) for key, lr in outward.items() if lr is not None}
-        if not grown:
-            return picks, extra
+        if not grown or extension == args.extend_edges:
+            break
         extra |= grown
-    raise AssertionError("unreachable: the loop returns on its last pass")
+    return picks, extra
 
 
 def pick_settings(args: argparse.Namespace, store: Store, extra: Extra | None = None) -> Picks:
@@ -920,6 +919,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             no_tune=True,
         )
     args = parser.parse_args(argv)
+    if args.extend_edges < 0:
+        parser.error(f"--extend-edges takes a count >= 0, got {args.extend_edges}")
     if args.lrs is not None and (len(args.recipes) != 1 or min(args.lrs) <= 0):
         parser.error(f"--lrs takes positive rates for one recipe, got {args.lrs} for recipes {args.recipes}")
     if args.case == "issue":  # standard MNIST-1D, 500 of its 4,000 training samples trusted, sym40, fixed lr 0.05
