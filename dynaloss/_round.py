@@ -24,7 +24,7 @@ from dynaloss._update_rules import UpdateRule
 from dynaloss.distributed import RankMean
 from dynaloss.teachers.base import Memory, TeacherModel
 
-__all__ = ["RoundOutcome", "compute_round"]
+__all__ = ["RoundOutcome", "compute_round", "soft_threshold", "sparse_parameter_mask"]
 
 
 @dataclass
@@ -120,6 +120,7 @@ def compute_round(
     continue_stage_one: bool = True,
     anchor_point: Tensor | None = None,
     anchor_strength: float = 0.0,
+    sparsity: float = 0.0,
     checkpoint: bool = False,
     autocast_dtype: torch.dtype | None = None,
     sync: RankMean | None = None,
@@ -139,6 +140,8 @@ def compute_round(
             student's current weights again (the research code).
         anchor_point: flat DLN parameters the update is pulled back towards, by ``anchor_strength``:
             ``phi' = phi + dln_lr * T(grad) - anchor_strength * (phi - anchor_point)`` (default: no pull).
+        sparsity: after that, the coordinates of :func:`sparse_parameter_mask` are soft-thresholded toward
+            ``anchor_point`` (0 without one) by ``sparsity * dln_lr`` (:func:`soft_threshold`) (default: 0, off).
         checkpoint, autocast_dtype: memory options of both unrolls (:func:`dynaloss._unroll.unroll`).
         sync: data-parallel ranks to average over: every unrolled step uses the ranks' mean gradient, and the
             hypergradient, the teacher's gradients and the validation errors are the ranks' means, so every
@@ -181,6 +184,10 @@ def compute_round(
     new_flat_phi = flat_phi + dln_lr * direction.to(flat_phi.dtype)
     if anchor_point is not None and anchor_strength > 0:
         new_flat_phi = new_flat_phi - anchor_strength * (flat_phi - anchor_point)
+    if sparsity > 0:
+        centre = torch.zeros_like(flat_phi) if anchor_point is None else anchor_point.to(flat_phi)
+        thresholded = soft_threshold(new_flat_phi, centre, sparsity * dln_lr)
+        new_flat_phi = torch.where(sparse_parameter_mask(loss_fn, phi).to(flat_phi.device), thresholded, new_flat_phi)
     new_phi = dict(zip(phi, _unflatten(new_flat_phi, list(phi.values()))))
 
     learnable = teacher_model.learnable
@@ -244,6 +251,32 @@ def compute_round(
         train_weights=[b.sample_weight for b in (*first, *second) if b.sample_weight is not None],
         val_weights=[] if val.sample_weight is None else [val.sample_weight],
     )
+
+
+def soft_threshold(values: Tensor, centre: Tensor, threshold: float) -> Tensor:
+    """Each of ``values`` moved toward ``centre`` by ``threshold``, stopping at it: the proximal step of an L1
+    prior ``threshold * |values - centre|`` (a value within ``threshold`` of its centre lands on it exactly)."""
+    offset = values - centre
+    return centre + torch.sign(offset) * (offset.abs() - threshold).clamp_min(0)
+
+
+def sparse_parameter_mask(loss_fn: nn.Module, phi: dict[str, Tensor] | None = None) -> Tensor:
+    """A flat boolean mask over ``phi`` (default: :func:`~dynaloss._unroll.dln_parameters` of ``loss_fn``), in its
+    order: the coordinates a sparsity prior acts on.
+
+    A module of ``loss_fn`` names its own in a ``sparse_parameters`` attribute (e.g. a
+    :class:`~dynaloss.ClassAwareDLN`: its offsets and pair offsets, whose value where the labels are right is
+    cross-entropy's 0, but not its robustness, whose right value under noise is far from it). Where no module
+    names any, every coordinate is in the mask.
+    """
+    phi = dln_parameters(loss_fn) if phi is None else phi
+    named: set[str] = set()
+    for prefix, module in loss_fn.named_modules():
+        for name in getattr(module, "sparse_parameters", ()):
+            named.add(f"{prefix}.{name}" if prefix else name)
+    if not named:
+        return torch.ones(sum(p.numel() for p in phi.values()), dtype=torch.bool)
+    return torch.cat([torch.full((p.numel(),), name in named, dtype=torch.bool) for name, p in phi.items()])
 
 
 def _check_teacher_output(output: object, coordinates: int, model: TeacherModel) -> tuple[Tensor, Memory]:

@@ -31,6 +31,7 @@ __all__ = [
     "check_loss_fn",
     "check_mode",
     "check_rollback",
+    "check_sparsity",
     "check_student",
     "check_student_lr",
     "check_val_loss",
@@ -93,6 +94,15 @@ def check_mode(value: object, name: str) -> str:
 def check_anchor_strength(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
         raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def check_sparsity(value: object, name: str) -> float:
+    """A finite number ``>= 0``: the soft threshold of a round, in units of ``dln_lr`` (0: off)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
     return float(value)
 
 

@@ -30,7 +30,8 @@ def _frozen(preset: dict[str, Any]) -> Mapping[str, Any]:
 FAMILIES: Mapping[str, type[nn.Module]] = MappingProxyType({"class_aware": ClassAwareDLN, "pairwise": PairwiseDLN})
 
 
-# What the paper and the authors' code share besides N and the mode: their rates, no trust region, no rollback.
+# What the paper and the authors' code share besides N and the mode: their rates, no trust region, no rollback,
+# no sparsity prior.
 _AS_PUBLISHED = {
     "student_lr": 0.1,
     "dln_lr": 1e-3,
@@ -38,6 +39,7 @@ _AS_PUBLISHED = {
     "anchor_strength": 0.0,
     "guard": None,
     "rollback": False,
+    "sparsity": 0.0,
 }
 
 # Read-only, all the way down: a preset is a name for one configuration, not a place to store another.

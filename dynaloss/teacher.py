@@ -28,6 +28,7 @@ from dynaloss._teacher_checks import (
     check_loss_fn,
     check_mode,
     check_rollback,
+    check_sparsity,
     check_student,
     check_student_lr,
     check_val_loss,
@@ -108,6 +109,12 @@ class Teacher:
             persistent rise of the rounds' validation error, the DLN, the teacher model and its optimizer return
             to their :class:`~dynaloss._rollback.Snapshot` at the best point, the memory starts afresh and
             ``dln_lr`` is multiplied by the rollback's ``slowdown`` (default: the loss's :func:`teaching_defaults`).
+        sparsity: a finite number ``>= 0``, a sparsity prior: after each update, every coordinate of the loss's
+            ``sparse_parameters`` (all of its parameters when it names none) is soft-thresholded toward
+            ``anchor_point`` by ``sparsity * dln_lr``, ``phi' = a + sign(phi' - a) max(|phi' - a| - sparsity *
+            dln_lr, 0)``: a parameter leaves its start only where its hypergradient pushes it the same way round
+            after round, which one round's noise does not; ``0``: off, as in the paper (default: the loss's
+            :func:`teaching_defaults`: ``0.1`` for a :class:`~dynaloss.ClassAwareDLN`'s offsets and pair offsets).
         checkpoint: recompute each unrolled step in the backward pass instead of keeping its activations
             (``torch.utils.checkpoint``, non-reentrant) (default: ``False``).
         autocast_dtype: ``torch.bfloat16`` or ``torch.float16``: the unrolled forwards run under ``torch.autocast``
@@ -119,16 +126,17 @@ class Teacher:
     Raises:
         TypeError, ValueError: an argument of the wrong type or out of range, naming it.
 
-    The settings (``steps``, ``student_lr``, ``dln_lr``, ``anchor_strength``, ``guard``, ``mode``, ``val_loss``,
-    ``checkpoint``, ``autocast_dtype``, ``student_optimizer``) may be reassigned between rounds, checked as the
-    constructor checks them. The state (``loss_fn``, ``teacher_model``, ``teacher_optimizer``, ``memory``,
-    ``anchor_point``, ``rounds``, ``rollback``, ``sync``) is read-only. One round runs at a time.
+    The settings (``steps``, ``student_lr``, ``dln_lr``, ``anchor_strength``, ``sparsity``, ``guard``, ``mode``,
+    ``val_loss``, ``checkpoint``, ``autocast_dtype``, ``student_optimizer``) may be reassigned between rounds,
+    checked as the constructor checks them. The state (``loss_fn``, ``teacher_model``, ``teacher_optimizer``,
+    ``memory``, ``anchor_point``, ``rounds``, ``rollback``, ``sync``) is read-only. One round runs at a time.
     """
 
     steps = Checked(check_positive_int)
     student_lr = Checked(check_student_lr)
     dln_lr = Checked(check_positive_float)
     anchor_strength = Checked(check_anchor_strength)
+    sparsity = Checked(check_sparsity)
     guard = Checked(check_guard)
     mode = Checked(check_mode)
     val_loss = Checked(check_val_loss)
@@ -158,13 +166,16 @@ class Teacher:
         anchor_strength: float | None = None,
         guard: float | None = DEFAULT_TEACHER["guard"],
         rollback: bool | Rollback | None = None,
+        sparsity: float | None = None,
         checkpoint: bool = False,
         autocast_dtype: torch.dtype | None = None,
         process_group: Any = None,
     ) -> None:
         check_loss_fn(loss_fn)
         # the settings that depend on how the loss is parameterised come from the loss, when it says
-        given = _given(teacher=teacher, dln_lr=dln_lr, anchor_strength=anchor_strength, rollback=rollback)
+        given = _given(
+            teacher=teacher, dln_lr=dln_lr, anchor_strength=anchor_strength, rollback=rollback, sparsity=sparsity
+        )
         defaults = {**teaching_defaults(loss_fn), **given}
         self.mode = mode
         self._loss_fn = loss_fn
@@ -173,6 +184,7 @@ class Teacher:
         self.student_lr = student_lr
         self.dln_lr = defaults["dln_lr"]
         self.anchor_strength = defaults["anchor_strength"]
+        self.sparsity = defaults["sparsity"]
         self.guard = guard
         self._anchor_point: Tensor | None = None  # the DLN where teaching started, flat; set by the first round
         self._rollback = check_rollback(defaults["rollback"])
@@ -336,6 +348,7 @@ def _round_options(teacher: Teacher) -> dict[str, Any]:
         "val_loss": teacher.val_loss,
         "continue_stage_one": teacher.mode == "paper",
         "anchor_strength": teacher.anchor_strength,
+        "sparsity": teacher.sparsity,
         "checkpoint": teacher.checkpoint,
         "autocast_dtype": teacher.autocast_dtype,
         "sync": teacher.sync,

@@ -38,7 +38,7 @@ class TeachingConfig:
         val_ratio: share of the training images held out for the teacher's validation batches, re-drawn
             every epoch (default: ``0.5``, the paper's).
         teacher: extra keyword arguments for :class:`dynaloss.Teacher` (``teacher``, ``dln_lr``,
-            ``teacher_lr``, ``anchor_strength``, ``guard``); unset ones keep the Teacher's defaults.
+            ``teacher_lr``, ``anchor_strength``, ``sparsity``, ``guard``); unset ones keep the Teacher's defaults.
     """
 
     every: int = TEACH_EVERY

@@ -27,14 +27,15 @@ PINNED_TEACHER = {
     "anchor_strength": 0.05,
     "guard": None,
     "rollback": True,
+    "sparsity": 0.0,
 }
 PINNED_DLN = {"init": "warm", "monotone": True}
 # What a ClassAwareDLN (the recommended DLN) is taught with instead: its parameters are logit offsets and GCE
 # exponents, moved by Adam steps; benchmarks/robust.py has the measurements.
-PINNED_CLASS_AWARE = {"teacher": "adam", "dln_lr": 0.05, "anchor_strength": 0.0, "rollback": False}
+PINNED_CLASS_AWARE = {"teacher": "adam", "dln_lr": 0.05, "anchor_strength": 0.0, "rollback": False, "sparsity": 0.1}
 PINNED_CADENCE = 20  # a round every 20 optimizer steps (dynaloss.settings.TEACH_EVERY)
 # the settings that depend on the loss's parameterisation: Teacher's signature leaves them to the loss
-PER_LOSS = ("teacher", "dln_lr", "anchor_strength", "rollback")
+PER_LOSS = ("teacher", "dln_lr", "anchor_strength", "rollback", "sparsity")
 
 
 def signature_defaults(function: object, names: object) -> dict[str, object]:
@@ -51,7 +52,8 @@ def test_the_settings_are_the_pinned_configuration() -> None:
 
 def _built(teacher: Teacher) -> dict[str, object]:
     return {
-        name: getattr(teacher, name) for name in ("steps", "student_lr", "dln_lr", "mode", "anchor_strength", "guard")
+        name: getattr(teacher, name)
+        for name in ("steps", "student_lr", "dln_lr", "mode", "anchor_strength", "sparsity", "guard")
     }
 
 
@@ -124,10 +126,7 @@ def test_the_adapters_teaching_config_defaults_to_it() -> None:
         PINNED_TEACHER["mode"],
     )
     teacher = config.make_teacher(PairwiseDLN(3), val_loss=nn.functional.cross_entropy)
-    built = {
-        name: getattr(teacher, name) for name in ("steps", "student_lr", "dln_lr", "mode", "anchor_strength", "guard")
-    }
-    assert built == {name: PINNED_TEACHER[name] for name in built}
+    assert _built(teacher) == {name: PINNED_TEACHER[name] for name in _built(teacher)}
 
 
 def test_the_round_cadence_is_one_setting() -> None:
