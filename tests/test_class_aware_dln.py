@@ -249,30 +249,6 @@ def test_state_dict_round_trip_and_refuses_another_size() -> None:
             dynaloss.ClassAwareDLN(CLASSES, **other_kind).load_state_dict(dln.state_dict())
 
 
-def test_a_state_saved_with_the_earlier_slope_of_q_loads_as_the_same_q() -> None:
-    import math
-
-    saved = dynaloss.ClassAwareDLN(CLASSES).double()
-    raw = torch.tensor([0.4, -0.3, 0.1, 0.0], dtype=torch.float64)
-    state = {**saved.state_dict(), "robustness": raw, "_extra_state": dict(saved.state_dict()["_extra_state"])}
-    del state["_extra_state"]["q_slope"]  # saved before the slope was stored: the earlier slope, 3
-    floor = 0.1
-    shift = torch.tensor(math.log(floor), dtype=torch.float64)
-    earlier_q = (1 + floor) * (torch.sigmoid(3.0 * raw + shift) - torch.sigmoid(shift))
-    loaded = dynaloss.ClassAwareDLN(CLASSES).double()
-    loaded.load_state_dict(state)
-    torch.testing.assert_close(loaded.q, earlier_q, rtol=1e-14, atol=1e-15)
-    assert not torch.equal(loaded.robustness.detach(), raw)  # rescaled to this slope's units
-    again = dynaloss.ClassAwareDLN(CLASSES).double()
-    again.load_state_dict(loaded.state_dict())  # a state of this slope loads as it is
-    torch.testing.assert_close(again.robustness, loaded.robustness, rtol=0, atol=0)
-    for bad in (0.0, -3.0, "3", float("nan")):
-        state["_extra_state"]["q_slope"] = bad
-        with pytest.raises(ValueError, match="q_slope"):
-            again.load_state_dict(state)
-        torch.testing.assert_close(again.q, earlier_q, rtol=1e-14, atol=1e-15)  # nothing was loaded
-
-
 def test_an_all_ignored_batch_gives_zero_loss_and_zero_gradients() -> None:
     logits = torch.randn(2, CLASSES, 3, 3, dtype=torch.float64, requires_grad=True)
     target = torch.full((2, 3, 3), 255)

@@ -32,7 +32,7 @@ PINNED_TEACHER = {
 PINNED_DLN = {"init": "warm", "monotone": True}
 # What a ClassAwareDLN (the recommended DLN) is taught with instead: its parameters are logit offsets and GCE
 # exponents, moved by Adam steps; benchmarks/robust.py has the measurements.
-PINNED_CLASS_AWARE = {"teacher": "adam", "dln_lr": 0.05, "anchor_strength": 0.0, "rollback": False, "sparsity": 0.1}
+PINNED_CLASS_AWARE = {"teacher": "adam", "dln_lr": 0.05, "anchor_strength": 0.0, "rollback": False}
 PINNED_CADENCE = 20  # a round every 20 optimizer steps (dynaloss.settings.TEACH_EVERY)
 # the settings that depend on the loss's parameterisation: Teacher's signature leaves them to the loss
 PER_LOSS = ("teacher", "dln_lr", "anchor_strength", "rollback", "sparsity")

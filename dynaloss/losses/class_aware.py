@@ -40,15 +40,14 @@ _SERIES_Q = 1e-6
 # exactly), increasing, smooth, in (-m, 1). The floor is what keeps the loss from being taught into one that
 # trains the student to NaN: with q < 0 a sample's gradient is p^q times cross-entropy's, unbounded as p -> 0
 # (measured: on a long-tailed set a teacher drove rare classes' q to -0.6 and the student diverged by step 1,000
-# of 6,000); at -0.1 an implausible sample (p = 1e-4) counts 2.5 times, not 250 times. With the slope k = 9, dq/dr
-# is 0.82 at the start (the floor is near) and at most 2.5: a teacher's Adam steps of 0.05 in r move q by about
-# 0.04 a round at first. Under uniform noise the teacher ends at GCE's q but reaches it too late (docs/results.md,
-# "The timing of q"); measured, the slope 3 of earlier releases made q three times slower, which alone cost 0.5
-# points under 40 % uniform noise, and 3.6 together with the drift of the offsets that the sparsity prior removes
-# (docs/results.md, "A sparsity prior and a faster q"). A state saved with another slope loads as the same q.
+# of 6,000); at -0.1 an implausible sample (p = 1e-4) counts 2.5 times, not 250 times. With the slope k, dq/dr is
+# 0.27 at the start (the floor is near), 0.73 at q = 0.63 (r = 1), at most 0.83: a teacher's Adam steps of 0.05 in
+# r move q by about 0.014 a round at first. Measured, three times that (k = 9) moved no cell beyond its seeds'
+# spread alone; with the sparsity prior it gained 2.7 points under uniform noise but lost 4.8 under pair flips and
+# 2.8 on a long tail, where a fast q competes with the pair offsets' correction and the per-class q scatter
+# (docs/results.md, "A sparsity prior and a faster q").
 _Q_FLOOR = 0.1
-_Q_SLOPE = 9.0
-_EARLIER_Q_SLOPE = 3.0  # the slope of a state saved without one
+_Q_SLOPE = 3.0
 # q * log p is capped here before exp: with q < 0 the loss grows like p^q, which overflows float32 near 88.
 _MAX_EXPONENT = 30.0
 # A pair offset relative to its row's true class, B_yc - B_yy, is _PAIR_CAP (1 - softplus(-2 t / a) / log 2) of
@@ -226,8 +225,9 @@ class ClassAwareDLN(ValidatedLoad):
 
     # a Teacher's defaults for these parameters (dynaloss.teaching_defaults): Adam steps of 0.05, no anchor
     teaching_defaults = CLASS_AWARE_TEACHING
-    # what a Teacher's sparsity prior holds at cross-entropy's 0 unless the hypergradient keeps pushing them
-    # (dynaloss._round.sparse_parameter_mask): not the robustness, whose right value under noise is far from 0
+    # what a Teacher's sparsity prior acts on (dynaloss._round.sparse_parameter_mask): the parameters whose right
+    # value where the labels are right is cross-entropy's 0; not the robustness, whose right value under noise is
+    # far from it
     sparse_parameters = ("offsets", "pair_offsets")
 
     def __init__(
@@ -348,8 +348,6 @@ class ClassAwareDLN(ValidatedLoad):
             "keep_scale": self.keep_scale,
             "pair_offsets": self.pair_offsets is not None,
             "prior_correction": self.train_label_counts is not None,
-            # robustness is in units of this slope: the same numbers under another slope are another q
-            "q_slope": _Q_SLOPE,
         }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
@@ -367,13 +365,6 @@ class ClassAwareDLN(ValidatedLoad):
                 raise ValueError(
                     f"the state is of a ClassAwareDLN with {option}={theirs!r}, this one has {option}={mine[option]}"
                 )
-        slope = state.get("q_slope", _EARLIER_Q_SLOPE)
-        if isinstance(slope, bool) or not isinstance(slope, (int, float)) or not 0 < slope < math.inf:
-            raise ValueError(f"the state's q_slope must be a positive finite number, got {slope!r}")
-        if slope != _Q_SLOPE:
-            # nn.Module loads the parameters before the extra state: rescale them to give the same exponents
-            with torch.no_grad():
-                self.robustness.mul_(slope / _Q_SLOPE)
 
     def forward(self, input: Tensor, target: Tensor, sample_weight: Tensor | None = None) -> Tensor:
         """The loss of ``input`` logits for ``target`` classes, each sample (pixel) weighted by ``sample_weight``."""
