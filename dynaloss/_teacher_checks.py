@@ -97,23 +97,23 @@ def check_anchor_strength(value: object, name: str) -> float:
     return float(value)
 
 
-def check_sparsity(value: object, name: str) -> float:
-    """A finite number ``>= 0``: the soft threshold of a round, in units of ``dln_lr`` (0: off)."""
+def _check_non_negative_float(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a float, got {type(value).__name__}")
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value}")
     return float(value)
+
+
+def check_sparsity(value: object, name: str) -> float:
+    """A finite number ``>= 0``: the soft threshold of a round, in units of ``dln_lr`` (0: off)."""
+    return _check_non_negative_float(value, name)
 
 
 def check_student_lr(value: object, name: str) -> float:
     """A finite rate ``>= 0``: at 0 (a schedule's warm-up, say) the student does not move in the unroll, and
     the round is skipped as one that learned nothing."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-    return float(value)
+    return _check_non_negative_float(value, name)
 
 
 def check_guard(value: object, name: str) -> float | None:

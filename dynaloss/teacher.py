@@ -114,7 +114,8 @@ class Teacher:
             ``anchor_point`` by ``sparsity * dln_lr``, ``phi' = a + sign(phi' - a) max(|phi' - a| - sparsity *
             dln_lr, 0)``: a parameter leaves its start only where its hypergradient pushes it the same way round
             after round, which one round's noise does not; ``0``: off, as in the paper (default: the loss's
-            :func:`teaching_defaults`: ``0.1`` for a :class:`~dynaloss.ClassAwareDLN`'s offsets and pair offsets).
+            :func:`teaching_defaults`, ``0`` for every loss here; a :class:`~dynaloss.ClassAwareDLN` names its
+            offsets and pair offsets).
         checkpoint: recompute each unrolled step in the backward pass instead of keeping its activations
             (``torch.utils.checkpoint``, non-reentrant) (default: ``False``).
         autocast_dtype: ``torch.bfloat16`` or ``torch.float16``: the unrolled forwards run under ``torch.autocast``

@@ -43,8 +43,8 @@ _SERIES_Q = 1e-6
 # of 6,000); at -0.1 an implausible sample (p = 1e-4) counts 2.5 times, not 250 times. With the slope k, dq/dr is
 # 0.27 at the start (the floor is near), 0.73 at q = 0.63 (r = 1), at most 0.83: a teacher's Adam steps of 0.05 in
 # r move q by about 0.014 a round at first. Measured, three times that (k = 9) moved no cell beyond its seeds'
-# spread alone; with the sparsity prior it gained 2.7 points under uniform noise but lost 4.8 under pair flips and
-# 2.8 on a long tail, where a fast q competes with the pair offsets' correction and the per-class q scatter
+# spread alone; with the sparsity prior it gained 3.1 points under uniform noise but lost 4.0 under pair flips and
+# 2.3 on a long tail, where a fast q competes with the pair offsets' correction and the per-class q scatter
 # (docs/results.md, "A sparsity prior and a faster q").
 _Q_FLOOR = 0.1
 _Q_SLOPE = 3.0
