@@ -8,10 +8,11 @@ the training prior), all on noisy ∪ trusted; ``ca``: ``ClassAwareDLN`` taught 
 ``every`` iterations, N = ``N``, the Adam teacher at ``dln_lr`` or ``teacher=lstm``, ``anchor``, validating on
 batches of 100 of the trusted set or ``val=all`` of it, training on noisy ∪ trusted or ``use=val``: the noisy
 part only; ``freeze=offsets,robustness,pair_offsets`` holds the named parameter groups at 0, ``shared=1`` one
-robustness for every class, ``keep=0`` turns ``keep_scale`` off, ``pairs=1`` adds the pair offsets; the Adam
-teacher's variants: ``gate`` a dead zone on its normalised step, ``norm=tensor`` one second moment per parameter
-tensor, ``beta1`` its momentum). One JSON line per run is appended to ``out``
-(default ``benchmarks/results/teaching_probe/runs.jsonl``), with the mean q every 15 rounds.
+robustness for every class, ``keep=0`` turns ``keep_scale`` off, ``pairs=0`` leaves the pair parameters out,
+``pair_form=logit`` makes them logit offsets; the Adam teacher's variants: ``gate`` a dead zone on its
+normalised step, ``norm=tensor`` one second moment per parameter tensor, ``beta1`` its momentum). One JSON
+line per run is appended to ``out`` (default ``benchmarks/results/teaching_probe/runs.jsonl``), with the mean q
+every 15 rounds.
 
     OMP_NUM_THREADS=1 python benchmarks/teaching_probe.py ca 0                      # the recommended loop, seed 0
     OMP_NUM_THREADS=1 python benchmarks/teaching_probe.py gce 1 kind=pair           # GCE, pair flips, seed 1
@@ -38,7 +39,6 @@ from torch import Tensor
 import dynaloss
 from dynaloss.harness.models import MNIST1DCNN
 from dynaloss.harness.training import evaluate_accuracy, load_dataset, seeded
-from dynaloss.losses.class_aware import pair_offset_matrix
 
 TRUSTED, BATCH, VAL_BATCH, CLASSES = 500, 25, 100, 10
 
@@ -133,6 +133,7 @@ def main(arm: str, seed: int, opts: dict[str, str]) -> dict[str, object]:
             shared_robustness=opts.get("shared") == "1",
             keep_scale=opts.get("keep", "1") == "1",
             pair_offsets=opts.get("pairs", "1") == "1",
+            pair_form=opts.get("pair_form", "forward"),
         )
         for name in filter(None, opts.get("freeze", "").split(",")):
             getattr(loss_fn, name).requires_grad_(False)
@@ -181,9 +182,7 @@ def main(arm: str, seed: int, opts: dict[str, str]) -> dict[str, object]:
             qtrace=q_trace[::15],
             q=[round(v, 3) for v in loss_fn.q.tolist()],
             b=[round(v, 2) for v in loss_fn.offsets.tolist()],
-            pair_offsets=None
-            if loss_fn.pair_offsets is None
-            else torch.round(pair_offset_matrix(loss_fn.pair_offsets.detach()), decimals=2).tolist(),
+            pair_matrix=None if loss_fn.pair_matrix is None else torch.round(loss_fn.pair_matrix, decimals=2).tolist(),
         )
     return result
 

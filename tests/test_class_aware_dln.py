@@ -12,19 +12,32 @@ from test_hypergradient import make_batches, make_student
 from torch import nn
 
 import dynaloss
-from dynaloss.losses.class_aware import generalized_ce, pair_offset_matrix, q_to_robustness, robustness_to_q
+from dynaloss.losses.class_aware import (
+    forward_log_weights,
+    generalized_ce,
+    pair_offset_matrix,
+    q_to_robustness,
+    robustness_to_q,
+)
 
 CLASSES = 4
 
 
-def test_starts_as_cross_entropy_in_values_and_gradients() -> None:
+@pytest.mark.parametrize("form", ["logit", "forward"])
+def test_starts_as_cross_entropy_in_values_and_gradients(form: str) -> None:
+    """The logit form (the default) is F.cross_entropy at the start; the forward form is -log(p_y + 1e-3 (1 - p_y)),
+    cross-entropy but for samples whose label is less likely than about 1e-3."""
     generator = torch.Generator().manual_seed(0)
     for dtype, tolerance in ((torch.float32, 1e-6), (torch.float64, 1e-13)):
         logits = (torch.randn(64, 10, generator=generator) * 8).to(dtype)
         target = torch.randint(10, (64,), generator=generator)
         mine, theirs = logits.clone().requires_grad_(), logits.clone().requires_grad_()
-        ours = dynaloss.ClassAwareDLN(10).to(dtype)(mine, target)
-        reference = F.cross_entropy(theirs, target)
+        ours = dynaloss.ClassAwareDLN(10, pair_form=form).to(dtype)(mine, target)
+        if form == "logit":
+            reference = F.cross_entropy(theirs, target)
+        else:
+            p_y = torch.softmax(theirs, dim=1).gather(1, target[:, None])[:, 0]
+            reference = -torch.log(p_y + 1e-3 * (1 - p_y)).mean()
         ours.backward()
         reference.backward()
         assert ours.dtype == dtype
@@ -34,6 +47,7 @@ def test_starts_as_cross_entropy_in_values_and_gradients() -> None:
 
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
 def test_loss_contract_matches_cross_entropy(reduction: str) -> None:
+    """Reductions, class weights and ignore_index as nn.CrossEntropyLoss has them (both forms reduce alike)."""
     generator = torch.Generator().manual_seed(1)
     logits = torch.randn(3, CLASSES, 5, 2, generator=generator, dtype=torch.float64)
     target = torch.randint(CLASSES, (3, 5, 2), generator=generator)
@@ -42,6 +56,16 @@ def test_loss_contract_matches_cross_entropy(reduction: str) -> None:
     dln = dynaloss.ClassAwareDLN(CLASSES, reduction=reduction, weight=weight, ignore_index=255).double()
     expected = F.cross_entropy(logits, target, weight=weight, ignore_index=255, reduction=reduction)
     torch.testing.assert_close(dln(logits, target), expected)
+    forward = dynaloss.ClassAwareDLN(
+        CLASSES, reduction="none", weight=weight, ignore_index=255, pair_form="forward"
+    ).double()
+    per_pixel = forward(logits, target)  # weighted, 0 where ignored
+    counted = target != 255
+    weights = torch.where(counted, weight[target.clamp_max(CLASSES - 1)], torch.zeros((), dtype=torch.float64))
+    reduced = {"none": per_pixel, "sum": per_pixel.sum(), "mean": per_pixel.sum() / weights.sum()}[reduction]
+    forward.reduction = reduction
+    torch.testing.assert_close(forward(logits, target), reduced)
+    assert float(per_pixel.detach()[0, 0, 0]) == 0.0
 
 
 def test_parameters_are_gce_and_logit_adjustment() -> None:
@@ -175,11 +199,16 @@ def test_by_default_the_loss_has_pair_offsets_and_without_them_the_per_class_par
     logits, target = torch.randn(8, CLASSES), torch.randint(CLASSES, (8,))
     dln = dynaloss.ClassAwareDLN(CLASSES)  # the default: the recommended configuration's loss
     assert dln.pair_offsets is not None and dln.pair_offsets.shape == (CLASSES, CLASSES)
+    assert dln.pair_form == "logit"
     assert [name for name, _ in dln.named_parameters()] == ["offsets", "robustness", "pair_offsets"]
     torch.testing.assert_close(dln(logits, target), F.cross_entropy(logits, target))
     with torch.no_grad():
         dln.pair_offsets.normal_()
     torch.testing.assert_close(dln.pair_matrix, pair_offset_matrix(dln.pair_offsets.detach()))
+    forward = dynaloss.ClassAwareDLN(CLASSES, pair_form="forward")  # the option: the same parameters, mixed
+    with torch.no_grad():
+        forward.pair_offsets.copy_(dln.pair_offsets)
+    torch.testing.assert_close(forward.pair_matrix, forward_log_weights(dln.pair_offsets.detach()).exp())
     per_class = dynaloss.ClassAwareDLN(CLASSES, pair_offsets=False)
     assert per_class.pair_offsets is None and per_class.pair_matrix is None
     assert [name for name, _ in per_class.named_parameters()] == ["offsets", "robustness"]
@@ -198,11 +227,14 @@ def _val_error(student: nn.Module, dln: nn.Module, batches: list, val: tuple, lr
         return float(F.cross_entropy(student(val[0]), val[1]))
 
 
-@pytest.mark.parametrize("pairs", [False, True], ids=["per_class", "default"])
+@pytest.mark.parametrize("pairs", [False, True, "forward"], ids=["per_class", "default", "forward"])
 @pytest.mark.parametrize("start", ["ce", "moved"])
-def test_hypergradient_matches_finite_differences(start: str, pairs: bool) -> None:
-    """At the cross-entropy start too: the loss is smooth in its parameters there (no kink)."""
-    student, dln = make_student(), dynaloss.ClassAwareDLN(FD_CLASSES, pair_offsets=pairs).double()
+def test_hypergradient_matches_finite_differences(start: str, pairs: bool | str) -> None:
+    """At the start too (cross-entropy; the forward form's 1e-3 weights): the loss is smooth in its parameters
+    there (no kink)."""
+    form = {"pair_form": "forward"} if pairs == "forward" else {}
+    student = make_student()
+    dln = dynaloss.ClassAwareDLN(FD_CLASSES, pair_offsets=bool(pairs), **form).double()
     if start == "moved":
         with torch.no_grad():
             dln.offsets.copy_(torch.tensor([0.3, -0.2, 0.5]))
@@ -231,6 +263,41 @@ def test_hypergradient_matches_finite_differences(start: str, pairs: bool) -> No
     assert float(numeric_t.norm()) > 1e-4  # the check is not vacuous
 
 
+def test_the_forward_form_mixes_the_other_classes_probabilities_into_the_label_s() -> None:
+    """pair_form='forward': p~_y = p_y + sum_c eps_yc p_c of softmax(z + b), GCE of it; eps = 1e-3 at the start."""
+    generator = torch.Generator().manual_seed(5)
+    logits = torch.randn(32, CLASSES, generator=generator, dtype=torch.float64)
+    target = torch.randint(CLASSES, (32,), generator=generator)
+    dln = dynaloss.ClassAwareDLN(CLASSES, reduction="none", keep_scale=False, pair_form="forward").double()
+    start = dln.pair_matrix
+    torch.testing.assert_close(start, torch.eye(CLASSES, dtype=torch.float64) * (1 - 1e-3) + 1e-3, rtol=1e-6, atol=0)
+    with torch.no_grad():
+        dln.pair_offsets.normal_(generator=generator).mul_(3)
+        dln.offsets.normal_(generator=generator)
+        dln.robustness.copy_(q_to_robustness(torch.full((CLASSES,), 0.5, dtype=torch.float64)))
+    weights = dln.pair_matrix
+    assert bool((weights.diagonal() == 1).all()) and float(weights.max()) <= 1 and float(weights.min()) > 0
+    p = torch.softmax(logits + dln.offsets.detach(), dim=1)
+    mixed = (p * weights[target]).sum(1)
+    torch.testing.assert_close(dln(logits, target), (1 - mixed**0.5) / 0.5)
+    torch.testing.assert_close(forward_log_weights(dln.pair_offsets.detach()).exp(), weights)
+
+
+def test_the_forward_form_starts_within_its_weights_of_cross_entropy_and_saturates_on_a_confident_other_class() -> None:
+    """At the start the loss is CE but for log(1 + 1e-3 sum_c p_c / p_y): a sample whose label the model finds
+    a thousand times less likely than another class stops pushing (a bounded loss), the rest is CE's to 1e-3."""
+    logits = torch.tensor([[0.5, 0.0, -0.3, 0.2], [12.0, 0.0, 0.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([1, 1])
+    dln = dynaloss.ClassAwareDLN(CLASSES, reduction="none", keep_scale=False, pair_form="forward").double()
+    loss, ce = dln(logits, target), F.cross_entropy(logits, target, reduction="none")
+    assert abs(float(loss[0].detach() - ce[0].detach())) < 5e-3  # a plausible label: CE's value
+    assert float(loss[1].detach()) < 7.0 < float(ce[1].detach())  # at most about -log(1e-3): bounded
+    (grad,) = torch.autograd.grad(loss.sum(), logits)
+    assert abs(float(grad[1, 0])) < 0.01  # the confident other class is no longer pushed down
+    with pytest.raises(ValueError, match="pair_form"):
+        dynaloss.ClassAwareDLN(CLASSES, pair_form="backward")
+
+
 def test_state_dict_round_trip_and_refuses_another_size() -> None:
     dln = dynaloss.ClassAwareDLN(CLASSES)
     with torch.no_grad():
@@ -244,6 +311,7 @@ def test_state_dict_round_trip_and_refuses_another_size() -> None:
         ({"keep_scale": False}, "keep_scale"),
         ({"shared_robustness": True}, "robustness"),
         ({"pair_offsets": False}, "pair_offsets"),
+        ({"pair_form": "forward"}, "pair_form"),
     ):
         with pytest.raises(ValueError, match=option):
             dynaloss.ClassAwareDLN(CLASSES, **other_kind).load_state_dict(dln.state_dict())
@@ -310,6 +378,39 @@ def test_a_teacher_learns_a_robust_loss_from_a_trusted_set() -> None:
             assert not teacher.step(student, stream, iter([val] * 3)).skipped
     # 60 % of the labels are uniformly wrong: the trusted batch teaches the loss to discount them
     assert float(dln.q.mean()) > 0.2
+
+
+def test_a_teacher_learns_the_forward_weight_of_a_flipped_pair() -> None:
+    """Half of class 0's training labels say 1, the trusted batch is clean: with pair_form='forward' the teacher
+    raises eps[1, 0] (label 1 given to class 0) above every other pair's weight."""
+    generator = torch.Generator().manual_seed(6)
+    centres = torch.randn(CLASSES, 4, generator=generator)
+
+    def draw(size: int, flip: float) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.randint(CLASSES, (size,), generator=generator)
+        x = centres[y] + torch.randn(size, 4, generator=generator)
+        flipped = (y == 0) & (torch.rand(size, generator=generator) < flip)
+        return x, torch.where(flipped, torch.ones_like(y), y)
+
+    train = [draw(25, 0.45) for _ in range(40)]
+    val = draw(100, 0.0)
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, CLASSES))
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9)
+    dln = dynaloss.ClassAwareDLN(CLASSES, pair_form="forward")
+    teacher = dynaloss.Teacher(dln, optimizer=optimizer)
+    stream = iter(train * 100)
+    for it in range(400):
+        x, y = next(stream)
+        optimizer.zero_grad()
+        dln(student(x), y).backward()
+        optimizer.step()
+        if it % 5 == 0:
+            assert not teacher.step(student, stream, iter([val] * 3)).skipped
+    weights = dln.pair_matrix
+    assert weights is not None
+    others = weights[~torch.eye(CLASSES, dtype=torch.bool)]
+    assert float(weights[1, 0]) == float(others.max()) and float(weights[1, 0]) > 0.03  # from 1e-3
 
 
 def test_inputs_on_another_device_than_the_dln_are_refused() -> None:

@@ -147,6 +147,7 @@ PUBLIC_API: dict[str, list[str]] = {
     "dynaloss.losses.class_aware": [
         "ClassAwareDLN",
         "class_aware_loss",
+        "forward_log_weights",
         "generalized_ce",
         "pair_offset_matrix",
         "prior_shift",

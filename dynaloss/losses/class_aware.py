@@ -27,6 +27,7 @@ from dynaloss.settings import CLASS_AWARE_TEACHING, Reduction
 __all__ = [
     "ClassAwareDLN",
     "class_aware_loss",
+    "forward_log_weights",
     "generalized_ce",
     "pair_offset_matrix",
     "prior_shift",
@@ -45,7 +46,8 @@ _SERIES_Q = 1e-6
 # r move q by about 0.014 a round at first. Measured, three times that (k = 9) moved no cell beyond its seeds'
 # spread alone; with the sparsity prior it gained 3.1 points under uniform noise but lost 4.0 under pair flips and
 # 2.3 on a long tail, where a fast q competes with the pair offsets' correction and the per-class q scatter
-# (docs/results.md, "A sparsity prior and a faster q").
+# (docs/results.md, "A sparsity prior and a faster q"); with the forward pair form as well the tuned grid moved
+# no cell beyond its seeds' spread (docs/results.md, "Forward correction").
 _Q_FLOOR = 0.1
 _Q_SLOPE = 3.0
 # q * log p is capped here before exp: with q < 0 the loss grows like p^q, which overflows float32 near 88.
@@ -59,6 +61,17 @@ _MAX_EXPONENT = 30.0
 # above +0.25 on uniformly noisy labels; at 0.1 (most still at the cap, demanding a fifth as much) every corrupted
 # cell of the tuned CNN grid gained 1.3-2.1 points (docs/results.md, "Pair offsets").
 _PAIR_CAP = 0.1
+# pair_form="forward": the mixing weight of class c in the loss of label y is
+# eps_yc = sigmoid(k t + logit(_FORWARD_START)) of its parameter t, k = _FORWARD_SLOPE: _FORWARD_START at t = 0,
+# increasing, log eps_yc ~ k t + log _FORWARD_START while small, below 1 (class c never counts more than y
+# itself). The start is not 0 (that would be a non-negative weight at its minimum, slope 0) and not large: at 1e-3
+# a sample's loss is cross-entropy's until its label's probability falls below about 1e-3 of another class's, and
+# a teacher's steps on t are steps in log eps, so a drift down costs nothing and a rise must be earned. The slope:
+# 40 % pair flips want eps = 0.67, 7.6 units of log-odds from the start; at k = 1 a teacher's Adam steps of 0.05
+# a round arrived too late (3 seeds, 78.9 % against 91.5 % at k = 3; docs/results.md, "Forward correction").
+_FORWARD_START = 1e-3
+_FORWARD_SLOPE = 3.0
+PAIR_FORMS = ("logit", "forward")
 
 
 def generalized_ce(log_prob: Tensor, q: Tensor) -> Tensor:
@@ -94,16 +107,24 @@ def q_to_robustness(q: float | Tensor) -> Tensor:
 
 
 def class_aware_loss(
-    logits: Tensor, target: Tensor, offsets: Tensor, robustness: Tensor, pair_offsets: Tensor | None = None
+    logits: Tensor,
+    target: Tensor,
+    offsets: Tensor,
+    robustness: Tensor,
+    pair_offsets: Tensor | None = None,
+    pair_form: str = "logit",
 ) -> Tensor:
     r"""Per-sample loss of :class:`ClassAwareDLN` (before ``keep_scale``) on ``(M, C)`` logits, ``(M,)`` classes.
 
     :math:`\ell = \mathrm{GCE}_{q_y}(\mathrm{softmax}(z + b + B_y)_y)` with :math:`q =`
     :func:`robustness_to_q`:math:`(r)` and :math:`B_y` the row ``y`` of :func:`pair_offset_matrix` of the
     ``(C, C)`` ``pair_offsets`` (none: 0); at ``offsets = robustness = pair_offsets = 0`` it is
-    ``F.cross_entropy(z, y, reduction='none')``.
+    ``F.cross_entropy(z, y, reduction='none')``. With ``pair_form='forward'`` the pair parameters instead mix
+    the other classes' probabilities into the label's, :math:`\tilde p_y = p_y + \sum_{c \ne y} \epsilon_{yc} p_c`
+    with :math:`\log \epsilon =` :func:`forward_log_weights` ``(pair_offsets)`` (a forward correction), and
+    GCE is taken of :math:`\tilde p_y`.
     """
-    log_prob = _offset_log_prob(logits, target, offsets, pair_offsets)
+    log_prob = _offset_log_prob(logits, target, offsets, pair_offsets, pair_form)
     return generalized_ce(log_prob, _sample_q(robustness, target, logits))
 
 
@@ -114,6 +135,16 @@ def pair_offset_matrix(pair_offsets: Tensor) -> Tensor:
     relative = _PAIR_CAP - scale * nn.functional.softplus(-2 * pair_offsets / scale)
     off_diagonal = ~torch.eye(pair_offsets.shape[-1], dtype=torch.bool, device=pair_offsets.device)
     return relative * off_diagonal
+
+
+def forward_log_weights(pair_offsets: Tensor) -> Tensor:
+    """The ``(C, C)`` log mixing weights ``log eps`` of ``pair_form='forward'``: 0 on the diagonal (a label's own
+    class counts fully), each off-diagonal entry ``log sigmoid(t + logit(1e-3))`` of its parameter ``t``:
+    ``log 1e-3`` at 0, increasing, below 0."""
+    start = math.log(_FORWARD_START / (1 - _FORWARD_START))
+    log_eps = nn.functional.logsigmoid(_FORWARD_SLOPE * pair_offsets + start)
+    off_diagonal = ~torch.eye(pair_offsets.shape[-1], dtype=torch.bool, device=pair_offsets.device)
+    return log_eps * off_diagonal
 
 
 def prior_shift(train_counts: Tensor, target_counts: Tensor, dtype: torch.dtype = torch.float64) -> Tensor:
@@ -129,10 +160,16 @@ def prior_shift(train_counts: Tensor, target_counts: Tensor, dtype: torch.dtype 
     return torch.log(train / train.sum()) - torch.log(target / target.sum())
 
 
-def _offset_log_prob(logits: Tensor, target: Tensor, offsets: Tensor, pair_offsets: Tensor | None) -> Tensor:
-    """``log softmax(z + b + B_y)_y``, ``(M,)`` from ``(M, C)``."""
+def _offset_log_prob(
+    logits: Tensor, target: Tensor, offsets: Tensor, pair_offsets: Tensor | None, pair_form: str = "logit"
+) -> Tensor:
+    """``log softmax(z + b + B_y)_y``, or with ``'forward'`` ``log sum_c eps_yc softmax(z + b)_c``: ``(M,)`` of
+    ``(M, C)``."""
     target = target.long()
     shifted = logits + offsets.to(logits.dtype)
+    if pair_offsets is not None and pair_form == "forward":
+        mixed = shifted + forward_log_weights(pair_offsets.to(logits.dtype))[target]
+        return torch.logsumexp(mixed, dim=-1) - torch.logsumexp(shifted, dim=-1)
     if pair_offsets is not None:
         shifted = shifted + pair_offset_matrix(pair_offsets.to(logits.dtype))[target]
     return torch.log_softmax(shifted, dim=-1).gather(1, target[:, None])[:, 0]
@@ -178,6 +215,15 @@ class ClassAwareDLN(ValidatedLoad):
       than CE's whatever the labels, and unbounded they drove students to chance. On by default: measured, it
       turns pair flips from the teacher's worst case into its best and costs a little on the other cells
       (docs/results.md, "Pair offsets").
+    - with ``pair_form='forward'`` the same ``(C, C)`` parameters are a forward correction in probabilities
+      instead (Patrini et al., 2017, with a learned transition): the loss is GCE of
+      :math:`\tilde p_y = p_y + \sum_{c \ne y} \epsilon_{yc} p_c`, :math:`p = \mathrm{softmax}(z + b)`, with
+      :math:`\epsilon_{yc} = \sigma(3 t_{yc} + \mathrm{logit}(10^{-3}))` in :math:`(0, 1)` (``pair_matrix``;
+      :func:`forward_log_weights`). Unlike an offset, it saturates: a sample labelled :math:`y` that the model
+      confidently calls :math:`c` stops pushing once :math:`\epsilon_{yc} p_c` outweighs :math:`p_y`. The weights
+      start at :math:`10^{-3}`, not 0 (a non-negative weight at 0 would sit at its minimum, where the loss has slope
+      0 in it): the loss is then cross-entropy but for samples whose label the model finds about a thousand
+      times less likely than another class (their loss stops near :math:`-\log 10^{-3}`).
 
     A :class:`dynaloss.Teacher` validating on a small trusted set moves them where the training labels call
     for it. The model's predictions are its own logits, as always; only the training loss has the
@@ -205,6 +251,9 @@ class ClassAwareDLN(ValidatedLoad):
             then has shape ``(1,)`` (default: ``False``).
         pair_offsets: also learn the ``(C, C)`` pair offsets (for class-dependent noise); with ``False`` the
             loss has the ``2C`` per-class parameters only and ``pair_offsets`` is ``None`` (default: ``True``).
+        pair_form: ``'logit'``, the pair parameters are offsets :math:`B` added to the logits, or ``'forward'``,
+            mixing weights :math:`\epsilon` of the other classes' probabilities into the label's (default:
+            ``'logit'``).
         prior_correction: add :func:`prior_shift` of the label counts a Teacher's rounds make (unweighted,
             ``ignore_index`` left out) to the offsets; with ``False`` nothing is counted and the two count
             buffers are ``None`` (default: ``True``). The validation batches should be a shuffled (or balanced)
@@ -240,6 +289,7 @@ class ClassAwareDLN(ValidatedLoad):
         keep_scale: bool = True,
         shared_robustness: bool = False,
         pair_offsets: bool = True,
+        pair_form: str = "logit",
         prior_correction: bool = True,
     ) -> None:
         super().__init__()
@@ -255,6 +305,9 @@ class ClassAwareDLN(ValidatedLoad):
         self.pair_offsets: nn.Parameter | None = None
         if check_bool(pair_offsets, "pair_offsets"):
             self.pair_offsets = nn.Parameter(torch.zeros(num_classes, num_classes))
+        if pair_form not in PAIR_FORMS:
+            raise ValueError(f"pair_form must be one of {PAIR_FORMS}, got {pair_form!r}")
+        self.pair_form = pair_form
         self.train_label_counts: Tensor | None
         self.target_label_counts: Tensor | None
         counts = check_bool(prior_correction, "prior_correction")
@@ -331,14 +384,20 @@ class ClassAwareDLN(ValidatedLoad):
     @property
     def pair_matrix(self) -> Tensor | None:
         """The ``(C, C)`` pair offsets ``B`` (detached; :func:`pair_offset_matrix`): row ``y`` is added to the
-        logits of a sample labelled ``y``; ``None`` without pair offsets."""
-        return None if self.pair_offsets is None else pair_offset_matrix(self.pair_offsets.detach())
+        logits of a sample labelled ``y``; with ``pair_form='forward'`` the mixing weights ``eps`` instead
+        (:func:`forward_log_weights`, exponentiated; 1 on the diagonal); ``None`` without pair offsets."""
+        if self.pair_offsets is None:
+            return None
+        if self.pair_form == "forward":
+            return forward_log_weights(self.pair_offsets.detach()).exp()
+        return pair_offset_matrix(self.pair_offsets.detach())
 
     def extra_repr(self) -> str:
         shared = ", shared_robustness=True" if self.shared_robustness else ""
         pairs = "" if self.pair_offsets is not None else ", pair_offsets=False"
+        form = f", pair_form={self.pair_form!r}" if self.pair_form != "logit" else ""
         prior = "" if self.train_label_counts is not None else ", prior_correction=False"
-        return f"num_classes={self.num_classes}, reduction={self.reduction!r}{shared}{pairs}{prior}"
+        return f"num_classes={self.num_classes}, reduction={self.reduction!r}{shared}{pairs}{form}{prior}"
 
     def get_extra_state(self) -> dict[str, Any]:
         # the same numbers are another loss with the other keep_scale or shape of robustness
@@ -347,6 +406,7 @@ class ClassAwareDLN(ValidatedLoad):
             "shared_robustness": self.shared_robustness,
             "keep_scale": self.keep_scale,
             "pair_offsets": self.pair_offsets is not None,
+            "pair_form": self.pair_form,
             "prior_correction": self.train_label_counts is not None,
         }
 
@@ -358,9 +418,10 @@ class ClassAwareDLN(ValidatedLoad):
                 f"this one has num_classes={self.num_classes}"
             )
         mine = self.get_extra_state()
-        for option in ("shared_robustness", "keep_scale", "pair_offsets", "prior_correction"):
-            # a state saved before the prior correction existed is one without it
-            theirs = state.get(option, False if option == "prior_correction" else None)
+        # a state saved before an option existed is one without it
+        before = {"prior_correction": False, "pair_form": "logit"}
+        for option in ("shared_robustness", "keep_scale", "pair_offsets", "pair_form", "prior_correction"):
+            theirs = state.get(option, before.get(option))
             if theirs != mine[option]:
                 raise ValueError(
                     f"the state is of a ClassAwareDLN with {option}={theirs!r}, this one has {option}={mine[option]}"
@@ -377,7 +438,7 @@ class ClassAwareDLN(ValidatedLoad):
             and self.reduction == "mean"
         ):
             # plain classification, the common case: no masks, no reshaping
-            log_prob = _offset_log_prob(input, target, self._logit_offsets(), self.pair_offsets)
+            log_prob = _offset_log_prob(input, target, self._logit_offsets(), self.pair_offsets, self.pair_form)
             q = _sample_q(self.robustness, target, input)
             loss, scale = generalized_ce(log_prob, q).mean(), torch.exp(q * log_prob).mean()
         else:
@@ -398,12 +459,15 @@ class ClassAwareDLN(ValidatedLoad):
         return _DividedBy.apply(loss, scale.clamp_min(torch.finfo(scale.dtype).tiny))
 
     def _per_sample(self, logits: Tensor, target: Tensor) -> Tensor:
-        return class_aware_loss(logits, target, self._logit_offsets(), self.robustness, self.pair_offsets)
+        return class_aware_loss(
+            logits, target, self._logit_offsets(), self.robustness, self.pair_offsets, self.pair_form
+        )
 
     def _gradient_factor(self, logits: Tensor, target: Tensor) -> Tensor:
         """``p_y^q``: how much a sample's logit gradient is of cross-entropy's (on the offset logits)."""
         q = _sample_q(self.robustness, target, logits)
-        return torch.exp(q * _offset_log_prob(logits, target, self._logit_offsets(), self.pair_offsets))
+        log_prob = _offset_log_prob(logits, target, self._logit_offsets(), self.pair_offsets, self.pair_form)
+        return torch.exp(q * log_prob)
 
 
 class _DividedBy(torch.autograd.Function):
