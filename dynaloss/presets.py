@@ -45,9 +45,9 @@ _AS_PUBLISHED = {
 # Read-only, all the way down: a preset is a name for one configuration, not a place to store another.
 # Each has four parts: "family" (a key of FAMILIES), "dln" (that family's arguments), "teacher" (Teacher's) and
 # "teacher_model" (the options of the teacher model named by teacher["teacher"], e.g. LSTMTeacher's).
-# - "default": the recommended configuration: ClassAwareDLN (cross-entropy at the start) taught by Adam steps
-#   (dynaloss.settings.CLASS_AWARE_TEACHING, what Teacher(ClassAwareDLN(C)) takes by itself); benchmarks/robust.py
-#   and docs/results.md have the measurements behind it.
+# - "default": the recommended configuration: ClassAwareDLN (within 1e-3 of cross-entropy at the start) taught by
+#   Adam steps with a sparsity prior (dynaloss.settings.CLASS_AWARE_TEACHING, what Teacher(ClassAwareDLN(C)) takes
+#   by itself); benchmarks/robust.py and docs/results.md have the measurements behind it.
 # - "pairwise": the paper's pairwise MLP DLN as PairwiseDLN() builds it (warm, monotone) with Teacher()'s defaults
 #   for it (dynaloss.settings).
 # - "ce": the same teacher with a pairwise DLN that starts as softmax cross-entropy exactly.

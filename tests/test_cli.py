@@ -31,13 +31,15 @@ def test_quick_demo_trains_three_arms_at_the_tuned_rate_and_draws_the_loss(
     assert len(arms["dynaloss"]["rounds"]) == -(-config["total_steps"] // TEACH_EVERY)
     assert len(arms["CE"]["rounds"]) == len(arms["GCE"]["rounds"]) == 0
     assert config["teacher"] == dict(PRESETS["default"]["teacher"]) and config["dln"]["preset"] == "default"
-    assert set(results["taught_dln"]) == {"offsets", "robustness", "q", "prior_correction", "pair_matrix"}
-    pair_matrix = torch.tensor(results["taught_dln"]["pair_matrix"])
-    assert pair_matrix.shape == (10, 10) and bool((pair_matrix.diagonal() == 0).all())
+    assert set(results["taught_dln"]) == {"offsets", "robustness", "q", "prior_correction", "pair_weights"}
+    pair_weights = torch.tensor(results["taught_dln"]["pair_weights"])  # the default's forward form: eps in (0, 1]
+    assert pair_weights.shape == (10, 10) and bool((pair_weights.diagonal() == 1).all())
+    assert 0 < float(pair_weights.min()) and float(pair_weights.max()) <= 1
     for name in ("sample_weight.png", "loss_surface.png", "accuracy.png"):
         assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
     captured = capsys.readouterr()
     assert "machine:" in captured.out and "torch=" in captured.out and "every arm trains at lr" in captured.out
+    assert "pair weights, the 5 largest: label" in captured.out
     table = captured.out[captured.out.index("test acc %") :]
     assert all(name in table for name in ("CE", "GCE (q = 0.7)", "dynaloss"))
     # stderr is no terminal here: about one progress line per tenth of each run, not a bar rewritten in place

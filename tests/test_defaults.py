@@ -32,7 +32,9 @@ PINNED_TEACHER = {
 PINNED_DLN = {"init": "warm", "monotone": True}
 # What a ClassAwareDLN (the recommended DLN) is taught with instead: its parameters are logit offsets and GCE
 # exponents, moved by Adam steps; benchmarks/robust.py has the measurements.
-PINNED_CLASS_AWARE = {"teacher": "adam", "dln_lr": 0.05, "anchor_strength": 0.0, "rollback": False}
+PINNED_CLASS_AWARE = {"teacher": "adam", "dln_lr": 0.05, "anchor_strength": 0.0, "rollback": False, "sparsity": 0.05}
+# ClassAwareDLN's own defaults, the recommended loss: forward pair weights, q's slope 9 and ceiling 0.7
+PINNED_CLASS_AWARE_DLN = {"pair_form": "forward", "q_slope": 9.0, "max_q": 0.7}
 PINNED_CADENCE = 20  # a round every 20 optimizer steps (dynaloss.settings.TEACH_EVERY)
 # the settings that depend on the loss's parameterisation: Teacher's signature leaves them to the loss
 PER_LOSS = ("teacher", "dln_lr", "anchor_strength", "rollback", "sparsity")
@@ -55,6 +57,10 @@ def _built(teacher: Teacher) -> dict[str, object]:
         name: getattr(teacher, name)
         for name in ("steps", "student_lr", "dln_lr", "mode", "anchor_strength", "sparsity", "guard")
     }
+
+
+def test_the_class_aware_dln_defaults_are_the_recommended_loss() -> None:
+    assert signature_defaults(dynaloss.ClassAwareDLN, PINNED_CLASS_AWARE_DLN) == PINNED_CLASS_AWARE_DLN
 
 
 def test_teacher_defaults_come_from_the_loss() -> None:

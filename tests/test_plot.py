@@ -98,8 +98,8 @@ def test_the_profile_is_cross_entropys_value_and_weight_one_and_gces_p_to_the_q(
 
 
 def test_the_profile_of_a_dln_is_per_class_and_starts_as_cross_entropy() -> None:
-    dln = dynaloss.ClassAwareDLN(3)
-    _, value, weight = loss_profile(dln, 3, resolution=5)  # at 0 it is cross-entropy
+    dln = dynaloss.ClassAwareDLN(3, pair_form="logit")
+    _, value, weight = loss_profile(dln, 3, resolution=5)  # at 0 the logit form is cross-entropy
     assert torch.allclose(weight, torch.ones(3, 5), atol=1e-4)
     with torch.no_grad():
         dln.robustness[1] = 1.0  # class 1 only: GCE with q = robustness_to_q(1)

@@ -28,10 +28,12 @@ def test_pairwise_preset_is_warm_and_anchored_and_takes_overrides() -> None:
     assert (teacher.steps, teacher.mode) == (4, "lookahead")
 
 
-def test_default_preset_starts_as_cross_entropy_and_takes_overrides() -> None:
+def test_default_preset_starts_within_its_forward_weights_of_cross_entropy_and_takes_overrides() -> None:
     teacher = dynaloss.pairwise_teacher(3, steps=4, dln_lr=0.1)
     logits, target = torch.randn(16, 3), torch.randint(3, (16,))
-    torch.testing.assert_close(teacher.loss_fn(logits, target), torch.nn.functional.cross_entropy(logits, target))
+    # the forward pair weights start at 1e-3: -log(p_y + 1e-3 (1 - p_y)), cross-entropy but for implausible labels
+    p_y = torch.softmax(logits, dim=1).gather(1, target[:, None])[:, 0]
+    torch.testing.assert_close(teacher.loss_fn(logits, target), -torch.log(p_y + 1e-3 * (1 - p_y)).mean())
     assert (teacher.steps, teacher.dln_lr) == (4, 0.1)
 
 

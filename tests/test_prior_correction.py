@@ -22,7 +22,7 @@ def test_the_correction_is_logit_adjustment_for_the_counted_priors() -> None:
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(32, CLASSES, generator=generator, dtype=torch.float64)
     target = torch.randint(CLASSES, (32,), generator=generator)
-    dln = _counted(dynaloss.ClassAwareDLN(CLASSES).double(), [899, 299, 99, 0], [9, 9, 9, 9])
+    dln = _counted(dynaloss.ClassAwareDLN(CLASSES, pair_form="logit").double(), [899, 299, 99, 0], [9, 9, 9, 9])
     train, trusted = torch.tensor([900.0, 300, 100, 1]), torch.full((CLASSES,), 10.0)  # counts + 1 (Laplace)
     shift = (train / train.sum()).log() - (trusted / trusted.sum()).log()
     torch.testing.assert_close(dln.prior_correction, shift.double())
@@ -36,9 +36,9 @@ def test_the_correction_is_logit_adjustment_for_the_counted_priors() -> None:
 
 def test_nothing_counted_or_equal_priors_leave_the_loss_cross_entropy() -> None:
     logits, target = torch.randn(16, CLASSES, dtype=torch.float64), torch.randint(CLASSES, (16,))
-    fresh = dynaloss.ClassAwareDLN(CLASSES).double()
+    fresh = dynaloss.ClassAwareDLN(CLASSES, pair_form="logit").double()  # the form that is CE exactly
     assert torch.equal(fresh.prior_correction, torch.zeros(CLASSES, dtype=torch.float64))
-    balanced = _counted(dynaloss.ClassAwareDLN(CLASSES).double(), [50, 50, 50, 50], [7, 7, 7, 7])
+    balanced = _counted(dynaloss.ClassAwareDLN(CLASSES, pair_form="logit").double(), [50, 50, 50, 50], [7, 7, 7, 7])
     for dln in (fresh, balanced):
         torch.testing.assert_close(dln(logits, target), F.cross_entropy(logits, target), rtol=1e-13, atol=1e-13)
     assert torch.equal(prior_shift(torch.zeros(3), torch.zeros(3)), torch.zeros(3, dtype=torch.float64))
@@ -51,7 +51,7 @@ def test_counts_leave_out_ignore_index_and_out_of_range_labels() -> None:
 
 
 def test_without_prior_correction_nothing_is_counted_and_the_states_do_not_mix() -> None:
-    off = dynaloss.ClassAwareDLN(CLASSES, prior_correction=False)
+    off = dynaloss.ClassAwareDLN(CLASSES, prior_correction=False, pair_form="logit")
     assert off.prior_correction is None and off.train_label_counts is None
     off.add_label_counts(torch.tensor([5, 0, 0, 0]), torch.tensor([1, 1, 1, 1]))  # nothing to add to
     logits, target = torch.randn(8, CLASSES), torch.randint(CLASSES, (8,))
@@ -62,9 +62,9 @@ def test_without_prior_correction_nothing_is_counted_and_the_states_do_not_mix()
         off.load_state_dict(on.state_dict())
     saved_before = {**off.state_dict(), "_extra_state": {**off.state_dict()["_extra_state"]}}
     del saved_before["_extra_state"]["prior_correction"]  # a state saved before the option existed
-    dynaloss.ClassAwareDLN(CLASSES, prior_correction=False).load_state_dict(saved_before)
+    dynaloss.ClassAwareDLN(CLASSES, prior_correction=False, pair_form="logit").load_state_dict(saved_before)
     with pytest.raises(ValueError, match="prior_correction"):
-        dynaloss.ClassAwareDLN(CLASSES).load_state_dict(saved_before)
+        dynaloss.ClassAwareDLN(CLASSES, pair_form="logit").load_state_dict(saved_before)
     copy = dynaloss.ClassAwareDLN(CLASSES)
     copy.load_state_dict(on.state_dict())
     assert copy.train_label_counts.tolist() == [5, 1, 1, 1] and copy.target_label_counts.tolist() == [2, 2, 2, 2]

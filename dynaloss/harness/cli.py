@@ -448,8 +448,9 @@ def _print_demo_table(results: dict[str, ArmResult]) -> None:
 
 def _taught_values(loss_fn: torch.nn.Module) -> dict[str, list[Any]]:
     """The loss's parameters; for a ClassAwareDLN also its exponents ``q`` (a function of ``robustness``), its
-    counted ``prior_correction``, and its pair offsets ``B`` as rows (``pair_matrix``) in place of the raw
-    ``pair_offsets`` they are a function of."""
+    counted ``prior_correction``, and in place of the raw ``pair_offsets`` what they are a function of: the pair
+    offsets ``B`` as rows (``pair_matrix``) of the logit form, or the forward form's mixing weights
+    (``pair_weights``, ``eps[y, c]``: how much class ``c``'s probability counts for label ``y``)."""
     values = {name: p.detach().cpu().flatten() for name, p in loss_fn.named_parameters()}
     q, matrix = getattr(loss_fn, "q", None), getattr(loss_fn, "pair_matrix", None)
     correction = getattr(loss_fn, "prior_correction", None)
@@ -459,18 +460,28 @@ def _taught_values(loss_fn: torch.nn.Module) -> dict[str, list[Any]]:
         values["prior_correction"] = correction.cpu()
     if isinstance(matrix, torch.Tensor):
         del values["pair_offsets"]
-        values["pair_matrix"] = matrix.cpu()
+        values["pair_weights" if getattr(loss_fn, "pair_form", None) == "forward" else "pair_matrix"] = matrix.cpu()
     return {name: t.tolist() for name, t in values.items()}
 
 
 def _taught_summary(taught: dict[str, list[Any]], shown: int = 5) -> str:
-    """The taught values as lines: each vector in full; of the pair offsets, the ``shown`` most relaxed pairs (the
-    label-to-class confusions the loss learned to stop pushing against)."""
+    """The taught values as lines: each vector in full; of the pair offsets, the ``shown`` most relaxed pairs, or
+    of the pair weights the ``shown`` largest (the label-to-class confusions the loss learned to stop pushing
+    against)."""
     lines = [
         f"  {name}: " + " ".join(f"{v:+.2f}" for v in values)
         for name, values in taught.items()
-        if name != "pair_matrix"
+        if name not in ("pair_matrix", "pair_weights")
     ]
+    if "pair_weights" in taught:
+        weights = torch.tensor(taught["pair_weights"])
+        classes = len(weights)
+        off_diagonal = weights.masked_fill(torch.eye(classes, dtype=torch.bool), -math.inf).flatten()
+        pairs = ", ".join(
+            f"label {i // classes} from class {i % classes} {float(off_diagonal[i]):.3f}"
+            for i in off_diagonal.argsort(descending=True)[:shown].tolist()
+        )
+        lines.append(f"  pair weights, the {shown} largest: {pairs}")
     if "pair_matrix" in taught:
         matrix = torch.tensor(taught["pair_matrix"])
         classes = len(matrix)
@@ -489,14 +500,14 @@ def _demo_pictures(results: dict[str, ArmResult], teacher: Teacher, initial_dln:
     weights = {
         "CE": F.cross_entropy,
         DEMO_ARMS["GCE"]: functools.partial(gce_loss, q=GCE_Q),
-        "DLN before teaching (= CE)": initial_dln,
+        "DLN before teaching (≈ CE)": initial_dln,
         taught: teacher.loss_fn,
     }
     title = "MNIST-1D, 40 % wrong labels"
     files = {
         "sample_weight": plot_sample_weight(weights, out / "sample_weight.png", num_classes=DEMO_CLASSES, title=title),
         "loss_surface": plot_loss_profile(
-            {"before teaching (= CE)": initial_dln, taught: teacher.loss_fn}, out / "loss_surface.png"
+            {"before teaching (≈ CE)": initial_dln, taught: teacher.loss_fn}, out / "loss_surface.png"
         ),
         "accuracy": _curves_png(list(results.values()), out / "accuracy.png", f"{title}, same steps"),
     }

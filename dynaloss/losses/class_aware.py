@@ -17,6 +17,7 @@ from dynaloss._checks import (
     check_class_weight,
     check_finite,
     check_ignore_index,
+    check_positive_float,
     check_positive_int,
     check_same_device,
     check_tensor,
@@ -37,19 +38,22 @@ __all__ = [
 
 # Below this |q| the loss is evaluated by its series in q: (1 - p^q)/q -> -log p without 0/0.
 _SERIES_Q = 1e-6
-# q = (1 + m) (sigmoid(k r + log m) - sigmoid(log m)), m = _Q_FLOOR, k = _Q_SLOPE: 0 at r = 0 (cross-entropy,
-# exactly), increasing, smooth, in (-m, 1). The floor is what keeps the loss from being taught into one that
-# trains the student to NaN: with q < 0 a sample's gradient is p^q times cross-entropy's, unbounded as p -> 0
-# (measured: on a long-tailed set a teacher drove rare classes' q to -0.6 and the student diverged by step 1,000
-# of 6,000); at -0.1 an implausible sample (p = 1e-4) counts 2.5 times, not 250 times. With the slope k, dq/dr is
-# 0.27 at the start (the floor is near), 0.73 at q = 0.63 (r = 1), at most 0.83: a teacher's Adam steps of 0.05 in
-# r move q by about 0.014 a round at first. Measured, three times that (k = 9) moved no cell beyond its seeds'
-# spread alone; with the sparsity prior it gained 3.1 points under uniform noise but lost 4.0 under pair flips and
-# 2.3 on a long tail, where a fast q competes with the pair offsets' correction and the per-class q scatter
-# (docs/results.md, "A sparsity prior and a faster q"); with the forward pair form as well the tuned grid moved
-# no cell beyond its seeds' spread (docs/results.md, "Forward correction").
+# q = (Q + m) (sigmoid(k r + log(m / Q)) - sigmoid(log(m / Q))), m = _Q_FLOOR, k the slope (q_slope, default
+# _Q_SLOPE), Q the ceiling (max_q, default _MAX_Q): 0 at r = 0 (cross-entropy, exactly), increasing, smooth, in
+# (-m, Q). The floor is what keeps the loss from being taught into one that trains the student to NaN: with q < 0 a
+# sample's gradient is p^q times cross-entropy's, unbounded as p -> 0 (measured: on a long-tailed set a teacher
+# drove rare classes' q to -0.6 and the student diverged by step 1,000 of 6,000); at -0.1 an implausible sample
+# (p = 1e-4) counts 2.5 times, not 250 times. dq/dr at the start is k m Q / (m + Q): 0.79 at k = 9, Q = 0.7, so a
+# teacher's Adam steps of 0.05 in r move q by about 0.04 a round at first. The slope was 3 (0.27 at the start) until
+# stop 37: q then arrived late under uniform noise (docs/results.md, "The rate grid"); 9 alone moved no cell beyond
+# its seeds' spread, and with the logit pair form it competed with the pair offsets' correction ("A sparsity prior
+# and a faster q"). The ceiling: with keep_scale, q held at 0.85 or 0.95 from the first step sent 10 students in
+# 12 to chance at the rate 0.05 (0.7: none under 40 % uniform noise), while teachers drove q to 0.8-1.0 under
+# uniform noise and a shared q to 0.9-1.0 on clean data; with the forward pair form and the sparsity prior, the
+# ceiling 0.7 is the tuned grid's configuration (docs/results.md, "A ceiling on q").
 _Q_FLOOR = 0.1
-_Q_SLOPE = 3.0
+_Q_SLOPE = 9.0
+_MAX_Q = 0.7
 # q * log p is capped here before exp: with q < 0 the loss grows like p^q, which overflows float32 near 88.
 _MAX_EXPONENT = 30.0
 # A pair offset relative to its row's true class, B_yc - B_yy, is _PAIR_CAP (1 - softplus(-2 t / a) / log 2) of
@@ -91,19 +95,21 @@ def generalized_ce(log_prob: Tensor, q: Tensor) -> Tensor:
     return torch.where(small, series, exact)
 
 
-def robustness_to_q(robustness: Tensor) -> Tensor:
-    """The GCE exponents ``q`` of raw ``robustness`` parameters: 0 at 0, increasing, within ``(-0.1, 1)``."""
-    shift = torch.full_like(robustness, math.log(_Q_FLOOR))
-    return (1 + _Q_FLOOR) * (torch.sigmoid(_Q_SLOPE * robustness + shift) - torch.sigmoid(shift))
+def robustness_to_q(robustness: Tensor, *, slope: float = _Q_SLOPE, max_q: float = _MAX_Q) -> Tensor:
+    """The GCE exponents ``q`` of raw ``robustness`` parameters: 0 at 0, increasing with ``slope`` times the
+    parameter, within ``(-0.1, max_q)``."""
+    shift = torch.full_like(robustness, math.log(_Q_FLOOR / max_q))
+    return (max_q + _Q_FLOOR) * (torch.sigmoid(slope * robustness + shift) - torch.sigmoid(shift))
 
 
-def q_to_robustness(q: float | Tensor) -> Tensor:
-    """The inverse of :func:`robustness_to_q`: the raw parameter that gives the exponent ``q`` in ``(-0.1, 1)``."""
+def q_to_robustness(q: float | Tensor, *, slope: float = _Q_SLOPE, max_q: float = _MAX_Q) -> Tensor:
+    """The inverse of :func:`robustness_to_q`: the raw parameter that gives the exponent ``q`` in
+    ``(-0.1, max_q)``."""
     q = q if isinstance(q, Tensor) and q.is_floating_point() else torch.as_tensor(q, dtype=torch.get_default_dtype())
-    if not bool(((q > -_Q_FLOOR) & (q < 1)).all()):
-        raise ValueError(f"q must lie in (-{_Q_FLOOR}, 1), got {q}")
-    shift = torch.log(torch.tensor(_Q_FLOOR, dtype=q.dtype))
-    return (torch.logit(q / (1 + _Q_FLOOR) + torch.sigmoid(shift)) - shift) / _Q_SLOPE
+    if not bool(((q > -_Q_FLOOR) & (q < max_q)).all()):
+        raise ValueError(f"q must lie in (-{_Q_FLOOR}, {max_q}), got {q}")
+    shift = torch.log(torch.tensor(_Q_FLOOR / max_q, dtype=q.dtype))
+    return (torch.logit(q / (max_q + _Q_FLOOR) + torch.sigmoid(shift)) - shift) / slope
 
 
 def class_aware_loss(
@@ -112,7 +118,10 @@ def class_aware_loss(
     offsets: Tensor,
     robustness: Tensor,
     pair_offsets: Tensor | None = None,
-    pair_form: str = "logit",
+    pair_form: str = "forward",
+    *,
+    q_slope: float = _Q_SLOPE,
+    max_q: float = _MAX_Q,
 ) -> Tensor:
     r"""Per-sample loss of :class:`ClassAwareDLN` (before ``keep_scale``) on ``(M, C)`` logits, ``(M,)`` classes.
 
@@ -122,10 +131,11 @@ def class_aware_loss(
     ``F.cross_entropy(z, y, reduction='none')``. With ``pair_form='forward'`` the pair parameters instead mix
     the other classes' probabilities into the label's, :math:`\tilde p_y = p_y + \sum_{c \ne y} \epsilon_{yc} p_c`
     with :math:`\log \epsilon =` :func:`forward_log_weights` ``(pair_offsets)`` (a forward correction), and
-    GCE is taken of :math:`\tilde p_y`.
+    GCE is taken of :math:`\tilde p_y`. ``q_slope`` and ``max_q`` are :func:`robustness_to_q`'s ``slope`` and
+    ``max_q``.
     """
     log_prob = _offset_log_prob(logits, target, offsets, pair_offsets, pair_form)
-    return generalized_ce(log_prob, _sample_q(robustness, target, logits))
+    return generalized_ce(log_prob, _sample_q(robustness, target, logits, q_slope, max_q))
 
 
 def pair_offset_matrix(pair_offsets: Tensor) -> Tensor:
@@ -175,9 +185,10 @@ def _offset_log_prob(
     return torch.log_softmax(shifted, dim=-1).gather(1, target[:, None])[:, 0]
 
 
-def _sample_q(robustness: Tensor, target: Tensor, logits: Tensor) -> Tensor:
+def _sample_q(robustness: Tensor, target: Tensor, logits: Tensor, slope: float, max_q: float) -> Tensor:
     """Each sample's exponent ``q_y`` (one shared robustness, or one a class), in the logits' dtype."""
-    return robustness_to_q(robustness.to(logits.dtype)).expand(logits.shape[-1])[target.long()]
+    q = robustness_to_q(robustness.to(logits.dtype), slope=slope, max_q=max_q)
+    return q.expand(logits.shape[-1])[target.long()]
 
 
 class ClassAwareDLN(ValidatedLoad):
@@ -189,10 +200,13 @@ class ClassAwareDLN(ValidatedLoad):
     .. math::
         \ell(z, y) = \frac{1 - p_y^{q_y}}{q_y}, \qquad p = \mathrm{softmax}(z + b + B_y),
 
-    with learnable parameters that all start at 0, where the loss *is* ``F.cross_entropy`` (values and
-    gradients, to float rounding):
+    with learnable parameters that all start at 0. With ``pair_form='logit'`` the loss *is* ``F.cross_entropy``
+    there (values and gradients, to float rounding); with the default ``pair_form='forward'`` (below) it is
+    within :math:`10^{-3}` of it. By default (the recommended configuration, ``pairwise_teacher(C)``'s):
+    ``pair_form='forward'``, ``q_slope=9``, ``max_q=0.7``, and a Teacher's sparsity prior of 0.05
+    (``settings.CLASS_AWARE_TEACHING``); docs/results.md, "A ceiling on q", has the grid behind it.
 
-    - a robustness :math:`r_c` per class (``robustness``) sets the exponent :math:`q_c \in (-0.1, 1)`,
+    - a robustness :math:`r_c` per class (``robustness``) sets the exponent :math:`q_c \in (-0.1, q_{max})`,
       increasing in :math:`r_c` (:func:`robustness_to_q`; :func:`q_to_robustness` inverts it). :math:`q_c > 0`
       scales the gradient of a sample labelled :math:`c` by :math:`p_c^{q_c}`, so samples the model finds
       implausible (most wrongly labelled ones) count less: GCE (Zhang & Sabuncu, 2018) with a learned,
@@ -253,11 +267,18 @@ class ClassAwareDLN(ValidatedLoad):
             loss has the ``2C`` per-class parameters only and ``pair_offsets`` is ``None`` (default: ``True``).
         pair_form: ``'logit'``, the pair parameters are offsets :math:`B` added to the logits, or ``'forward'``,
             mixing weights :math:`\epsilon` of the other classes' probabilities into the label's (default:
-            ``'logit'``).
+            ``'forward'``; it was ``'logit'`` before the configuration of "A ceiling on q").
         prior_correction: add :func:`prior_shift` of the label counts a Teacher's rounds make (unweighted,
             ``ignore_index`` left out) to the offsets; with ``False`` nothing is counted and the two count
             buffers are ``None`` (default: ``True``). The validation batches should be a shuffled (or balanced)
             draw of the trusted set: their first rounds' counts are the target prior's first estimate.
+        q_slope: how fast ``q`` moves with its raw parameter, ``k`` of :func:`robustness_to_q` (``dq/dr`` at the
+            start is ``0.1 k q_max / (0.1 + q_max)``): a teacher's steps on ``robustness`` move ``q`` that much
+            faster (default: 9; 3 before "A ceiling on q": at 3, ``q`` arrived late under uniform noise).
+        max_q: the ceiling ``q_max`` of ``q``, in ``(0, 1]`` (default: 0.7, GCE's published value; 1 is the mean
+            absolute error, the ceiling before). Measured with
+            ``keep_scale``: ``q`` held at 0.85 or 0.95 from the first step sent 10 students in 12 to chance, 0.7
+            none under 40 % uniform noise (docs/results.md, "A ceiling on q").
 
     Shape:
         - input: ``(B, C)`` or ``(B, C, d1, ...)`` logits.
@@ -267,7 +288,7 @@ class ClassAwareDLN(ValidatedLoad):
 
     Examples::
 
-        >>> loss_fn = ClassAwareDLN(num_classes=10)  # F.cross_entropy until a Teacher moves it
+        >>> loss_fn = ClassAwareDLN(num_classes=10)  # within 1e-3 of F.cross_entropy until a Teacher moves it
         >>> loss = loss_fn(torch.randn(8, 10, requires_grad=True), torch.randint(10, (8,)))
         >>> loss_fn.q  # the per-class GCE exponents (robustness_to_q of robustness): 0 at the start
     """
@@ -289,8 +310,10 @@ class ClassAwareDLN(ValidatedLoad):
         keep_scale: bool = True,
         shared_robustness: bool = False,
         pair_offsets: bool = True,
-        pair_form: str = "logit",
+        pair_form: str = "forward",
         prior_correction: bool = True,
+        q_slope: float = _Q_SLOPE,
+        max_q: float = _MAX_Q,
     ) -> None:
         super().__init__()
         self.num_classes = check_positive_int(num_classes, "num_classes", minimum=2)
@@ -308,6 +331,10 @@ class ClassAwareDLN(ValidatedLoad):
         if pair_form not in PAIR_FORMS:
             raise ValueError(f"pair_form must be one of {PAIR_FORMS}, got {pair_form!r}")
         self.pair_form = pair_form
+        self.q_slope = check_positive_float(q_slope, "q_slope")
+        self.max_q = check_positive_float(max_q, "max_q")
+        if self.max_q > 1:
+            raise ValueError(f"max_q must lie in (0, 1], got {max_q}")
         self.train_label_counts: Tensor | None
         self.target_label_counts: Tensor | None
         counts = check_bool(prior_correction, "prior_correction")
@@ -379,7 +406,8 @@ class ClassAwareDLN(ValidatedLoad):
     @property
     def q(self) -> Tensor:
         """The per-class GCE exponents (detached; :func:`robustness_to_q`): 0 is CE, 1 the mean absolute error."""
-        return robustness_to_q(self.robustness.detach()).expand(self.num_classes).clone()
+        q = robustness_to_q(self.robustness.detach(), slope=self.q_slope, max_q=self.max_q)
+        return q.expand(self.num_classes).clone()
 
     @property
     def pair_matrix(self) -> Tensor | None:
@@ -395,9 +423,12 @@ class ClassAwareDLN(ValidatedLoad):
     def extra_repr(self) -> str:
         shared = ", shared_robustness=True" if self.shared_robustness else ""
         pairs = "" if self.pair_offsets is not None else ", pair_offsets=False"
-        form = f", pair_form={self.pair_form!r}" if self.pair_form != "logit" else ""
+        form = f", pair_form={self.pair_form!r}" if self.pair_form != "forward" else ""
         prior = "" if self.train_label_counts is not None else ", prior_correction=False"
-        return f"num_classes={self.num_classes}, reduction={self.reduction!r}{shared}{pairs}{form}{prior}"
+        slope = f", q_slope={self.q_slope}" if self.q_slope != _Q_SLOPE else ""
+        ceiling = f", max_q={self.max_q}" if self.max_q != _MAX_Q else ""
+        options = f"{shared}{pairs}{form}{prior}{slope}{ceiling}"
+        return f"num_classes={self.num_classes}, reduction={self.reduction!r}{options}"
 
     def get_extra_state(self) -> dict[str, Any]:
         # the same numbers are another loss with the other keep_scale or shape of robustness
@@ -408,6 +439,8 @@ class ClassAwareDLN(ValidatedLoad):
             "pair_offsets": self.pair_offsets is not None,
             "pair_form": self.pair_form,
             "prior_correction": self.train_label_counts is not None,
+            "q_slope": self.q_slope,
+            "max_q": self.max_q,
         }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
@@ -419,8 +452,9 @@ class ClassAwareDLN(ValidatedLoad):
             )
         mine = self.get_extra_state()
         # a state saved before an option existed is one without it
-        before = {"prior_correction": False, "pair_form": "logit"}
-        for option in ("shared_robustness", "keep_scale", "pair_offsets", "pair_form", "prior_correction"):
+        # (q_slope and max_q: the parametrization of q before they were options; the logit pair form)
+        before = {"prior_correction": False, "pair_form": "logit", "q_slope": 3.0, "max_q": 1.0}
+        for option in ("shared_robustness", "keep_scale", "pair_offsets", *before):
             theirs = state.get(option, before.get(option))
             if theirs != mine[option]:
                 raise ValueError(
@@ -439,7 +473,7 @@ class ClassAwareDLN(ValidatedLoad):
         ):
             # plain classification, the common case: no masks, no reshaping
             log_prob = _offset_log_prob(input, target, self._logit_offsets(), self.pair_offsets, self.pair_form)
-            q = _sample_q(self.robustness, target, input)
+            q = _sample_q(self.robustness, target, input, self.q_slope, self.max_q)
             loss, scale = generalized_ce(log_prob, q).mean(), torch.exp(q * log_prob).mean()
         else:
             reduce = functools.partial(
@@ -460,12 +494,19 @@ class ClassAwareDLN(ValidatedLoad):
 
     def _per_sample(self, logits: Tensor, target: Tensor) -> Tensor:
         return class_aware_loss(
-            logits, target, self._logit_offsets(), self.robustness, self.pair_offsets, self.pair_form
+            logits,
+            target,
+            self._logit_offsets(),
+            self.robustness,
+            self.pair_offsets,
+            self.pair_form,
+            q_slope=self.q_slope,
+            max_q=self.max_q,
         )
 
     def _gradient_factor(self, logits: Tensor, target: Tensor) -> Tensor:
         """``p_y^q``: how much a sample's logit gradient is of cross-entropy's (on the offset logits)."""
-        q = _sample_q(self.robustness, target, logits)
+        q = _sample_q(self.robustness, target, logits, self.q_slope, self.max_q)
         log_prob = _offset_log_prob(logits, target, self._logit_offsets(), self.pair_offsets, self.pair_form)
         return torch.exp(q * log_prob)
 
