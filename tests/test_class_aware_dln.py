@@ -268,17 +268,22 @@ def _val_error(student: nn.Module, dln: nn.Module, batches: list, val: tuple, lr
 
 
 @pytest.mark.parametrize(
-    "pairs", [False, True, "forward", "forward_fast_capped_q"], ids=["per_class", "default", "forward", "q_options"]
+    ("pairs", "form"),
+    [
+        (False, {}),
+        (True, {}),  # the recommended loss: forward pair weights, q's slope 9 and ceiling 0.7
+        (True, LOGIT),  # the logit pair offsets with q's slope 3 and ceiling 1, the loss before stop 37
+        (True, {"pair_form": "forward", "q_slope": 3.0, "max_q": 1.0}),
+    ],
+    ids=["per_class", "default", "logit", "forward_slope_3"],
 )
 @pytest.mark.parametrize("start", ["ce", "moved"])
-def test_hypergradient_matches_finite_differences(start: str, pairs: bool | str) -> None:
+def test_hypergradient_matches_finite_differences(start: str, pairs: bool, form: dict) -> None:
     """At the start too (cross-entropy; the forward form's 1e-3 weights): the loss is smooth in its parameters
-    there (no kink). With ``q_slope`` and ``max_q`` too (the moved robustness is in the ceiling's bend there)."""
-    form = {"pair_form": "forward"} if pairs in ("forward", "forward_fast_capped_q") else {}
-    if pairs == "forward_fast_capped_q":
-        form |= {"q_slope": 9.0, "max_q": 0.7}
+    there (no kink), at the recommended slope and ceiling (the moved robustness is in the ceiling's bend) and at
+    the options' others."""
     student = make_student()
-    dln = dynaloss.ClassAwareDLN(FD_CLASSES, pair_offsets=bool(pairs), **form).double()
+    dln = dynaloss.ClassAwareDLN(FD_CLASSES, pair_offsets=pairs, **form).double()
     if start == "moved":
         with torch.no_grad():
             dln.offsets.copy_(torch.tensor([0.3, -0.2, 0.5]))

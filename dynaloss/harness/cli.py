@@ -473,25 +473,26 @@ def _taught_summary(taught: dict[str, list[Any]], shown: int = 5) -> str:
         for name, values in taught.items()
         if name not in ("pair_matrix", "pair_weights")
     ]
-    if "pair_weights" in taught:
-        weights = torch.tensor(taught["pair_weights"])
-        classes = len(weights)
-        off_diagonal = weights.masked_fill(torch.eye(classes, dtype=torch.bool), -math.inf).flatten()
-        pairs = ", ".join(
-            f"label {i // classes} from class {i % classes} {float(off_diagonal[i]):.3f}"
-            for i in off_diagonal.argsort(descending=True)[:shown].tolist()
-        )
+    if "pair_weights" in taught:  # the forward form: a learned confusion is a large weight
+        pairs = _extreme_pairs(taught["pair_weights"], shown, largest=True, joiner="from", spec=".3f")
         lines.append(f"  pair weights, the {shown} largest: {pairs}")
-    if "pair_matrix" in taught:
-        matrix = torch.tensor(taught["pair_matrix"])
-        classes = len(matrix)
-        off_diagonal = matrix.masked_fill(torch.eye(classes, dtype=torch.bool), math.inf).flatten()
-        pairs = ", ".join(
-            f"label {i // classes} vs class {i % classes} {float(off_diagonal[i]):+.2f}"
-            for i in off_diagonal.argsort()[:shown].tolist()
-        )
+    if "pair_matrix" in taught:  # the logit form: a learned confusion is a negative (relaxed) offset
+        pairs = _extreme_pairs(taught["pair_matrix"], shown, largest=False, joiner="vs", spec="+.2f")
         lines.append(f"  pair offsets, the {shown} most relaxed: {pairs}")
     return "\n".join(lines)
+
+
+def _extreme_pairs(rows: list[Any], shown: int, *, largest: bool, joiner: str, spec: str) -> str:
+    """The ``shown`` off-diagonal entries of a ``(C, C)`` matrix, largest or smallest first, as
+    ``label y <joiner> class c <value>``."""
+    matrix = torch.tensor(rows)
+    classes = len(matrix)
+    diagonal = torch.eye(classes, dtype=torch.bool)
+    off_diagonal = matrix.masked_fill(diagonal, -math.inf if largest else math.inf).flatten()
+    order = off_diagonal.argsort(descending=largest)[:shown].tolist()
+    return ", ".join(
+        f"label {i // classes} {joiner} class {i % classes} {float(off_diagonal[i]):{spec}}" for i in order
+    )
 
 
 def _demo_pictures(results: dict[str, ArmResult], teacher: Teacher, initial_dln: Any, out: Path) -> dict[str, str]:

@@ -127,8 +127,9 @@ def class_aware_loss(
 
     :math:`\ell = \mathrm{GCE}_{q_y}(\mathrm{softmax}(z + b + B_y)_y)` with :math:`q =`
     :func:`robustness_to_q`:math:`(r)` and :math:`B_y` the row ``y`` of :func:`pair_offset_matrix` of the
-    ``(C, C)`` ``pair_offsets`` (none: 0); at ``offsets = robustness = pair_offsets = 0`` it is
-    ``F.cross_entropy(z, y, reduction='none')``. With ``pair_form='forward'`` the pair parameters instead mix
+    ``(C, C)`` ``pair_offsets`` (none: 0) with ``pair_form='logit'``; there, at ``offsets = robustness =
+    pair_offsets = 0``, it is ``F.cross_entropy(z, y, reduction='none')``. With ``pair_form='forward'`` (the
+    default) the pair parameters instead mix
     the other classes' probabilities into the label's, :math:`\tilde p_y = p_y + \sum_{c \ne y} \epsilon_{yc} p_c`
     with :math:`\log \epsilon =` :func:`forward_log_weights` ``(pair_offsets)`` (a forward correction), and
     GCE is taken of :math:`\tilde p_y`. ``q_slope`` and ``max_q`` are :func:`robustness_to_q`'s ``slope`` and
@@ -405,7 +406,8 @@ class ClassAwareDLN(ValidatedLoad):
 
     @property
     def q(self) -> Tensor:
-        """The per-class GCE exponents (detached; :func:`robustness_to_q`): 0 is CE, 1 the mean absolute error."""
+        """The per-class GCE exponents (detached; :func:`robustness_to_q` with this loss's ``q_slope`` and
+        ``max_q``): 0 is CE, 1 would be the mean absolute error (the default ceiling is 0.7)."""
         q = robustness_to_q(self.robustness.detach(), slope=self.q_slope, max_q=self.max_q)
         return q.expand(self.num_classes).clone()
 
