@@ -256,8 +256,8 @@ class ClassAwareDLN(ValidatedLoad):
             ``q`` then moves weight between samples without changing the size of the student's step. A teacher
             that looks a few steps ahead would otherwise favour ``q > 0`` on clean data too, for the smaller
             steps alone (a short-horizon bias; docs/results.md has the measurement). With ``False`` the loss
-            is GCE as published, which, taught, was below ``True`` in every cell of the tuned grid at stop 38
-            (docs/results.md) (default: ``True``). With ``True`` the student's steps are cross-entropy's size,
+            is GCE as published (default: ``True``; taught with ``False``, the tuned grid was lower in every
+            cell, docs/results.md, stop 38). With ``True`` the student's steps are cross-entropy's size,
             so train at cross-entropy's learning rate, not at GCE's: GCE's own steps are ``p^q`` times smaller
             (about a fifth early on at ``q = 0.7``), and it tunes to rates where cross-entropy diverges
             (measured under 40 % uniform noise: ``q = 0.7`` held fixed and normalised scored 85.8 % at the rate
